@@ -1,0 +1,1 @@
+"""Load and validate data files (devices, systems, facility, models) into frozen objects."""

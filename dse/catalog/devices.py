@@ -1,0 +1,178 @@
+"""Accelerator catalog: one YAML file per device under `hardware/devices/`.
+
+Every figure carries its source in the file (`sources:` maps each field to where it
+came from). A user adds a hypothetical device by writing a new file, or derives one
+from an existing device with `base: h100_sxm` plus the fields to override; a file may
+be passed by path wherever a device id is expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dse.catalog import dtypes
+from dse.errors import DSEError
+
+COMPUTE_FORMATS = ("bf16", "fp8", "int8", "fp4")
+
+# field -> (type, required). Numbers are per GPU (per package for multi-die parts).
+FIELDS: dict[str, tuple[type, bool]] = {
+    "id": (str, True),
+    "name": (str, True),
+    "vendor": (str, True),
+    "family": (str, True),            # architecture family, for calibration inheritance
+    "calibration_from": (str, False),  # device id whose fitted efficiencies this one uses
+    "peak_tflops": (dict, True),      # dense TFLOPS (TOPS for int8) per compute format
+    "memory_gb": (float, True),
+    "memory_tb_s": (float, True),
+    "scaleup_gb_s": (float, True),    # per GPU, one direction; 0 = no scale-up fabric
+    "scaleup_domain": (int, True),    # GPUs reachable over scale-up in the default system
+    "scaleout_gb_s": (float, True),   # per GPU, one direction (NIC share)
+    "tdp_w": (float, True),
+    "idle_w": (float, True),
+    "price_usd": (float, True),       # purchase price per GPU (board/module only)
+    "rent_usd_per_hour": (float, True),
+    "system": (str, True),            # default system (node / rack) id
+    "hypothetical": (bool, False),
+    "notes": (str, False),
+    "sources": (dict, True),
+    "base": (str, False),
+}
+# Fields that are measured/published figures and therefore need a source entry.
+SOURCED = ("peak_tflops", "memory_gb", "memory_tb_s", "scaleup_gb_s", "scaleup_domain",
+           "scaleout_gb_s", "tdp_w", "idle_w", "price_usd", "rent_usd_per_hour")
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    id: str
+    name: str
+    vendor: str
+    family: str
+    peak_tflops: dict[str, float]
+    memory_gb: float
+    memory_tb_s: float
+    scaleup_gb_s: float
+    scaleup_domain: int
+    scaleout_gb_s: float
+    tdp_w: float
+    idle_w: float
+    price_usd: float
+    rent_usd_per_hour: float
+    system: str
+    sources: dict[str, str]
+    calibration_from: str = ""
+    hypothetical: bool = False
+    notes: str = ""
+    path: str = ""
+
+    def compute_dtype(self, storage: str) -> str:
+        """The compute format this device runs `storage`-format math in."""
+        for fmt in dtypes.COMPUTE_FALLBACK[storage]:
+            if fmt in self.peak_tflops:
+                return fmt
+        return "bf16"
+
+
+def _devices_dir() -> Path:
+    return Path(str(resources.files("dse.hardware"))) / "devices"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DSEError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DSEError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **val}
+        else:
+            out[key] = val
+    return out
+
+
+def _raw(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
+    path = Path(ref) if ref.endswith((".yaml", ".yml")) else _devices_dir() / f"{ref}.yaml"
+    if not path.is_file():
+        raise DSEError(f"device: unknown device {ref!r}; known: {', '.join(device_ids())}")
+    data = _read_yaml(path)
+    if "base" in data:
+        if data["base"] in seen:
+            raise DSEError(f"{path}: base: cycle through {data['base']!r}")
+        parent, _ = _raw(str(data["base"]), seen + (ref,))
+        parent.pop("hypothetical", None)
+        data = _merge(parent, data)
+        data.setdefault("calibration_from", parent.get("calibration_from") or parent["id"])
+    return data, path
+
+
+def _validate(data: dict[str, Any], path: Path) -> Device:
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise DSEError(f"{path}: unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
+    kw: dict[str, Any] = {}
+    for name, (typ, required) in FIELDS.items():
+        if name == "base":
+            continue
+        if name not in data:
+            if required:
+                raise DSEError(f"{path}: missing field {name!r}")
+            continue
+        val = data[name]
+        if typ is float and isinstance(val, (int, float)) and not isinstance(val, bool):
+            val = float(val)
+        elif typ is int and isinstance(val, int) and not isinstance(val, bool):
+            pass
+        elif not isinstance(val, typ):
+            raise DSEError(f"{path}: {name}: expected {typ.__name__}, got {val!r}")
+        if typ in (float, int) and val < 0:
+            raise DSEError(f"{path}: {name}: expected a non-negative number, got {val!r}")
+        kw[name] = val
+    peaks = {}
+    for fmt, val in kw["peak_tflops"].items():
+        if fmt not in COMPUTE_FORMATS:
+            raise DSEError(f"{path}: peak_tflops.{fmt}: unknown format; allowed: {', '.join(COMPUTE_FORMATS)}")
+        if not isinstance(val, (int, float)) or val <= 0:
+            raise DSEError(f"{path}: peak_tflops.{fmt}: expected a positive number, got {val!r}")
+        peaks[fmt] = float(val)
+    if "bf16" not in peaks:
+        raise DSEError(f"{path}: peak_tflops.bf16: required (every device computes bf16)")
+    kw["peak_tflops"] = peaks
+    missing = [f for f in SOURCED if not str(kw["sources"].get(f, "")).strip()]
+    if missing:
+        raise DSEError(f"{path}: sources.{missing[0]}: every figure needs its source")
+    for key in ("memory_gb", "memory_tb_s"):
+        if kw[key] <= 0:
+            raise DSEError(f"{path}: {key}: expected a positive number")
+    if kw["scaleup_domain"] < 1:
+        raise DSEError(f"{path}: scaleup_domain: expected an integer >= 1")
+    kw["path"] = str(path)
+    return Device(**kw)
+
+
+@functools.lru_cache(maxsize=None)
+def get_device(ref: str) -> Device:
+    """Device by id (a file in hardware/devices) or by path to a YAML file."""
+    data, path = _raw(str(ref))
+    return _validate(data, path)
+
+
+def device_ids() -> list[str]:
+    return sorted(p.stem for p in _devices_dir().glob("*.yaml"))
+
+
+def all_devices() -> list[Device]:
+    return [get_device(i) for i in device_ids()]

@@ -1,0 +1,9 @@
+"""One exception type for every user-facing input error.
+
+The CLI prints its message on one line and exits non-zero, without a traceback, so the
+message must name the file (if any), the field and what was expected.
+"""
+
+
+class DSEError(ValueError):
+    """Bad input: unknown id, wrong type, impossible configuration request."""

@@ -1,0 +1,77 @@
+"""Model catalog: hand-computed parameter counts, KV sizes, and clear errors."""
+import json
+
+import pytest
+
+from dse.catalog.models import get_model, model_ids, parse_config
+from dse.errors import DSEError
+
+
+def test_llama70b_layer_params_by_hand():
+    m = get_model("meta-llama/Llama-3.1-70B")
+    (g,) = m.groups
+    assert g.count == 80
+    # q + k + v + o with hidden 8192, 64 heads, 8 KV heads, head dim 128
+    attn = 8192 * 64 * 128 + 2 * 8192 * 8 * 128 + 64 * 128 * 8192
+    assert g.attention.params(m.hidden) == attn == 150_994_944
+    assert g.ffn.params(m.hidden) == 3 * 8192 * 28672
+    assert m.total_params() == 80 * (attn + 3 * 8192 * 28672) + 2 * 128256 * 8192  # 70.55e9
+
+
+def test_kv_per_token_gqa_vs_mla():
+    llama = get_model("meta-llama/Llama-3.1-70B")
+    ds = get_model("deepseek-ai/DeepSeek-V3")
+    assert llama.kv_elems_per_token(1) == 80 * 8 * (128 + 128)          # 320 KiB/token in bf16
+    assert ds.kv_elems_per_token(1) == 61 * (512 + 64)                   # compressed latent + rope key
+    assert llama.kv_elems_per_token(1) * 2 == 327_680
+    assert ds.kv_elems_per_token(1) * 2 == 70_272
+
+
+def test_sliding_window_bounds_kv():
+    m = get_model("openai/gpt-oss-120b")
+    windows = sorted((g.attention.window, g.count) for g in m.groups)
+    assert windows == [(0, 18), (128, 18)]
+    per_layer = 8 * (64 + 64)
+    assert m.kv_elems_per_token(10_000) == 18 * per_layer * 10_000 + 18 * per_layer * 128
+    # growth past the window comes only from the full-attention layers
+    assert m.kv_elems_per_token(20_000) - m.kv_elems_per_token(10_000) == 18 * per_layer * 10_000
+
+
+def test_moe_and_hybrid_structure():
+    ds = get_model("deepseek-ai/DeepSeek-R1")
+    assert [(g.count, g.ffn.kind) for g in ds.groups] == [(3, "dense"), (58, "moe")]
+    assert round(ds.total_params() / 1e9) == 671 and round(ds.active_params() / 1e9) == 38
+    q35 = get_model("Qwen/Qwen3.5-397B-A17B")
+    kinds = {g.attention.kind: g.count for g in q35.groups}
+    assert kinds == {"linear": 45, "gqa": 15}
+    assert q35.state_elems() > 0
+    assert round(q35.total_params() / 1e9) == 396
+
+
+def test_aliases_and_paths(tmp_path):
+    assert get_model("meta-llama/Llama-3.1-8B-Instruct").id == "meta-llama/Meta-Llama-3.1-8B"
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert get_model(str(path)).total_params() == 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 2 * 6400
+
+
+def test_errors_are_one_line():
+    with pytest.raises(DSEError, match="unknown model 'nope/nothing'"):
+        get_model("nope/nothing")
+    with pytest.raises(DSEError, match="missing 'hidden_size'"):
+        parse_config({"num_hidden_layers": 2}, model_id="x")
+
+
+def test_every_shipped_model_parses_or_says_why():
+    ok = 0
+    for mid in model_ids():
+        try:
+            m = get_model(mid)
+        except DSEError as exc:
+            assert "not supported yet" in str(exc)
+            continue
+        assert m.total_params() > 0 and m.num_layers > 0
+        ok += 1
+    assert ok >= 60

@@ -32,20 +32,19 @@ FIELDS: dict[str, tuple[type, bool]] = {
     "memory_gb": (float, True),
     "memory_tb_s": (float, True),
     "scaleup_gb_s": (float, True),    # per GPU, one direction; 0 = no scale-up fabric
-    "scaleup_domain": (int, True),    # GPUs reachable over scale-up in the default system
     "scaleout_gb_s": (float, True),   # per GPU, one direction (NIC share)
     "tdp_w": (float, True),
     "idle_w": (float, True),
     "price_usd": (float, True),       # purchase price per GPU (board/module only)
     "rent_usd_per_hour": (float, True),
-    "system": (str, True),            # default system (node / rack) id
+    "system": (str, True),            # default system id (hardware/systems): node or rack, scale-up domain
     "hypothetical": (bool, False),
     "notes": (str, False),
     "sources": (dict, True),
     "base": (str, False),
 }
 # Fields that are measured/published figures and therefore need a source entry.
-SOURCED = ("peak_tflops", "memory_gb", "memory_tb_s", "scaleup_gb_s", "scaleup_domain",
+SOURCED = ("peak_tflops", "memory_gb", "memory_tb_s", "scaleup_gb_s",
            "scaleout_gb_s", "tdp_w", "idle_w", "price_usd", "rent_usd_per_hour")
 
 
@@ -59,7 +58,6 @@ class Device:
     memory_gb: float
     memory_tb_s: float
     scaleup_gb_s: float
-    scaleup_domain: int
     scaleout_gb_s: float
     tdp_w: float
     idle_w: float
@@ -112,9 +110,18 @@ def _raw(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
     if "base" in data:
         if data["base"] in seen:
             raise DSEError(f"{path}: base: cycle through {data['base']!r}")
-        parent, _ = _raw(str(data["base"]), seen + (ref,))
+        base_ref = str(data["base"])
+        if base_ref.endswith((".yaml", ".yml")) and not Path(base_ref).is_absolute():
+            base_ref = str(path.parent / base_ref)
+        parent, _ = _raw(base_ref, seen + (ref,))
         parent.pop("hypothetical", None)
+        changed = [f for f in SOURCED if f in data and data[f] != parent.get(f)]
+        unsourced = [f for f in changed if not str((data.get("sources") or {}).get(f, "")).strip()]
+        if unsourced:
+            raise DSEError(f"{path}: sources.{unsourced[0]}: an overridden figure needs its own source "
+                           "(e.g. 'hypothetical: what-if value')")
         data = _merge(parent, data)
+        data["id"] = data.get("id") if "id" in data and data["id"] != parent["id"] else path.stem
         data.setdefault("calibration_from", parent.get("calibration_from") or parent["id"])
     return data, path
 
@@ -157,8 +164,6 @@ def _validate(data: dict[str, Any], path: Path) -> Device:
     for key in ("memory_gb", "memory_tb_s"):
         if kw[key] <= 0:
             raise DSEError(f"{path}: {key}: expected a positive number")
-    if kw["scaleup_domain"] < 1:
-        raise DSEError(f"{path}: scaleup_domain: expected an integer >= 1")
     kw["path"] = str(path)
     return Device(**kw)
 

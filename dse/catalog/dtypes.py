@@ -22,10 +22,11 @@ DTYPES = tuple(BYTES)
 
 # Compute formats in order of preference for running a given storage format when the
 # device lacks it: a device without fp4 runs fp4 weights at fp8 (dequantized), etc.
-# int4 is weight-only (w4a16): it computes in bf16 everywhere.
+# int4 is weight-only (w4a16): it computes in bf16 everywhere. fp8 does not fall back to
+# int8 (different number format): a device without fp8 dequantizes to bf16.
 COMPUTE_FALLBACK: dict[str, tuple[str, ...]] = {
     "fp4": ("fp4", "fp8", "bf16"),
-    "fp8": ("fp8", "int8", "bf16"),
+    "fp8": ("fp8", "bf16"),
     "int8": ("int8", "fp8", "bf16"),
     "int4": ("bf16",),
     "bf16": ("bf16",),

@@ -1,0 +1,71 @@
+"""Per-configuration hardware arrays for the vectorized model.
+
+Configurations name a device and a weight format per row. Each distinct (device,
+format) pair is looked up once (device sheet, system, fitted kernel efficiencies) into
+small tables; rows then gather from them by integer index, so a million rows cost a
+few fancy-indexing operations, not a million dictionary lookups.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dse.calibrate import load_params
+from dse.catalog import dtypes
+from dse.catalog.devices import get_device
+from dse.catalog.systems import get_system
+from dse.model import kernels
+from dse.model.ops import Hw
+
+FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
+
+
+def _pair_row(device_id: str, w_dtype: str) -> dict:
+    dev = get_device(device_id)
+    sys_ = get_system(dev.system)
+    fmt = dev.compute_dtype(w_dtype)
+    params = load_params(device_id)
+    row = {
+        "peak_gemm": dev.peak_tflops[fmt],
+        "peak_attn": dev.peak_tflops["bf16"],
+        "peak_bf16": dev.peak_tflops["bf16"],
+        "mem_tb_s": dev.memory_tb_s,
+        "scaleup_gb_s": dev.scaleup_gb_s if dev.scaleup_gb_s > 0 else dev.scaleout_gb_s,
+        "scaleout_gb_s": dev.scaleout_gb_s,
+        "domain": float(sys_.scaleup_domain),
+        "a_bytes": dtypes.BYTES[fmt] if w_dtype != "int4" else 2.0,
+        "memory_gb": dev.memory_gb,
+        "tdp_w": dev.tdp_w,
+        "idle_w": dev.idle_w,
+        "price_usd": dev.price_usd,
+        "rent_usd_per_hour": dev.rent_usd_per_hour,
+        "host_w_per_gpu": sys_.host_power_w / sys_.gpus_per_node,
+        "host_usd_per_gpu": sys_.host_price_usd / sys_.gpus_per_node,
+    }
+    for fam in FAMILIES:
+        merged = {**kernels.DEFAULT_PARAMS.get(fam, {}), **params.get(fam, {})}
+        for name, val in kernels.for_format(merged, fmt).items():
+            row[f"{fam}:{name}"] = float(val)
+    return row
+
+
+class SpecTable:
+    """Gathers hardware figures for rows given by (device, weight dtype) codes."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        rows = [_pair_row(d, w) for d, w in pairs]
+        keys = sorted(set().union(*rows)) if rows else []
+        self.columns = {k: np.array([r.get(k, np.nan) for r in rows], dtype=float) for k in keys}
+
+    def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[idx] for k, v in self.columns.items()}
+
+    @staticmethod
+    def hw(cols: dict[str, np.ndarray]) -> Hw:
+        params: dict[str, dict[str, np.ndarray]] = {f: {} for f in FAMILIES}
+        for key, val in cols.items():
+            if ":" in key:
+                fam, name = key.split(":", 1)
+                params[fam][name] = val
+        return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
+                  mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
+                  scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params)

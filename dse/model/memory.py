@@ -1,0 +1,62 @@
+"""Memory per GPU: weights + KV cache (or recurrent state) + activations + runtime reserve.
+
+Attention weights split over tensor-parallel ranks and repeat on every attention
+data-parallel rank; routed experts split over the whole expert group (tp x dp); MLA's
+compressed KV is replicated over TP ranks (every rank needs the whole latent), GQA's
+KV heads split over TP down to one head per rank.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dse.catalog.models import Model
+from dse.model.ops import Parallel
+
+GB = 1e9
+
+
+def weight_bytes_per_gpu(model: Model, par: Parallel, w_bytes) -> np.ndarray:
+    h = model.hidden
+    tp, pp = par.tp, par.pp
+    total = 0.0
+    for g in model.groups:
+        a, f = g.attention, g.ffn
+        if a.kind == "mla":
+            rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
+            attn = rep + (a.params(h) - rep) / tp
+        else:
+            attn = a.params(h) / tp
+        if f.kind == "dense":
+            ffn = f.params(h) / tp
+        else:
+            shared = f.mats * h * f.shared_intermediate
+            experts = f.params(h) - shared - h * f.num_experts
+            ffn = experts / par.moe_group + shared / tp + h * f.num_experts
+        total = total + g.count * (attn + ffn) * w_bytes
+    embed = model.embedding_params() * 2.0 / tp / np.minimum(pp, 2)
+    return total / pp + embed
+
+
+def kv_bytes_per_seq(model: Model, par: Parallel, kv_bytes, context) -> np.ndarray:
+    """KV cache (and linear-attention state) one sequence holds on one GPU at `context` tokens."""
+    context = np.asarray(context, dtype=float)
+    tp = par.tp
+    total = 0.0
+    for g in model.groups:
+        a = g.attention
+        if a.kind == "linear":
+            total = total + g.count * a.state_elems() / tp * 4.0  # fp32 state
+            continue
+        n = np.minimum(context, a.window) if a.window else context
+        if a.kind == "mla":
+            per_tok = (a.kv_lora_rank + a.rope_dim) * kv_bytes + a.indexer_dim * 1.0
+        else:
+            per_tok = np.ceil(a.num_kv_heads / tp) * (a.qk_dim + a.v_dim) * kv_bytes
+        total = total + g.count * n * per_tok
+    return total / par.pp
+
+
+def activation_bytes(model: Model, tokens_per_rank) -> np.ndarray:
+    """Peak transient activations of one step: a few hidden-sized buffers per token."""
+    widest = max(max(g.ffn.intermediate * (g.ffn.top_k or 1), model.hidden * 4) for g in model.groups)
+    return np.asarray(tokens_per_rank, dtype=float) * (widest + model.vocab / 8) * 2.0

@@ -27,32 +27,47 @@ from dse.model.ops import COMM_OPS, Dtypes, Parallel
 
 MODES = ("agg", "disagg", "afd")
 
-# column -> default (None = required). Strings are categorical axes, numbers numeric.
+# column -> default (None = required). Role columns left at "" / 0 inherit the generic one
+# (prefill_device "" -> device, decode_tp 0 -> tp, ...), so one axis can drive every role.
 COLUMNS: dict[str, Any] = {
     "model": None,
     "device": None,
     "mode": "agg",
     "tp": 1,            # attention tensor parallel
     "pp": 1,            # pipeline stages
-    "dp": 1,            # attention data-parallel ranks inside one replica
+    "dp": 1,            # attention data-parallel ranks inside one worker
     "ep": 1,            # expert parallel (MoE tensor parallel = tp*dp/ep)
-    "replicas": 1,      # identical copies of the whole instance
+    "replicas": 1,      # identical copies of the whole deployment unit
     "weight_dtype": "native",
     "kv_dtype": "bf16",
-    "batch_size": 1,    # concurrent sequences per replica
+    "batch_size": 1,    # concurrent requests per replica (agg, afd); decode batch default (disagg)
     "isl": 1024,
     "osl": 256,
     "prefix_hit": 0.0,  # fraction of prompt tokens served from the prefix cache
     "routing_skew": 0.0,  # power-law exponent of expert popularity (0 = balanced)
     "power_cap": 1.0,   # fraction of TDP
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
+    # disagg: prefill and decode pools
+    "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
+    "prefill_workers": 1,
+    "decode_device": "", "decode_tp": 0, "decode_dp": 0, "decode_ep": 0, "decode_pp": 0,
+    "decode_workers": 1, "decode_batch_size": 0,
+    # afd: attention pool (attn_gpus GPUs, attention TP attn_tp, the rest data-parallel)
+    # and FFN pool (ffn_gpus GPUs: expert parallel for MoE, tensor parallel for dense)
+    "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
+    # service-level objectives (inf = none)
+    "ttft_slo_ms": np.inf, "tpot_slo_ms": np.inf,
 }
-STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype")
-INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl")
+STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
+                  "attn_device", "ffn_device")
+INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "prefill_workers",
+               "decode_workers", "attn_tp")
+ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
+                    "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus")
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
            "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
-           "feasible", "infeasible_reason", "bottleneck")
+           "capex_usd", "meets_slo", "goodput_tokens_per_s", "feasible", "infeasible_reason", "bottleneck")
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,20 +116,23 @@ def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
                 raise DSEError(f"evaluate: column {name!r} must be numeric, got {arr[:3].tolist()}") from None
             if name in INT_COLUMNS and (np.any(arr < 1) or np.any(arr != np.round(arr))):
                 raise DSEError(f"evaluate: column {name!r} must hold positive integers")
+            if name in ROLE_INT_COLUMNS and (np.any(arr < 0) or np.any(arr != np.round(arr))):
+                raise DSEError(f"evaluate: column {name!r} must hold integers >= 0 (0 = inherit)")
         out[name] = np.broadcast_to(arr, (n,)) if arr.size == 1 else arr
     return out, n
 
 
 def _check_categories(cols: dict[str, np.ndarray]) -> None:
     known_dev = set(device_ids())
-    for d in np.unique(cols["device"]):
-        if d not in known_dev and not d.endswith((".yaml", ".yml")):
-            raise DSEError(f"evaluate: device: unknown device {d!r}; known: {', '.join(sorted(known_dev))}")
-    for m in np.unique(cols["mode"]):
+    for col in ("device", "prefill_device", "decode_device", "attn_device", "ffn_device"):
+        for d in map(str, np.unique(cols[col])):
+            if d and d not in known_dev and not d.endswith((".yaml", ".yml")):
+                raise DSEError(f"evaluate: {col}: unknown device {d!r}; known: {', '.join(sorted(known_dev))}")
+    for m in map(str, np.unique(cols["mode"])):
         if m not in MODES:
             raise DSEError(f"evaluate: mode: unknown mode {m!r}; allowed: {', '.join(MODES)}")
     for name in ("weight_dtype", "kv_dtype"):
-        for v in np.unique(cols[name]):
+        for v in map(str, np.unique(cols[name])):
             if not (name == "weight_dtype" and v == "native"):
                 dtypes.normalize(v, field=name)
     bad = (cols["prefix_hit"] < 0) | (cols["prefix_hit"] >= 1)
@@ -124,12 +142,18 @@ def _check_categories(cols: dict[str, np.ndarray]) -> None:
         raise DSEError("evaluate: power_cap is a fraction of TDP in (0, 1]")
 
 
-def _structure_errors(model: Model, tp, dp, ep) -> np.ndarray:
+def _structure_errors(model: Model, tp, dp, ep, holds: str = "all") -> np.ndarray:
     """Per-row reason a parallel layout cannot shard `model` ('' = fine)."""
-    reason = np.full(tp.shape, "", dtype=object)
+    reason = np.full(np.shape(tp), "", dtype=object)
+    if holds == "ffn":
+        ffn = max(g.ffn.num_experts if g.ffn.kind == "moe" else g.ffn.intermediate for g in model.groups)
+        reason[np.mod(ffn, tp * dp) != 0] = f"ffn_gpus must divide {ffn} ({'experts' if model.is_moe else 'FFN width'})"
+        return reason
     heads = min(g.attention.num_heads for g in model.groups)
     bad_tp = np.mod(heads, tp) != 0
     reason[bad_tp] = f"tp must divide the {heads} attention heads"
+    if holds == "attn":
+        return reason
     if model.is_moe:
         experts = max(g.ffn.num_experts for g in model.groups)
         group = tp * dp
@@ -168,132 +192,173 @@ def evaluate(*, strict: bool = True, **columns: Any) -> pd.DataFrame:
                 metrics[k][rows] = v
     out.update(metrics)
     out["num_gpus"] = out["num_gpus"].astype(np.int64)
+    out["meets_slo"] = out["meets_slo"].astype(bool)
     out["feasible"] = reason == ""
     out["infeasible_reason"] = reason
     out["bottleneck"] = bottleneck
     return pd.DataFrame(out)
 
 
+class _Pools:
+    """Builds serving pools for one model from per-row columns, sharing the spec table."""
+
+    def __init__(self, model: Model, c: dict[str, np.ndarray]):
+        self.model, self.c = model, c
+        wd = np.where(c["weight_dtype"] == "native", model.native_dtype, c["weight_dtype"])
+        names, idx = np.unique(wd, return_inverse=True)
+        self.wd = np.array([dtypes.normalize(x, field="weight_dtype") for x in names])[idx]
+        kd_names, kd_idx = np.unique(c["kv_dtype"], return_inverse=True)
+        self.kv_bytes = np.array([dtypes.BYTES[dtypes.normalize(x, field="kv_dtype")] for x in kd_names])[kd_idx]
+        self.rt = _runtime()
+        self.reason = np.full(c["tp"].shape, "", dtype=object)
+        self.mem_gb = np.zeros(c["tp"].shape)
+
+    def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None) -> tuple[serving.Pool, dict]:
+        c, model = self.c, self.model
+        pairs, pair_idx = np.unique(np.char.add(np.char.add(device.astype(str), "|"), self.wd.astype(str)),
+                                    return_inverse=True)
+        table = _spec_table(tuple(tuple(p.split("|")) for p in pairs))
+        hwc = table.gather(pair_idx)
+        hw = SpecTable.hw(hwc)
+        w_bytes = np.array([dtypes.BYTES[p.split("|")[1]] for p in pairs])[pair_idx]
+        dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
+        par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
+        self.reason = np.where(self.reason == "", _structure_errors(model, tp, dp, ep, holds), self.reason)
+        # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
+        attn_w, ffn_w = memory.weight_bytes_split(model, par, w_bytes)
+        weights = {"all": memory.weight_bytes_per_gpu(model, par, w_bytes), "attn": attn_w, "ffn": ffn_w}[holds]
+        seqs_rank = np.maximum((c["batch_size"] if running is None else running) / dp, 1.0)
+        act = memory.activation_bytes(model, np.maximum(c["isl"], seqs_rank))
+        fixed = weights + act + self.rt["activation_reserve_gb"] * memory.GB
+        cap = hwc["memory_gb"] * memory.GB
+        kv_seq = memory.kv_bytes_per_seq(model, par, self.kv_bytes, c["isl"] + c["osl"])
+        if holds == "ffn":
+            max_seqs = np.full(tp.shape, np.inf)
+            kv_used = 0.0
+        else:
+            max_seqs = np.floor(np.maximum(cap - fixed, 0) * self.rt["kv_memory_fraction"] / kv_seq) * dp
+            kv_used = kv_seq * np.minimum(seqs_rank, np.maximum(max_seqs / dp, 1.0))
+        self.reason = np.where((self.reason == "") & (fixed > cap), f"memory: weights do not fit ({holds} pool)",
+                               self.reason)
+        self.reason = np.where((self.reason == "") & (max_seqs < 1),
+                               "kv_capacity: not one sequence's KV cache fits", self.reason)
+        self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
+        pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
+                            cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs)
+        return pool, hwc
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_table(pairs: tuple[tuple[str, str], ...]) -> SpecTable:
+    return SpecTable(list(pairs))
+
+
+def _role(c, name, generic):
+    return np.where(c[name] > 0, c[name], c[generic]) if name in c else c[generic]
+
+
 def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, keep: dict | None = None
                     ) -> dict[str, np.ndarray]:
-    n = c["tp"].shape[0]
-    wd = np.where(c["weight_dtype"] == "native", model.native_dtype, c["weight_dtype"])
-    wd = np.array([dtypes.normalize(x, field="weight_dtype") for x in np.unique(wd)])[
-        np.unique(wd, return_inverse=True)[1]]
-    kd_names, kd_idx = np.unique(c["kv_dtype"], return_inverse=True)
-    kv_bytes = np.array([dtypes.BYTES[dtypes.normalize(x, field="kv_dtype")] for x in kd_names])[kd_idx]
-    pair_keys = np.char.add(np.char.add(c["device"].astype(str), "|"), wd.astype(str))
-    pairs, pair_idx = np.unique(pair_keys, return_inverse=True)
-    table = SpecTable([tuple(p.split("|")) for p in pairs])
-    hwc = table.gather(pair_idx)
-    hw = SpecTable.hw(hwc)
-    w_bytes = np.array([dtypes.BYTES[p.split("|")[1]] for p in pairs])[pair_idx]
-    dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=kv_bytes)
-    par = Parallel(tp=c["tp"], dp=c["dp"], ep=c["ep"], pp=c["pp"])
-
-    reason = _structure_errors(model, c["tp"], c["dp"], c["ep"])
-    if strict and (reason != "").any():
+    modes = set(np.unique(c["mode"]).tolist())
+    if len(modes) > 1:  # each mode is its own vectorized path
+        out: dict[str, np.ndarray] = {}
+        for mode in sorted(modes):
+            rows = np.nonzero(c["mode"] == mode)[0]
+            res = _evaluate_model(model, {k: v[rows] for k, v in c.items()}, strict=strict)
+            for k, v in res.items():
+                out.setdefault(k, np.empty(len(c["mode"]), dtype=v.dtype))[rows] = v
+        return out
+    mode = modes.pop()
+    pools = _Pools(model, c)
+    skew, coeffs = c["routing_skew"], _power_coeffs()
+    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs)
+    if mode == "agg":
+        pool, hwc = pools.make(c["device"], c["tp"], c["dp"], c["ep"], c["pp"])
+        res = serving.agg(model, pool, concurrency=c["batch_size"], **common)
+        roles = [(hwc, res.gpus)]
+    elif mode == "disagg":
+        pdev = np.where(c["prefill_device"] != "", c["prefill_device"], c["device"])
+        ddev = np.where(c["decode_device"] != "", c["decode_device"], c["device"])
+        dbatch = _role(c, "decode_batch_size", "batch_size")
+        ppool, phwc = pools.make(pdev, _role(c, "prefill_tp", "tp"), _role(c, "prefill_dp", "dp"),
+                                 _role(c, "prefill_ep", "ep"), _role(c, "prefill_pp", "pp"), running=np.ones_like(dbatch))
+        dpool, dhwc = pools.make(ddev, _role(c, "decode_tp", "tp"), _role(c, "decode_dp", "dp"),
+                                 _role(c, "decode_ep", "ep"), _role(c, "decode_pp", "pp"), running=dbatch)
+        g = ppool.gpus * c["prefill_workers"] + dpool.gpus * c["decode_workers"]
+        same = (pdev == ddev) & (g <= dhwc["domain"])
+        res = serving.disagg(model, ppool, dpool, prefill_workers=c["prefill_workers"],
+                             decode_workers=c["decode_workers"], decode_batch=dbatch, same_domain=same, **common)
+        roles = [(phwc, ppool.gpus * c["prefill_workers"]), (dhwc, dpool.gpus * c["decode_workers"])]
+    else:  # afd
+        adev = np.where(c["attn_device"] != "", c["attn_device"], c["device"])
+        fdev = np.where(c["ffn_device"] != "", c["ffn_device"], c["device"])
+        agpus = np.where(c["attn_gpus"] > 0, c["attn_gpus"], c["tp"] * c["dp"])
+        fgpus = np.where(c["ffn_gpus"] > 0, c["ffn_gpus"], np.maximum(c["ep"], c["tp"]))
+        atp = np.minimum(c["attn_tp"], agpus)
+        apool, ahwc = pools.make(adev, atp, np.maximum(agpus / atp, 1.0), np.ones_like(agpus), c["pp"], holds="attn")
+        if model.is_moe:
+            fpool, fhwc = pools.make(fdev, np.ones_like(fgpus), fgpus, fgpus, c["pp"], holds="ffn")
+        else:
+            fpool, fhwc = pools.make(fdev, fgpus, np.ones_like(fgpus), np.ones_like(fgpus), c["pp"], holds="ffn")
+        same = (adev == fdev) & (agpus + fgpus <= ahwc["domain"])
+        res = serving.afd(model, apool, fpool, concurrency=c["batch_size"], same_domain=same, **common)
+        roles = [(ahwc, apool.gpus), (fhwc, fpool.gpus)]
+    reason = pools.reason
+    if strict and (reason != "").any() and not str(reason[np.nonzero(reason != "")[0][0]]).startswith(
+            ("memory", "kv_capacity")):
         i = int(np.nonzero(reason != "")[0][0])
         raise DSEError(f"evaluate: {model.id}: tp={int(c['tp'][i])}, dp={int(c['dp'][i])}, ep={int(c['ep'][i])}: "
                        f"{reason[i]}")
-    if (c["mode"] != "agg").any():
-        raise DSEError("evaluate: mode: only 'agg' is implemented so far")
-
-    skew = c["routing_skew"]
-    res = serving.agg(model, hw=hw, par=par, dt=dt, batch=c["batch_size"], isl=c["isl"], osl=c["osl"],
-                      prefix_hit=c["prefix_hit"], skew=skew)
     if keep is not None:
-        keep.update(serving=res, hw=hw)
-    rt = _runtime()
-    # memory per GPU at the end of a request (full context)
-    weights = memory.weight_bytes_per_gpu(model, par, w_bytes)
-    seqs_per_rank = np.maximum(c["batch_size"] / c["dp"], 1.0)
-    kv = memory.kv_bytes_per_seq(model, par, kv_bytes, c["isl"] + c["osl"]) * seqs_per_rank
-    act = memory.activation_bytes(model, np.maximum(c["isl"], seqs_per_rank))
-    need = weights + act + rt["activation_reserve_gb"] * memory.GB + kv / rt["kv_memory_fraction"]
-    mem_gb = (weights + act + kv) / memory.GB + rt["activation_reserve_gb"]
-    cap_bytes = hwc["memory_gb"] * memory.GB
-    reason = np.where((reason == "") & (weights + act + rt["activation_reserve_gb"] * memory.GB > cap_bytes),
-                      "weights do not fit in memory", reason)
-    reason = np.where((reason == "") & (need > cap_bytes), "kv_capacity: KV cache for the batch does not fit",
-                      reason)
+        keep.update(result=res, pools=pools)
 
-    # power: time-weighted mix of the prefill and decode phases, each capped
-    coeffs = _power_coeffs()
-    cap_w = c["power_cap"] * hwc["tdp_w"]
-    phase_power = []
-    for ph in (res.prefill, res.decode):
-        p = power.gpu_power_w(flops=ph.step.total_flops(), nbytes=ph.step.total_bytes(), time_ms=ph.time_ms,
-                              peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, tdp_w=hwc["tdp_w"],
-                              idle_w=hwc["idle_w"], **coeffs)
-        comp_share = _compute_bound_share(ph.step, hw)
-        p_capped, stretch_t = power.apply_cap(p, ph.time_ms, comp_share, cap_w=cap_w)
-        phase_power.append((p_capped, stretch_t / np.maximum(ph.time_ms, 1e-12)))
-    (p_pre, s_pre), (p_dec, s_dec) = phase_power
-    share = res.prefill_share
-    stretch = share * s_pre + (1 - share) * s_dec
-    ttft = res.ttft_ms * s_pre
-    tpot = res.tpot_ms * stretch
-    tps_replica = res.tokens_per_s / stretch
-    gpu_w = share * p_pre + (1 - share) * p_dec
-    num_gpus = c["tp"] * c["dp"] * c["pp"] * c["replicas"]
-    power_w = num_gpus * (gpu_w + hwc["host_w_per_gpu"])
-    tokens_per_s = tps_replica * c["replicas"]
+    replicas = c["replicas"]
+    num_gpus = res.gpus * replicas
+    host_w = sum(h["host_w_per_gpu"] * g for h, g in roles) * replicas
+    power_w = res.gpu_power_w * replicas + host_w
+    tokens_per_s = res.tokens_per_s * replicas
     fac = get_facility()
-    usd_hour = cost.usd_per_hour(num_gpus=num_gpus, own=c["own"], gpu_price_usd=hwc["price_usd"],
-                                 host_price_per_gpu=hwc["host_usd_per_gpu"],
-                                 rent_usd_per_hour=hwc["rent_usd_per_hour"], power_w=power_w,
-                                 provisioned_w=num_gpus * (hwc["tdp_w"] + hwc["host_w_per_gpu"]),
-                                 pue=fac.pue, usd_per_kwh=fac.usd_per_kwh,
-                                 amortization_years=fac.amortization_years,
-                                 facility_usd_per_kw_month=fac.facility_usd_per_kw_month)
+    capex = sum((h["price_usd"] + h["host_usd_per_gpu"]) * g for h, g in roles) * replicas
+    rent = sum(h["rent_usd_per_hour"] * g for h, g in roles) * replicas
+    provisioned = sum((h["tdp_w"] + h["host_w_per_gpu"]) * g for h, g in roles) * replicas
+    usd_hour = np.where(
+        c["own"],
+        capex / (fac.amortization_years * cost.HOURS_PER_YEAR) + power_w / 1e3 * fac.pue * fac.usd_per_kwh
+        + provisioned / 1e3 * fac.facility_usd_per_kw_month / cost.HOURS_PER_MONTH,
+        rent)
+    meets = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"]) & (reason == "")
     return {
-        "ttft_ms": ttft,
-        "tpot_ms": tpot,
-        "e2e_ms": ttft + np.maximum(c["osl"] - 1, 0) * tpot,
+        "ttft_ms": res.ttft_ms,
+        "tpot_ms": res.tpot_ms,
+        "e2e_ms": res.ttft_ms + np.maximum(c["osl"] - 1, 0) * res.tpot_ms,
         "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_gpu": tokens_per_s / num_gpus,
-        "tokens_per_s_per_user": 1e3 / tpot,
+        "tokens_per_s_per_user": 1e3 / res.tpot_ms,
         "power_w": power_w,
         "joules_per_token": power_w * fac.pue / tokens_per_s,
         "usd_per_mtok": cost.usd_per_mtok(usd_hour, tokens_per_s),
         "usd_per_hour": usd_hour,
         "num_gpus": num_gpus,
-        "memory_gb_per_gpu": mem_gb,
+        "memory_gb_per_gpu": pools.mem_gb,
+        "capex_usd": capex,
+        "meets_slo": meets,
+        "goodput_tokens_per_s": np.where(meets, tokens_per_s, 0.0),
         "infeasible_reason": reason,
-        "bottleneck": _bottleneck(res.decode.step, hw, reason),
+        "bottleneck": _bottleneck(*res.steps["decode"], reason),
     }
 
 
-def _bound_split(step, hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Time of the step's operators that are compute-bound, memory-bound, communication."""
-    comp = mem = 0.0
-    for op, t in step.time_ms.items():
-        if op in COMM_OPS:
-            continue
-        c_t = step.flops[op] / (hw.peak_gemm * 1e9)
-        m_t = step.bytes[op] / (hw.mem_tb_s * 1e9)
-        is_c = c_t >= m_t
-        comp = comp + np.where(is_c, t, 0.0)
-        mem = mem + np.where(is_c, 0.0, t)
-    return comp, mem, step.comm_ms()
-
-
-def _compute_bound_share(step, hw) -> np.ndarray:
-    comp, mem, comm = _bound_split(step, hw)
-    return comp / np.maximum(comp + mem + comm, 1e-12)
-
-
 def _bottleneck(step, hw, reason) -> np.ndarray:
-    comp, mem, comm = _bound_split(step, hw)
+    comp, mem, comm = serving.bound_split(step, hw)
     labels = np.array(["compute", "memory", "comm"], dtype=object)
     out = labels[np.argmax(np.stack([comp, mem, comm]), axis=0)]
     return np.where(np.char.startswith(reason.astype(str), "kv_capacity"), "kv_capacity", out)
 
 
-def explain(**config: Any) -> tuple[pd.Series, pd.DataFrame]:
-    """One configuration's metrics and its per-operator breakdown (prefill and decode step):
-    time, FLOPs, bytes, arithmetic intensity and which resource binds each operator."""
+def explain(**config: Any) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame]:
+    """One configuration's metrics, its per-operator breakdown (prefill and decode steps:
+    time, FLOPs, bytes, arithmetic intensity, binding resource) and its pools (step time,
+    utilisation, power per GPU, GPUs, transfer time), so a user sees where the time goes."""
     cols, n = _broadcast(config)
     if n != 1:
         raise DSEError("explain: give one configuration (scalars), not sequences")
@@ -302,18 +367,23 @@ def explain(**config: Any) -> tuple[pd.Series, pd.DataFrame]:
     keep: dict = {}
     _evaluate_model(model, dict(cols), strict=True, keep=keep)
     row = evaluate(**config).iloc[0]
-    res, hw = keep["serving"], keep["hw"]
+    res = keep["result"]
     recs = []
-    for phase, ph in (("prefill", res.prefill), ("decode", res.decode)):
-        for op, t in ph.step.time_ms.items():
-            t, f, b = float(t[0]), float(ph.step.flops[op][0]), float(ph.step.bytes[op][0])
+    for phase, (step, hw) in res.steps.items():
+        total = float(step.total_ms[0])
+        for op, t in step.time_ms.items():
+            t, f, b = float(t[0]), float(step.flops[op][0]), float(step.bytes[op][0])
             if t <= 0:
                 continue
             if op in COMM_OPS:
                 bound = "comm"
             else:
-                bound = "compute" if f / (hw.peak_gemm[0] * 1e9) >= b / (hw.mem_tb_s[0] * 1e9) else "memory"
-            recs.append({"phase": phase, "op": op, "time_ms": t, "share": t / float(ph.time_ms[0]),
+                bound = "compute" if f / float(hw.peak_gemm[0]) >= b / float(hw.mem_tb_s[0]) else "memory"
+            recs.append({"phase": phase, "op": op, "time_ms": t, "share": t / total if total else 0.0,
                          "gflop": f / 1e9, "mbytes": b / 1e6, "flop_per_byte": f / b if b else float("inf"),
                          "bound": bound})
-    return row, pd.DataFrame(recs)
+    pools = pd.DataFrame([{"role": p.role, "gpus": float(np.broadcast_to(p.gpus, (1,))[0]),
+                           "step_ms": float(p.step_ms[0]), "utilisation": float(np.broadcast_to(p.utilisation, (1,))[0]),
+                           "power_w_per_gpu": float(p.power_w[0]),
+                           "transfer_ms": float(np.broadcast_to(res.transfer_ms, (1,))[0])} for p in res.pools])
+    return row, pd.DataFrame(recs), pools

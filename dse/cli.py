@@ -12,9 +12,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from dse import api
 
     cfg = {k: v for k, v in vars(a).items() if k in api.COLUMNS and v is not None}
-    row, ops = api.explain(**cfg)
+    row, ops, pools = api.explain(**cfg)
     if a.json:
         print(json.dumps({"metrics": {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+                          "pools": pools.to_dict(orient="records"),
                           "ops": ops.to_dict(orient="records")}, indent=2, default=str))
         return 0
     print(f"{row['model']} on {row['num_gpus']} x {row['device']}  mode={row['mode']} tp={row['tp']:.0f} "
@@ -24,8 +25,11 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     for m in api.METRICS:
         v = row[m]
         print(f"  {m:<{width}}  {v:,.4g}" if isinstance(v, float) else f"  {m:<{width}}  {v}")
+    fmt = lambda x: f"{x:,.4g}"  # noqa: E731
     print()
-    print(ops.to_string(index=False, float_format=lambda x: f"{x:,.4g}"))
+    print(pools.to_string(index=False, float_format=fmt))
+    print()
+    print(ops.to_string(index=False, float_format=fmt))
     return 0
 
 

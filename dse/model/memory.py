@@ -16,25 +16,11 @@ GB = 1e9
 
 
 def weight_bytes_per_gpu(model: Model, par: Parallel, w_bytes) -> np.ndarray:
-    h = model.hidden
-    tp, pp = par.tp, par.pp
-    total = 0.0
-    for g in model.groups:
-        a, f = g.attention, g.ffn
-        if a.kind == "mla":
-            rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
-            attn = rep + (a.params(h) - rep) / tp
-        else:
-            attn = a.params(h) / tp
-        if f.kind == "dense":
-            ffn = f.params(h) / tp
-        else:
-            shared = f.mats * h * f.shared_intermediate
-            experts = f.params(h) - shared - h * f.num_experts
-            ffn = experts / par.moe_group + shared / tp + h * f.num_experts
-        total = total + g.count * (attn + ffn) * w_bytes
-    embed = model.embedding_params() * 2.0 / tp / np.minimum(pp, 2)
-    return total / pp + embed
+    """Weights one GPU holds: its attention and FFN/expert shards plus embeddings (on the
+    first and last pipeline stage, so at most one table per stage)."""
+    attn, ffn = weight_bytes_split(model, par, w_bytes)
+    embed = model.embedding_params() * 2.0 / par.tp
+    return attn - embed + ffn + embed / np.minimum(par.pp, 2)
 
 
 def kv_bytes_per_seq(model: Model, par: Parallel, kv_bytes, context) -> np.ndarray:
@@ -60,3 +46,24 @@ def activation_bytes(model: Model, tokens_per_rank) -> np.ndarray:
     """Peak transient activations of one step: a few hidden-sized buffers per token."""
     widest = max(max(g.ffn.intermediate * (g.ffn.top_k or 1), model.hidden * 4) for g in model.groups)
     return np.asarray(tokens_per_rank, dtype=float) * (widest + model.vocab / 8) * 2.0
+
+
+def weight_bytes_split(model: Model, par: Parallel, w_bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(attention + embedding bytes, FFN/expert bytes) per GPU, for pools that hold only one side."""
+    h = model.hidden
+    attn = ffn = 0.0
+    for g in model.groups:
+        a, f = g.attention, g.ffn
+        if a.kind == "mla":
+            rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
+            attn = attn + g.count * (rep + (a.params(h) - rep) / par.tp) * w_bytes
+        else:
+            attn = attn + g.count * a.params(h) / par.tp * w_bytes
+        if f.kind == "dense":
+            ffn = ffn + g.count * f.params(h) / par.tp * w_bytes
+        else:
+            shared = f.mats * h * f.shared_intermediate
+            experts = f.params(h) - shared - h * f.num_experts
+            ffn = ffn + g.count * (experts / par.moe_group + shared / par.tp + h * f.num_experts) * w_bytes
+    embed = model.embedding_params() * 2.0 / par.tp
+    return attn / par.pp + embed, ffn / par.pp

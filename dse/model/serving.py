@@ -1,12 +1,23 @@
-"""What a replica delivers: TTFT, TPOT and throughput of a serving mode from step times.
+"""What a deployment delivers: TTFT, TPOT, throughput and power of a serving mode.
 
-agg: one pool, continuous batching with chunked prefill. In steady state a replica
-holding `batch` concurrent requests admits new ones at the rate old ones finish; each
-admitted prompt's prefill work is spread over the steps that also decode the running
-batch. Per output token a request therefore waits for one decode step plus its share
-of the prefill work that arrived meanwhile:
-    TPOT = t_decode / (1 - lam * t_prefill),   lam = batch / lifetime
-and a new request waits for its own prefill chunks, each sharing a step with decode.
+A *pool* is a set of identical workers (device, parallel layout, formats). Step times
+come from `ops.forward`; this module turns them into serving behaviour.
+
+agg: one pool, continuous batching with chunked prefill. A replica holds up to
+    `batch` running requests (fewer if their KV cache does not fit; the rest queue).
+    New prompts' prefill work shares steps with decode, so per output token a request
+    waits one decode step plus the prefill work that arrived meanwhile:
+        TPOT = t_decode / (1 - lam t_prefill),  lam = running / lifetime.
+disagg: a prefill pool and a decode pool, possibly of different devices. The KV
+    cache of each prompt moves from prefill to decode (scale-up fabric inside one
+    domain, NICs otherwise); throughput is the lesser of the pools' rates; prefill
+    queueing shows up in TTFT.
+afd: attention (with the KV cache) on one pool, FFN / experts on another;
+    micro-batches ping-pong between them so transfers hide behind compute when they can.
+
+Concurrency is closed-loop: `concurrency` users each keep one request in flight, so
+throughput X and lifetime L obey L = concurrency / X; when a pool saturates (KV
+capacity, prefill rate), the excess appears as waiting time in TTFT.
 """
 from __future__ import annotations
 
@@ -15,59 +26,214 @@ import dataclasses
 import numpy as np
 
 from dse.catalog.models import Model
-from dse.model import ops
+from dse.model import ops, power
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
-
-@dataclasses.dataclass
-class PhaseResult:
-    step: Step
-    time_ms: np.ndarray        # wall time of the phase's step on one GPU
+ATTN_OPS = ("attn_proj", "attn_core", "tp_comm", "lm_head", "pp_comm")
+FFN_OPS = ("ffn", "moe", "ep_comm")
+AFD_MICROBATCHES = 2.0
 
 
 @dataclasses.dataclass
-class AggResult:
+class Pool:
+    """One kind of worker: hardware arrays, formats, layout and per-GPU figures."""
+    hw: Hw
+    dt: Dtypes
+    par: Parallel
+    tdp_w: np.ndarray
+    idle_w: np.ndarray
+    cap_w: np.ndarray              # power cap per GPU
+    max_seqs: np.ndarray           # sequences one worker's KV memory holds
+
+    @property
+    def gpus(self) -> np.ndarray:
+        return self.par.tp * self.par.dp * self.par.pp
+
+
+@dataclasses.dataclass
+class PoolReport:
+    role: str
+    step_ms: np.ndarray            # the pool's step (prefill of a request, or decode step)
+    utilisation: np.ndarray        # busy fraction of the pool's GPUs
+    power_w: np.ndarray            # average power per GPU (GPU only)
+    gpus: np.ndarray               # GPUs in this role for the whole unit
+
+
+@dataclasses.dataclass
+class ModeResult:
     ttft_ms: np.ndarray
     tpot_ms: np.ndarray
-    tokens_per_s: np.ndarray   # one replica, output tokens
-    prefill: PhaseResult       # one request's whole prompt
-    decode: PhaseResult        # one decode step of the running batch
-    prefill_share: np.ndarray  # fraction of wall time spent on prefill work
+    tokens_per_s: np.ndarray       # output tokens per second of one unit (replica)
+    gpus: np.ndarray               # GPUs in one unit
+    gpu_power_w: np.ndarray        # sum of average GPU power of the unit
+    pools: list                    # PoolReport per role
+    transfer_ms: np.ndarray        # KV (disagg) or activation (afd) transfer per request / step
+    steps: dict                    # phase name -> (Step, Hw of its pool), for the breakdown
 
 
-def prefill_phase(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, isl, prefix_hit, skew) -> PhaseResult:
-    """Prefill of one request's uncached prompt tokens (the cached prefix is attended, not recomputed)."""
-    cached = np.floor(np.asarray(isl, dtype=float) * prefix_hit)
+def _phase_power(pool: Pool, step: Step, time_ms, coeffs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(capped power per GPU while running this phase, time stretch from the cap)."""
+    p = power.gpu_power_w(flops=step.total_flops(), nbytes=step.total_bytes(), time_ms=time_ms,
+                          peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
+                          tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)
+    share = compute_bound_share(step, pool.hw)
+    capped, stretched = power.apply_cap(p, time_ms, share, cap_w=pool.cap_w)
+    return capped, stretched / np.maximum(time_ms, 1e-12)
+
+
+def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time of the step's operators that are compute-bound, memory-bound, communication."""
+    comp = mem = 0.0
+    for op, t in step.time_ms.items():
+        if op in ops.COMM_OPS:
+            continue
+        is_c = step.flops[op] / hw.peak_gemm >= step.bytes[op] / hw.mem_tb_s
+        comp = comp + np.where(is_c, t, 0.0)
+        mem = mem + np.where(is_c, 0.0, t)
+    return comp, mem, step.comm_ms()
+
+
+def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
+    comp, mem, comm = bound_split(step, hw)
+    return comp / np.maximum(comp + mem + comm, 1e-12)
+
+
+def _prefill_step(model: Model, pool: Pool, isl, prefix_hit, skew) -> Step:
+    """Prefill of one request's uncached prompt (the cached prefix is attended, not recomputed)."""
+    isl = np.asarray(isl, dtype=float)
+    cached = np.floor(isl * prefix_hit)
     new = np.maximum(isl - cached, 1.0)
-    step = ops.forward(model, hw=hw, par=par, dt=dt, batch=np.ones_like(new) * par.dp, q_len=new, ctx=cached + new,
-                       skew=skew)
-    return PhaseResult(step=step, time_ms=step.total_ms)
+    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=pool.par.dp, q_len=new,
+                       ctx=cached + new, skew=skew)
 
 
-def decode_phase(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, ctx, skew) -> PhaseResult:
-    """One decode step of `batch` sequences at average context `ctx`, pipelined over pp stages:
-    pp micro-batches of batch/pp each; a token's step crosses every stage once."""
-    micro = np.maximum(batch / par.pp, 1.0)
-    step = ops.forward(model, hw=hw, par=par, dt=dt, batch=micro, q_len=np.ones_like(micro), ctx=ctx, skew=skew)
-    return PhaseResult(step=step, time_ms=step.total_ms)
+def _decode_step(model: Model, pool: Pool, batch, ctx, skew) -> Step:
+    """One decode step of `batch` sequences, pipelined over pp stages as pp micro-batches:
+    a token's step crosses every stage once, so TPOT is one micro-batch through all layers."""
+    micro = np.maximum(np.asarray(batch, dtype=float) / pool.par.pp, 1.0)
+    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=np.ones_like(micro),
+                       ctx=ctx, skew=skew)
 
 
-def agg(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, isl, osl, prefix_hit, skew) -> AggResult:
-    batch = np.asarray(batch, dtype=float)
+def _chunked_mix(t_pre, t_dec, running, osl):
+    """Fixed point of continuous batching with prefill sharing decode steps.
+    Returns (ttft of a running request, tpot, prefill share of wall time, requests/ms)."""
     osl = np.asarray(osl, dtype=float)
-    pre = prefill_phase(model, hw=hw, par=par, dt=dt, isl=isl, prefix_hit=prefix_hit, skew=skew)
-    dec = decode_phase(model, hw=hw, par=par, dt=dt, batch=batch, ctx=isl + osl / 2.0, skew=skew)
-    t_pre, t_dec = pre.time_ms, dec.time_ms
-    # Fixed point of lifetime L = TTFT + (osl-1) TPOT, TPOT = t_dec / (1 - lam t_pre), lam = batch / L.
-    ttft = t_pre + t_dec
-    tpot = t_dec
-    for _ in range(4):
+    ttft, tpot = t_pre + t_dec, t_dec
+    for _ in range(6):
         life = ttft + np.maximum(osl - 1.0, 0.0) * tpot
-        lam = batch / life
-        share = np.minimum(lam * t_pre, 0.95)
+        share = np.minimum(running / life * t_pre, 0.95)
         tpot = t_dec / (1.0 - share)
-        ttft = t_pre / (1.0 - share) * (1.0 + share) + t_dec
+        # a new prompt's chunks wait behind the prefill work already queued
+        ttft = t_pre / (1.0 - share) + t_dec
     life = ttft + np.maximum(osl - 1.0, 0.0) * tpot
-    tokens_per_s = batch * osl / life * 1e3
-    return AggResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=tokens_per_s, prefill=pre, decode=dec,
-                     prefill_share=share)
+    return ttft, tpot, share, running / life
+
+
+def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs) -> ModeResult:
+    conc = np.asarray(concurrency, dtype=float)
+    osl = np.asarray(osl, dtype=float)
+    running = np.maximum(np.minimum(conc, pool.max_seqs), 1.0)
+    pre = _prefill_step(model, pool, isl, prefix_hit, skew)
+    dec = _decode_step(model, pool, running, isl + osl / 2.0, skew)
+    p_pre, s_pre = _phase_power(pool, pre, pre.total_ms, coeffs)
+    p_dec, s_dec = _phase_power(pool, dec, dec.total_ms, coeffs)
+    t_pre, t_dec = pre.total_ms * s_pre, dec.total_ms * s_dec
+    ttft, tpot, share, x = _chunked_mix(t_pre, t_dec, running, osl)
+    ttft = np.maximum(ttft, conc / x - np.maximum(osl - 1.0, 0.0) * tpot)   # queue for a KV slot
+    gpu_w = share * p_pre + (1.0 - share) * p_dec
+    rep = PoolReport("agg", t_dec, np.ones_like(t_dec), gpu_w, pool.gpus)
+    return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=pool.gpus,
+                      gpu_power_w=gpu_w * pool.gpus, pools=[rep], transfer_ms=np.zeros_like(ttft),
+                      steps={"prefill": (pre, pool.hw), "decode": (dec, pool.hw)})
+
+
+def kv_transfer_ms(model: Model, *, isl, kv_bytes, same_domain, src: Pool, dst: Pool) -> np.ndarray:
+    """Moving one prompt's KV cache from a prefill worker to a decode worker: every
+    prefill GPU sends its shard in parallel over its own link (scale-up inside one
+    domain, its NIC otherwise), plus a fixed handshake of 20 us."""
+    elems = model.kv_elems_per_token(1) * np.asarray(isl, dtype=float)
+    nbytes = elems * kv_bytes
+    link = np.where(same_domain, np.minimum(src.hw.scaleup_gb_s, dst.hw.scaleup_gb_s),
+                    np.minimum(src.hw.scaleout_gb_s, dst.hw.scaleout_gb_s))
+    lanes = np.minimum(src.gpus, dst.gpus)
+    return nbytes / (link * 1e9 * lanes) * 1e3 + 0.02
+
+
+def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, decode_workers, decode_batch,
+           isl, osl, prefix_hit, skew, coeffs, same_domain) -> ModeResult:
+    osl = np.asarray(osl, dtype=float)
+    b_dec = np.maximum(np.minimum(decode_batch, dec_pool.max_seqs), 1.0)
+    conc = np.asarray(decode_batch, dtype=float) * decode_workers
+    pre = _prefill_step(model, pre_pool, isl, prefix_hit, skew)
+    dec = _decode_step(model, dec_pool, b_dec, isl + osl / 2.0, skew)
+    p_pre, s_pre = _phase_power(pre_pool, pre, pre.total_ms, coeffs)
+    p_dec, s_dec = _phase_power(dec_pool, dec, dec.total_ms, coeffs)
+    t_pre, tpot = pre.total_ms * s_pre, dec.total_ms * s_dec
+    xfer = kv_transfer_ms(model, isl=isl, kv_bytes=dec_pool.dt.kv_bytes, same_domain=same_domain,
+                          src=pre_pool, dst=dec_pool)
+    pre_rate = prefill_workers * pre_pool.par.dp / t_pre                 # requests per ms
+    dec_rate = decode_workers * b_dec / (np.maximum(osl - 1.0, 1.0) * tpot)
+    x = np.minimum(np.minimum(conc / (t_pre + xfer + np.maximum(osl - 1.0, 0.0) * tpot), pre_rate), dec_rate)
+    rho = np.minimum(x / pre_rate, 0.99)
+    wait = t_pre * rho / (2.0 * (1.0 - rho)) / np.maximum(prefill_workers, 1.0)  # M/D/c-style queueing
+    ttft = np.maximum(t_pre + xfer + wait, conc / x - np.maximum(osl - 1.0, 0.0) * tpot)
+    util_pre = rho
+    util_dec = np.minimum(x / dec_rate, 1.0)
+    gp = util_pre * p_pre + (1 - util_pre) * pre_pool.idle_w
+    gd = util_dec * p_dec + (1 - util_dec) * dec_pool.idle_w
+    g_pre, g_dec = pre_pool.gpus * prefill_workers, dec_pool.gpus * decode_workers
+    pools = [PoolReport("prefill", t_pre, util_pre, gp, g_pre), PoolReport("decode", tpot, util_dec, gd, g_dec)]
+    return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=g_pre + g_dec,
+                      gpu_power_w=gp * g_pre + gd * g_dec, pools=pools, transfer_ms=xfer,
+                      steps={"prefill": (pre, pre_pool.hw), "decode": (dec, dec_pool.hw)})
+
+
+def _sum_ops(step: Step, names) -> np.ndarray:
+    return sum(step.time_ms[k] for k in names)
+
+
+def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs,
+        same_domain) -> ModeResult:
+    """Attention/FFN disaggregation: per layer, each micro-batch runs attention on the
+    attention pool, ships its activations to the FFN pool and back. With m micro-batches
+    in flight the pools overlap: a layer costs max(m t_a, m t_f, 2 m t_x) plus one
+    micro-batch's pipeline fill."""
+    conc = np.asarray(concurrency, dtype=float)
+    osl = np.asarray(osl, dtype=float)
+    running = np.maximum(np.minimum(conc, attn_pool.max_seqs), 1.0)
+    m = AFD_MICROBATCHES
+    h = float(model.hidden)
+    link = np.where(same_domain, np.minimum(attn_pool.hw.scaleup_gb_s, ffn_pool.hw.scaleup_gb_s),
+                    np.minimum(attn_pool.hw.scaleout_gb_s, ffn_pool.hw.scaleout_gb_s))
+    lanes = np.minimum(attn_pool.gpus, ffn_pool.gpus)
+
+    def pingpong(tokens, batch, q_len, ctx, micro):
+        sa = ops.forward(model, hw=attn_pool.hw, par=attn_pool.par, dt=attn_pool.dt, batch=batch / micro,
+                         q_len=q_len, ctx=ctx, skew=skew)
+        sf = ops.forward(model, hw=ffn_pool.hw, par=ffn_pool.par, dt=ffn_pool.dt, batch=batch / micro,
+                         q_len=q_len, ctx=ctx, skew=skew)
+        ta, tf = _sum_ops(sa, ATTN_OPS), _sum_ops(sf, FFN_OPS)
+        tx = model.num_layers * (tokens / micro * h * attn_pool.dt.a_bytes / (link * 1e9 * lanes) * 1e3 + 0.01)
+        stage = np.maximum(np.maximum(micro * ta, micro * tf), 2.0 * micro * tx)
+        fill = ta + tf + 2.0 * tx - np.maximum(np.maximum(ta, tf), 2.0 * tx)
+        return stage + fill, micro * ta, micro * tf, micro * tx, sa, sf
+
+    isl = np.asarray(isl, dtype=float)
+    new = np.maximum(isl - np.floor(isl * prefix_hit), 1.0)
+    t_pre, pa_busy, pf_busy, _, pre_a, pre_f = pingpong(new, np.ones_like(new), new, isl, 1.0)
+    t_dec, da_busy, df_busy, tx, dec_a, dec_f = pingpong(running, running, np.ones_like(running),
+                                                         isl + osl / 2.0, m)
+    ttft, tpot, share, x = _chunked_mix(t_pre, t_dec, running, osl)
+    ttft = np.maximum(ttft, conc / x - np.maximum(osl - 1.0, 0.0) * tpot)
+    ua = share * pa_busy / t_pre + (1 - share) * da_busy / t_dec
+    uf = share * pf_busy / t_pre + (1 - share) * df_busy / t_dec
+    pa, _ = _phase_power(attn_pool, dec_a, np.maximum(t_dec, 1e-9) / m, coeffs)
+    pf, _ = _phase_power(ffn_pool, dec_f, np.maximum(t_dec, 1e-9) / m, coeffs)
+    ga = attn_pool.idle_w + np.minimum(ua, 1.0) * (pa - attn_pool.idle_w)
+    gf = ffn_pool.idle_w + np.minimum(uf, 1.0) * (pf - ffn_pool.idle_w)
+    pools = [PoolReport("attention", t_dec, ua, ga, attn_pool.gpus), PoolReport("ffn", t_dec, uf, gf, ffn_pool.gpus)]
+    return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=attn_pool.gpus + ffn_pool.gpus,
+                      gpu_power_w=ga * attn_pool.gpus + gf * ffn_pool.gpus, pools=pools, transfer_ms=tx,
+                      steps={"prefill": (pre_a, attn_pool.hw), "decode": (dec_a, attn_pool.hw),
+                             "decode_ffn": (dec_f, ffn_pool.hw)})

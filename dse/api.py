@@ -84,7 +84,16 @@ def _power_coeffs() -> dict[str, float]:
     return {"c_compute": float(data["c_compute"]), "c_memory": float(data["c_memory"])}
 
 
-def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+DEVICE_COLUMNS = ("device", "prefill_device", "decode_device", "attn_device", "ffn_device")
+
+
+def _vocab_key(name: str) -> str:
+    return "device" if name in DEVICE_COLUMNS else name
+
+
+def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:
+    """Columns as arrays of one length. String columns become integer codes into a small
+    vocabulary (device columns share one), so millions of rows never touch Python strings."""
     unknown = sorted(set(columns) - set(COLUMNS))
     if unknown:
         raise DSEError(f"evaluate: unknown column {unknown[0]!r}; allowed: {', '.join(COLUMNS)}")
@@ -104,10 +113,13 @@ def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
             n = arr.size
         arrays[name] = arr.reshape(-1)
     out = {}
+    raw_codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, arr in arrays.items():
         if name in STRING_COLUMNS:
-            arr = arr.astype(str)
-        elif name == "own":
+            codes, uniq = pd.factorize(arr.astype(str) if arr.dtype.kind not in "OUT" else arr)
+            raw_codes[name] = (codes, np.asarray([str(u) for u in uniq], dtype=object))
+            continue
+        if name == "own":
             arr = arr.astype(bool)
         else:
             try:
@@ -119,20 +131,36 @@ def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
             if name in ROLE_INT_COLUMNS and (np.any(arr < 0) or np.any(arr != np.round(arr))):
                 raise DSEError(f"evaluate: column {name!r} must hold integers >= 0 (0 = inherit)")
         out[name] = np.broadcast_to(arr, (n,)) if arr.size == 1 else arr
-    return out, n
+    vocab: dict[str, np.ndarray] = {}
+    for name, (codes, uniq) in raw_codes.items():
+        key = _vocab_key(name)
+        words = list(vocab.get(key, np.array(["", "native"] if key in ("device", "weight_dtype") else [""],
+                                             dtype=object)))
+        for w in uniq:
+            if w not in words:
+                words.append(w)
+        vocab[key] = np.array(words, dtype=object)
+        lookup = np.array([words.index(w) for w in uniq], dtype=np.int32)
+        arr = lookup[codes]
+        out[name] = np.broadcast_to(arr, (n,)) if arr.size == 1 else arr
+    return out, n, vocab
 
 
-def _check_categories(cols: dict[str, np.ndarray]) -> None:
+def _used(cols, vocab, name) -> list[str]:
+    return [str(w) for w in vocab[_vocab_key(name)][np.unique(cols[name])]]
+
+
+def _check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray]) -> None:
     known_dev = set(device_ids())
-    for col in ("device", "prefill_device", "decode_device", "attn_device", "ffn_device"):
-        for d in map(str, np.unique(cols[col])):
-            if d and d not in known_dev and not d.endswith((".yaml", ".yml")):
+    for col in DEVICE_COLUMNS:
+        for d in _used(cols, vocab, col):
+            if (d or col == "device") and d not in known_dev and not d.endswith((".yaml", ".yml")):
                 raise DSEError(f"evaluate: {col}: unknown device {d!r}; known: {', '.join(sorted(known_dev))}")
-    for m in map(str, np.unique(cols["mode"])):
+    for m in _used(cols, vocab, "mode"):
         if m not in MODES:
             raise DSEError(f"evaluate: mode: unknown mode {m!r}; allowed: {', '.join(MODES)}")
     for name in ("weight_dtype", "kv_dtype"):
-        for v in map(str, np.unique(cols[name])):
+        for v in _used(cols, vocab, name):
             if not (name == "weight_dtype" and v == "native"):
                 dtypes.normalize(v, field=name)
     bad = (cols["prefix_hit"] < 0) | (cols["prefix_hit"] >= 1)
@@ -142,26 +170,23 @@ def _check_categories(cols: dict[str, np.ndarray]) -> None:
         raise DSEError("evaluate: power_cap is a fraction of TDP in (0, 1]")
 
 
-def _structure_errors(model: Model, tp, dp, ep, holds: str = "all") -> np.ndarray:
-    """Per-row reason a parallel layout cannot shard `model` ('' = fine)."""
-    reason = np.full(np.shape(tp), "", dtype=object)
+def _structure_errors(model: Model, reasons: "Reasons", tp, dp, ep, holds: str = "all") -> None:
+    """Flag rows whose parallel layout cannot shard `model`."""
     if holds == "ffn":
         ffn = max(g.ffn.num_experts if g.ffn.kind == "moe" else g.ffn.intermediate for g in model.groups)
-        reason[np.mod(ffn, tp * dp) != 0] = f"ffn_gpus must divide {ffn} ({'experts' if model.is_moe else 'FFN width'})"
-        return reason
+        reasons.flag(np.mod(ffn, tp * dp) != 0,
+                     f"ffn_gpus must divide {ffn} ({'experts' if model.is_moe else 'FFN width'})")
+        return
     heads = min(g.attention.num_heads for g in model.groups)
-    bad_tp = np.mod(heads, tp) != 0
-    reason[bad_tp] = f"tp must divide the {heads} attention heads"
+    reasons.flag(np.mod(heads, tp) != 0, f"tp must divide the {heads} attention heads")
     if holds == "attn":
-        return reason
+        return
     if model.is_moe:
         experts = max(g.ffn.num_experts for g in model.groups)
-        group = tp * dp
-        bad_ep = (np.mod(experts, ep) != 0) | (np.mod(group, ep) != 0)
-        reason[bad_ep & (reason == "")] = f"ep must divide the {experts} experts and tp*dp"
+        reasons.flag((np.mod(experts, ep) != 0) | (np.mod(tp * dp, ep) != 0),
+                     f"ep must divide the {experts} experts and tp*dp")
     else:
-        reason[(ep > 1) & (reason == "")] = "ep > 1 needs a MoE model"
-    return reason
+        reasons.flag(ep > 1, "ep > 1 needs a MoE model")
 
 
 def evaluate(*, strict: bool = True, **columns: Any) -> pd.DataFrame:
@@ -171,59 +196,102 @@ def evaluate(*, strict: bool = True, **columns: Any) -> pd.DataFrame:
     does not divide the attention heads, an unknown id) raises DSEError; the search
     passes strict=False to get such rows back flagged infeasible instead.
     """
-    cols, n = _broadcast(columns)
-    _check_categories(cols)
-    out = {name: np.asarray(arr) for name, arr in cols.items()}
+    cols, n, vocab = _broadcast(columns)
+    _check_categories(cols, vocab)
+    out: dict[str, Any] = {}
+    for name, arr in cols.items():
+        if name in STRING_COLUMNS:
+            words = vocab[_vocab_key(name)]
+            out[name] = pd.Categorical.from_codes(np.asarray(arr), categories=pd.Index(words, dtype=object))
+        else:
+            out[name] = np.asarray(arr)
     metrics = {m: np.zeros(n) for m in METRICS if m not in ("feasible", "infeasible_reason", "bottleneck")}
-    reason = np.full(n, "", dtype=object)
-    bottleneck = np.full(n, "", dtype=object)
-    models, model_idx = np.unique(cols["model"], return_inverse=True)
-    for mi, mref in enumerate(models):
-        rows = np.nonzero(model_idx == mi)[0]
-        model = get_model(str(mref))
+    reasons = Reasons(n)
+    bottleneck = np.zeros(n, dtype=np.int8)
+    model_codes = cols["model"]
+    for code in np.unique(model_codes):
+        rows = np.nonzero(model_codes == code)[0] if len(np.unique(model_codes)) > 1 else slice(None)
+        model = get_model(str(vocab["model"][code]))
         sub = {k: v[rows] for k, v in cols.items()}
-        res = _evaluate_model(model, sub, strict=strict)
+        res, sub_reasons = _evaluate_model(model, sub, vocab, strict=strict)
+        reasons.merge(rows, sub_reasons)
+        bottleneck[rows] = res.pop("bottleneck")
         for k, v in res.items():
-            if k == "infeasible_reason":
-                reason[rows] = v
-            elif k == "bottleneck":
-                bottleneck[rows] = v
-            else:
-                metrics[k][rows] = v
+            metrics[k][rows] = v
     out.update(metrics)
     out["num_gpus"] = out["num_gpus"].astype(np.int64)
     out["meets_slo"] = out["meets_slo"].astype(bool)
-    out["feasible"] = reason == ""
-    out["infeasible_reason"] = reason
-    out["bottleneck"] = bottleneck
+    out["feasible"] = reasons.codes == 0
+    out["infeasible_reason"] = reasons.categorical()
+    out["bottleneck"] = pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS)
     return pd.DataFrame(out)
+
+
+BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]
+
+
+class Reasons:
+    """Why rows are infeasible, as small-integer codes into a list of texts (0 = feasible)."""
+
+    def __init__(self, n: int):
+        self.codes = np.zeros(n, dtype=np.int16)
+        self.texts = [""]
+
+    def flag(self, mask, text: str) -> None:
+        mask = np.asarray(mask) & (self.codes == 0)
+        if mask.any():
+            if text not in self.texts:
+                self.texts.append(text)
+            self.codes[mask] = self.texts.index(text)
+
+    def merge(self, rows, other: "Reasons") -> None:
+        lookup = np.array([self._code(t) for t in other.texts], dtype=np.int16)
+        self.codes[rows] = lookup[other.codes]
+
+    def _code(self, text: str) -> int:
+        if text not in self.texts:
+            self.texts.append(text)
+        return self.texts.index(text)
+
+    def first(self) -> tuple[int, str] | None:
+        bad = np.nonzero(self.codes)[0]
+        return (int(bad[0]), self.texts[self.codes[bad[0]]]) if len(bad) else None
+
+    def text_array(self) -> np.ndarray:
+        return np.array(self.texts, dtype=object)[self.codes]
+
+    def categorical(self) -> pd.Categorical:
+        return pd.Categorical.from_codes(self.codes, categories=pd.Index(self.texts, dtype=object))
 
 
 class _Pools:
     """Builds serving pools for one model from per-row columns, sharing the spec table."""
 
-    def __init__(self, model: Model, c: dict[str, np.ndarray]):
-        self.model, self.c = model, c
-        wd = np.where(c["weight_dtype"] == "native", model.native_dtype, c["weight_dtype"])
-        names, idx = np.unique(wd, return_inverse=True)
-        self.wd = np.array([dtypes.normalize(x, field="weight_dtype") for x in names])[idx]
-        kd_names, kd_idx = np.unique(c["kv_dtype"], return_inverse=True)
-        self.kv_bytes = np.array([dtypes.BYTES[dtypes.normalize(x, field="kv_dtype")] for x in kd_names])[kd_idx]
+    def __init__(self, model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.ndarray]):
+        self.model, self.c, self.vocab = model, c, vocab
+        # weight formats: vocabulary entries normalised once ('native' = the checkpoint's)
+        names = [dtypes.normalize(model.native_dtype if w in ("native", "") else w, field="weight_dtype")
+                 for w in vocab["weight_dtype"]]
+        self.wd_names = sorted(set(names))
+        self.wd = np.array([self.wd_names.index(x) for x in names])[c["weight_dtype"]]
+        kv = [dtypes.BYTES[dtypes.normalize(x or "bf16", field="kv_dtype")] for x in vocab["kv_dtype"]]
+        self.kv_bytes = np.array(kv)[c["kv_dtype"]]
         self.rt = _runtime()
-        self.reason = np.full(c["tp"].shape, "", dtype=object)
+        self.reasons = Reasons(len(c["tp"]))
         self.mem_gb = np.zeros(c["tp"].shape)
 
     def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None) -> tuple[serving.Pool, dict]:
         c, model = self.c, self.model
-        pairs, pair_idx = np.unique(np.char.add(np.char.add(device.astype(str), "|"), self.wd.astype(str)),
-                                    return_inverse=True)
-        table = _spec_table(tuple(tuple(p.split("|")) for p in pairs))
+        nw = len(self.wd_names)
+        pairs, pair_idx = np.unique(np.asarray(device, dtype=np.int64) * nw + self.wd, return_inverse=True)
+        keys = tuple((str(self.vocab["device"][p // nw]), self.wd_names[p % nw]) for p in pairs)
+        table = _spec_table(keys)
         hwc = table.gather(pair_idx)
         hw = SpecTable.hw(hwc)
-        w_bytes = np.array([dtypes.BYTES[p.split("|")[1]] for p in pairs])[pair_idx]
+        w_bytes = np.array([dtypes.BYTES[k[1]] for k in keys])[pair_idx]
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
-        self.reason = np.where(self.reason == "", _structure_errors(model, tp, dp, ep, holds), self.reason)
+        _structure_errors(model, self.reasons, tp, dp, ep, holds)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         attn_w, ffn_w = memory.weight_bytes_split(model, par, w_bytes)
         weights = {"all": memory.weight_bytes_per_gpu(model, par, w_bytes), "attn": attn_w, "ffn": ffn_w}[holds]
@@ -238,10 +306,8 @@ class _Pools:
         else:
             max_seqs = np.floor(np.maximum(cap - fixed, 0) * self.rt["kv_memory_fraction"] / kv_seq) * dp
             kv_used = kv_seq * np.minimum(seqs_rank, np.maximum(max_seqs / dp, 1.0))
-        self.reason = np.where((self.reason == "") & (fixed > cap), f"memory: weights do not fit ({holds} pool)",
-                               self.reason)
-        self.reason = np.where((self.reason == "") & (max_seqs < 1),
-                               "kv_capacity: not one sequence's KV cache fits", self.reason)
+        self.reasons.flag(fixed > cap, f"memory: weights do not fit ({holds} pool)")
+        self.reasons.flag(max_seqs < 1, "kv_capacity: not one sequence's KV cache fits")
         self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
         pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
                             cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs)
@@ -257,19 +323,22 @@ def _role(c, name, generic):
     return np.where(c[name] > 0, c[name], c[generic]) if name in c else c[generic]
 
 
-def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, keep: dict | None = None
-                    ) -> dict[str, np.ndarray]:
-    modes = set(np.unique(c["mode"]).tolist())
+def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], *, strict: bool,
+                    keep: dict | None = None) -> tuple[dict[str, np.ndarray], "Reasons"]:
+    modes = np.unique(c["mode"])
     if len(modes) > 1:  # each mode is its own vectorized path
         out: dict[str, np.ndarray] = {}
-        for mode in sorted(modes):
-            rows = np.nonzero(c["mode"] == mode)[0]
-            res = _evaluate_model(model, {k: v[rows] for k, v in c.items()}, strict=strict)
+        reasons = Reasons(len(c["mode"]))
+        for code in modes:
+            rows = np.nonzero(c["mode"] == code)[0]
+            res, sub = _evaluate_model(model, {k: v[rows] for k, v in c.items()}, vocab, strict=strict)
+            reasons.merge(rows, sub)
             for k, v in res.items():
                 out.setdefault(k, np.empty(len(c["mode"]), dtype=v.dtype))[rows] = v
-        return out
-    mode = modes.pop()
-    pools = _Pools(model, c)
+        return out, reasons
+    mode = str(vocab["mode"][modes[0]])
+    pools = _Pools(model, c, vocab)
+    no_dev = _code(vocab, "device", "")
     skew, coeffs = c["routing_skew"], _power_coeffs()
     common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs)
     if mode == "agg":
@@ -277,8 +346,8 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, kee
         res = serving.agg(model, pool, concurrency=c["batch_size"], **common)
         roles = [(hwc, res.gpus)]
     elif mode == "disagg":
-        pdev = np.where(c["prefill_device"] != "", c["prefill_device"], c["device"])
-        ddev = np.where(c["decode_device"] != "", c["decode_device"], c["device"])
+        pdev = np.where(c["prefill_device"] != no_dev, c["prefill_device"], c["device"])
+        ddev = np.where(c["decode_device"] != no_dev, c["decode_device"], c["device"])
         dbatch = _role(c, "decode_batch_size", "batch_size")
         ppool, phwc = pools.make(pdev, _role(c, "prefill_tp", "tp"), _role(c, "prefill_dp", "dp"),
                                  _role(c, "prefill_ep", "ep"), _role(c, "prefill_pp", "pp"), running=np.ones_like(dbatch))
@@ -290,8 +359,8 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, kee
                              decode_workers=c["decode_workers"], decode_batch=dbatch, same_domain=same, **common)
         roles = [(phwc, ppool.gpus * c["prefill_workers"]), (dhwc, dpool.gpus * c["decode_workers"])]
     else:  # afd
-        adev = np.where(c["attn_device"] != "", c["attn_device"], c["device"])
-        fdev = np.where(c["ffn_device"] != "", c["ffn_device"], c["device"])
+        adev = np.where(c["attn_device"] != no_dev, c["attn_device"], c["device"])
+        fdev = np.where(c["ffn_device"] != no_dev, c["ffn_device"], c["device"])
         agpus = np.where(c["attn_gpus"] > 0, c["attn_gpus"], c["tp"] * c["dp"])
         fgpus = np.where(c["ffn_gpus"] > 0, c["ffn_gpus"], np.maximum(c["ep"], c["tp"]))
         atp = np.minimum(c["attn_tp"], agpus)
@@ -303,12 +372,12 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, kee
         same = (adev == fdev) & (agpus + fgpus <= ahwc["domain"])
         res = serving.afd(model, apool, fpool, concurrency=c["batch_size"], same_domain=same, **common)
         roles = [(ahwc, apool.gpus), (fhwc, fpool.gpus)]
-    reason = pools.reason
-    if strict and (reason != "").any() and not str(reason[np.nonzero(reason != "")[0][0]]).startswith(
-            ("memory", "kv_capacity")):
-        i = int(np.nonzero(reason != "")[0][0])
+    reasons = pools.reasons
+    first = reasons.first()
+    if strict and first and not first[1].startswith(("memory", "kv_capacity")):
+        i = first[0]
         raise DSEError(f"evaluate: {model.id}: tp={int(c['tp'][i])}, dp={int(c['dp'][i])}, ep={int(c['ep'][i])}: "
-                       f"{reason[i]}")
+                       f"{first[1]}")
     if keep is not None:
         keep.update(result=res, pools=pools)
 
@@ -326,7 +395,7 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, kee
         capex / (fac.amortization_years * cost.HOURS_PER_YEAR) + power_w / 1e3 * fac.pue * fac.usd_per_kwh
         + provisioned / 1e3 * fac.facility_usd_per_kw_month / cost.HOURS_PER_MONTH,
         rent)
-    meets = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"]) & (reason == "")
+    meets = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"]) & (reasons.codes == 0)
     return {
         "ttft_ms": res.ttft_ms,
         "tpot_ms": res.tpot_ms,
@@ -343,29 +412,34 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], *, strict: bool, kee
         "capex_usd": capex,
         "meets_slo": meets,
         "goodput_tokens_per_s": np.where(meets, tokens_per_s, 0.0),
-        "infeasible_reason": reason,
-        "bottleneck": _bottleneck(*res.steps["decode"], reason),
-    }
+        "bottleneck": _bottleneck(*res.steps["decode"], reasons),
+    }, reasons
 
 
-def _bottleneck(step, hw, reason) -> np.ndarray:
+def _code(vocab, key: str, word: str) -> int:
+    words = list(vocab[key])
+    return words.index(word) if word in words else -1
+
+
+def _bottleneck(step, hw, reasons: "Reasons") -> np.ndarray:
+    """Code into BOTTLENECKS of what binds the decode step (kv_capacity when memory does)."""
     comp, mem, comm = serving.bound_split(step, hw)
-    labels = np.array(["compute", "memory", "comm"], dtype=object)
-    out = labels[np.argmax(np.stack([comp, mem, comm]), axis=0)]
-    return np.where(np.char.startswith(reason.astype(str), "kv_capacity"), "kv_capacity", out)
+    out = np.argmax(np.stack(np.broadcast_arrays(comp, mem, comm)), axis=0).astype(np.int8)
+    kv = np.array([t.startswith("kv_capacity") for t in reasons.texts])[reasons.codes]
+    return np.where(kv, 3, out).astype(np.int8)
 
 
 def explain(**config: Any) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame]:
     """One configuration's metrics, its per-operator breakdown (prefill and decode steps:
     time, FLOPs, bytes, arithmetic intensity, binding resource) and its pools (step time,
     utilisation, power per GPU, GPUs, transfer time), so a user sees where the time goes."""
-    cols, n = _broadcast(config)
+    cols, n, vocab = _broadcast(config)
     if n != 1:
         raise DSEError("explain: give one configuration (scalars), not sequences")
-    _check_categories(cols)
-    model = get_model(str(cols["model"][0]))
+    _check_categories(cols, vocab)
+    model = get_model(str(vocab["model"][cols["model"][0]]))
     keep: dict = {}
-    _evaluate_model(model, dict(cols), strict=True, keep=keep)
+    _evaluate_model(model, dict(cols), vocab, strict=True, keep=keep)
     row = evaluate(**config).iloc[0]
     res = keep["result"]
     recs = []

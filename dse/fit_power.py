@@ -26,13 +26,12 @@ def utilisations(obs: dict) -> tuple[float, float]:
 
     setup = dict(obs["setup"])
     keep: dict = {}
-    cols, _ = api._broadcast({"device": obs["device"], **setup})
-    api._evaluate_model(api.get_model(setup["model"]), dict(cols), strict=True, keep=keep)
-    res, hw = keep["serving"], keep["hw"]
-    ph = res.prefill if obs["phase"] == "prefill" else res.decode
-    t = float(ph.time_ms[0]) * 1e-3
-    u_c = float(ph.step.total_flops()[0]) / (float(hw.peak_gemm[0]) * 1e12 * t)
-    u_m = float(ph.step.total_bytes()[0]) / (float(hw.mem_tb_s[0]) * 1e12 * t)
+    cols, _, vocab = api._broadcast({"device": obs["device"], **setup})
+    api._evaluate_model(api.get_model(setup["model"]), dict(cols), vocab, strict=True, keep=keep)
+    step, hw = keep["result"].steps[obs["phase"]]
+    t = float(step.total_ms[0]) * 1e-3
+    u_c = float(step.total_flops()[0]) / (float(hw.peak_gemm[0]) * 1e12 * t)
+    u_m = float(step.total_bytes()[0]) / (float(hw.mem_tb_s[0]) * 1e12 * t)
     return min(u_c, 1.0), min(u_m, 1.0)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from dse.catalog.models import Model
 from dse.model import ops, power
@@ -98,13 +99,48 @@ def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
     return comp / np.maximum(comp + mem + comm, 1e-12)
 
 
+def _take(x, idx, n):
+    if isinstance(x, dict):
+        return {k: _take(v, idx, n) for k, v in x.items()}
+    if dataclasses.is_dataclass(x):
+        return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x)})
+    return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
+
+
+def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first row of each distinct combination of `cols`, and each row's group."""
+    n = max(np.size(c) for c in cols)
+    key = np.zeros(n, dtype=np.int64)
+    for c in cols:
+        codes, uniq = pd.factorize(np.broadcast_to(np.asarray(c, dtype=float), (n,)))
+        key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
+    inverse_codes, uniq_keys = pd.factorize(key)
+    first = np.zeros(len(uniq_keys), dtype=np.int64)
+    first[inverse_codes[::-1]] = np.arange(n)[::-1]
+    return first, inverse_codes
+
+
 def _prefill_step(model: Model, pool: Pool, isl, prefix_hit, skew) -> Step:
-    """Prefill of one request's uncached prompt (the cached prefix is attended, not recomputed)."""
-    isl = np.asarray(isl, dtype=float)
+    """Prefill of one request's uncached prompt (the cached prefix is attended, not recomputed).
+
+    It does not depend on the batch, so a sweep's many rows share few distinct prefills:
+    compute each distinct (hardware, layout, formats, prompt) once and gather."""
+    n = np.broadcast(isl, pool.par.tp, pool.hw.peak_gemm).shape[0] if np.ndim(isl) or np.ndim(pool.par.tp) else 1
+    isl = np.broadcast_to(np.asarray(isl, dtype=float), (n,))
     cached = np.floor(isl * prefix_hit)
     new = np.maximum(isl - cached, 1.0)
-    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=pool.par.dp, q_len=new,
-                       ctx=cached + new, skew=skew)
+    first, inverse = _unique_rows(pool.hw.peak_gemm, pool.hw.mem_tb_s, pool.hw.scaleup_gb_s, pool.hw.domain,
+                                  pool.hw.params["gemm"]["eff_compute"], pool.par.tp, pool.par.dp, pool.par.ep,
+                                  pool.par.pp, pool.dt.w_bytes, pool.dt.kv_bytes, new, cached, skew)
+    if len(first) == n:
+        return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=pool.par.dp, q_len=new,
+                           ctx=cached + new, skew=skew)
+    sub = _take(pool, first, n)
+    step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp, q_len=new[first],
+                       ctx=(cached + new)[first], skew=np.broadcast_to(np.asarray(skew, dtype=float), (n,))[first])
+    return Step(time_ms={k: v[inverse] for k, v in step.time_ms.items()},
+                flops={k: v[inverse] for k, v in step.flops.items()},
+                bytes={k: v[inverse] for k, v in step.bytes.items()})
 
 
 def _decode_step(model: Model, pool: Pool, batch, ctx, skew) -> Step:

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--measurements", help="CSV of measured deployments")
     val.add_argument("--json", help="write the figures to this JSON file")
     val.set_defaults(func=_cmd_validate)
+
+    from dse.report.cli import add_parser as add_report
+    add_report(sub)
     return p
 
 

@@ -1,0 +1,372 @@
+"""Draw a results directory as one self-contained, offline HTML file.
+
+`write_report(run_dir)` writes `run_dir/report.html`: plotly.js inlined once (no CDN),
+then one div per figure — a scatter per objective pair with the Pareto set on top of a
+faint sample of the dominated configurations, a 3-D view of three objectives, parallel
+coordinates of the Pareto set, a sortable table, the scenario, the run facts and the
+validation figures. Point data travel as float32 typed arrays (plotly >= 6 encodes
+numpy arrays as base64), large traces are WebGL (Scattergl), and the number of drawn
+points is bounded (see `dse.report.figdata`), so the file stays a few MB whatever the
+size of the sweep. Plotly is imported inside the functions, keeping `import dse` light.
+"""
+from __future__ import annotations
+
+import base64
+import html as _html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dse.io import write_text
+from dse.report import figdata as fd
+
+REPORT_HTML = "report.html"
+GL_THRESHOLD = 1000   # a trace with more points than this is drawn with WebGL
+FIG_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def write_report(run_dir: str | Path, *, out: str | Path | None = None, **load_kw: Any) -> Path:
+    """Build the report of a results directory; returns the path written (atomically)."""
+    rd = fd.load_run(run_dir, **load_kw)
+    page = render(rd)
+    return write_text(Path(out) if out is not None else Path(run_dir) / REPORT_HTML, page)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _palette(n: int) -> list[str]:
+    from plotly import colors
+
+    q = colors.qualitative
+    base = q.Plotly if n <= 10 else q.Dark24 if n <= 24 else q.Alphabet
+    return [base[i % len(base)] for i in range(max(n, 1))]
+
+
+def _hovertemplate(metrics: list[str]) -> str:
+    lines = ["%{text}"]
+    for i, m in enumerate(metrics):
+        short, unit = fd.METRIC_LABELS.get(m, (m, ""))
+        lines.append(f"{short}: %{{customdata[{i}]:,.4~r}}{(' ' + unit) if unit else ''}")
+    return "<br>".join(lines)
+
+
+def _axis_title(o: fd.Objective) -> str:
+    return f"{o.label} {o.arrow}"
+
+
+def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[str]):
+    """A 2-D (two axes) or 3-D (three) scatter of one ScatterData. Hover text and
+    metrics are not in the figure: traces name their point set in meta.key and the page
+    attaches the shared arrays (see `store_script`)."""
+    import plotly.graph_objects as go
+
+    colours = dict(zip(groups, _palette(len(groups))))
+    three = len(sd.axes) == 3
+    n_bg = sum(len(s.x) for s in sd.series if s.role in ("dominated", "infeasible"))
+    n_par = sum(len(s.x) for s in sd.series if s.role == "pareto")
+    tmpl = _hovertemplate(hover_metrics)
+    fig = go.Figure()
+    with_pareto = {s.group for s in sd.series if s.role == "pareto"}
+    rank = {g: 10 * (i + 1) for i, g in enumerate(groups)}  # legend in group order
+    for s in sd.series:
+        meta = {"role": s.role, "group": s.group, "key": s.key}
+        common: dict[str, Any] = dict(x=s.x, y=s.y, meta=meta, legendrank=rank.get(s.group, 10_000))
+        if three:
+            common["z"] = s.z
+        if s.role == "front":
+            fig.add_trace(go.Scatter(**common, mode="lines", name="front of this pair", hoverinfo="skip",
+                                     line=dict(color="rgba(40,40,40,0.55)", width=1.5, dash="dot",
+                                               shape="hv" if sd.axes[0].direction == "min" else "vh")))
+            continue
+        colour = colours.get(s.group, "#999")
+        common.update(hovertemplate=tmpl)
+        if s.role == "pareto":
+            common.update(name=s.group, legendgroup=s.group, hoverlabel=dict(bgcolor=colour))
+            if three:
+                fig.add_trace(go.Scatter3d(**common, mode="markers", marker=dict(size=4, color=colour)))
+            else:
+                cls = go.Scattergl if n_par > GL_THRESHOLD else go.Scatter
+                fig.add_trace(cls(**common, mode="markers",
+                                  marker=dict(size=8, color=colour, line=dict(color="white", width=1))))
+        elif s.role == "dominated":
+            lone = s.group not in with_pareto  # no Pareto point: the legend entry goes here
+            common.update(name=s.group if lone else f"{s.group} (dominated)", legendgroup=s.group,
+                          showlegend=lone, hoverlabel=dict(bgcolor=colour))
+            if three:
+                fig.add_trace(go.Scatter3d(**common, mode="markers", opacity=0.15, marker=dict(size=2, color=colour)))
+            else:
+                cls = go.Scattergl if n_bg > GL_THRESHOLD else go.Scatter
+                fig.add_trace(cls(**common, mode="markers", opacity=0.22, marker=dict(size=4, color=colour)))
+        else:  # infeasible sample: hidden until clicked in the legend
+            common.update(name="infeasible (sample)", visible="legendonly", hoverlabel=dict(bgcolor="#ddd"))
+            if three:
+                fig.add_trace(go.Scatter3d(**common, mode="markers", opacity=0.3,
+                                           marker=dict(size=2, color="#999", symbol="x")))
+            else:
+                cls = go.Scattergl if n_bg > GL_THRESHOLD else go.Scatter
+                fig.add_trace(cls(**common, mode="markers", opacity=0.35,
+                                  marker=dict(size=4, color="#999", symbol="x")))
+    layout: dict[str, Any] = dict(template="plotly_white", hovermode="closest", margin=dict(l=60, r=10, t=40, b=50),
+                                  title=dict(text=sd.title, x=0.02, font=dict(size=14)),
+                                  legend=dict(itemsizing="constant", font=dict(size=11)),
+                                  hoverlabel=dict(align="left", font=dict(size=11)))
+    axes = [dict(title=dict(text=_axis_title(o)), **_axis_type(sd, i)) for i, o in enumerate(sd.axes)]
+    if three:
+        layout["scene"] = {f"{a}axis": ax for a, ax in zip("xyz", axes)}
+        layout["margin"] = dict(l=0, r=0, t=40, b=0)
+    else:
+        layout["xaxis"], layout["yaxis"] = axes
+    fig.update_layout(**layout)
+    return fig
+
+
+def _axis_type(sd: fd.ScatterData, i: int) -> dict[str, Any]:
+    if not sd.log[i]:
+        return {"type": "linear"}
+    vals = np.concatenate([(s.x, s.y, s.z)[i] for s in sd.series if (s.x, s.y, s.z)[i] is not None])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    wide = vals.size and vals.max() / vals.min() > 300
+    # a wide log axis labels decades only (plotly's default adds bare "2" and "5" between them)
+    return {"type": "log", "dtick": 1, "tickformat": "~g"} if wide else {"type": "log"}
+
+
+def parcoords_figure(pc: fd.ParcoordsData):
+    import plotly.graph_objects as go
+
+    k = max(len(pc.groups), 1)
+    pal = _palette(k)
+    scale = []  # one flat band per group, so the line colour is the group's colour
+    for i, c in enumerate(pal):
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    dims = []
+    for d in pc.dims:
+        dim: dict[str, Any] = dict(label=d.label, values=d.values.astype(np.float32))
+        if d.tickvals is not None:
+            dim.update(tickvals=d.tickvals, ticktext=d.ticktext)
+        dims.append(dim)
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=pc.color.astype(np.float32), colorscale=scale,
+                                                            cmin=-0.5, cmax=k - 0.5)))
+    fig.update_layout(template="plotly_white", margin=dict(l=70, r=70, t=80, b=30))
+    return fig
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside a <script> element (no "</" can close it)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
+def store_script(sets: list[fd.PointSet]) -> str:
+    """The hover text and metrics of every point set, once for the whole page: text as
+    string arrays, metrics as base64 little-endian float32 matrices."""
+    text = {ps.key: [str(t) for t in ps.text] for ps in sets}
+    custom = {ps.key: {"n": int(ps.custom.shape[0]), "k": int(ps.custom.shape[1]),
+                       "b": base64.b64encode(np.ascontiguousarray(ps.custom, dtype="<f4").tobytes()).decode()}
+              for ps in sets}
+    return f"<script>var DSE_STORE={{text:{_script_json(text)},custom:{_script_json(custom)}}};</script>"
+
+
+def _fig_html(fig, div_id: str, height: str) -> str:
+    import plotly.io as pio
+
+    return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{height};width:100%;"></div>'
+            f'<script>dsePlot("{div_id}",{pio.to_json(fig, validate=False)});</script>')
+
+
+_PLOT_JS = """
+var DSE_CONFIG = %s, DSE_ROWS = {};
+function dseRows(k) {  // float32 matrix -> one Float32Array view per point
+  if (!DSE_ROWS[k]) {
+    var s = DSE_STORE.custom[k], bin = atob(s.b), u8 = new Uint8Array(bin.length), rows = [];
+    for (var i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
+    var f = new Float32Array(u8.buffer);
+    for (var j = 0; j < s.n; j++) rows.push(f.subarray(j * s.k, (j + 1) * s.k));
+    DSE_ROWS[k] = rows;
+  }
+  return DSE_ROWS[k];
+}
+// Figures are drawn when they scroll near the viewport, so the page opens at once; the
+// WebGL views (3-D, parallel coordinates) cost the most. dseDrawAll() draws the rest.
+var DSE_PENDING = {}, DSE_DRAWN = {};
+function dseDraw(id) {
+  var fig = DSE_PENDING[id];
+  if (!fig) return DSE_DRAWN[id];
+  delete DSE_PENDING[id];
+  (fig.data || []).forEach(function (t) {
+    var k = t.meta && t.meta.key;
+    if (k && DSE_STORE.text[k]) { t.text = DSE_STORE.text[k]; t.customdata = dseRows(k); }
+  });
+  DSE_DRAWN[id] = Plotly.newPlot(id, fig.data, fig.layout || {}, DSE_CONFIG);
+  return DSE_DRAWN[id];
+}
+var DSE_OBSERVER = ('IntersectionObserver' in window) ? new IntersectionObserver(function (entries) {
+  entries.forEach(function (e) {
+    if (e.isIntersecting) { DSE_OBSERVER.unobserve(e.target); dseDraw(e.target.id); }
+  });
+}, {rootMargin: '100px'}) : null;
+function dsePlot(id, fig) {
+  DSE_PENDING[id] = fig;
+  if (DSE_OBSERVER) DSE_OBSERVER.observe(document.getElementById(id)); else dseDraw(id);
+}
+function dseDrawAll() {
+  Object.keys(DSE_PENDING).forEach(dseDraw);
+  return Promise.all(Object.keys(DSE_DRAWN).map(function (k) { return DSE_DRAWN[k]; }));
+}
+""" % json.dumps(FIG_CONFIG)
+
+
+# ----------------------------------------------------------------------------- page
+
+def _esc(v: Any) -> str:
+    return _html.escape(str(v), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and not math.isnan(v) and not math.isinf(v) and abs(v) >= 1000:
+        return f"{v:,.6g}"
+    return fd.fmt_value(v)
+
+
+def _render_value(v: Any, depth: int = 0) -> str:
+    if isinstance(v, dict):
+        if not v:
+            return "<i>none</i>"
+        rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_render_value(x, depth + 1)}</td></tr>" for k, x in v.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(v, (list, tuple)):
+        if all(not isinstance(x, (dict, list, tuple)) for x in v):
+            return _esc(", ".join(_fmt(x) for x in v)) if v else "<i>none</i>"
+        if depth > 3:
+            return f"<pre>{_esc(json.dumps(v, indent=1, default=str))}</pre>"
+        return "<ol>" + "".join(f"<li>{_render_value(x, depth + 1)}</li>" for x in v) + "</ol>"
+    if v is None:
+        return "<i>none</i>"
+    return _esc(_fmt(v))
+
+
+def _table_html(td: fd.TableData) -> str:
+    head = "".join(f'<th data-num="{int(n)}" title="click to sort">{_esc(c)}</th>'
+                   for c, n in zip(td.columns, td.numeric))
+    body = []
+    for row in td.rows:
+        cells = []
+        for v, num in zip(row, td.numeric):
+            if num and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                cells.append(f'<td data-v="{float(v)!r}">{_esc(_fmt(v))}</td>')
+            else:
+                cells.append(f"<td>{_esc(_fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = (f"<p class='note'>Showing the first {len(td.rows):,} of {td.n_total:,} Pareto-optimal configurations "
+            f"(sorted by the first objective); all of them are in pareto.csv.</p>" if td.n_total > len(td.rows) else "")
+    return (f'{note}<div class="tablewrap"><table id="pareto-table" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2a44;color:#fff;padding:14px 24px}
+header h1{margin:0;font-size:20px;font-weight:600} header p{margin:4px 0 0;opacity:.85;font-size:13px}
+main{padding:12px 24px;max-width:1600px;margin:auto}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;margin:12px 0;padding:10px 14px}
+h2{font-size:16px;margin:4px 0 8px}
+.facts{display:flex;flex-wrap:wrap;gap:8px}
+.fact{background:#f1f4f9;border-radius:5px;padding:6px 10px;font-size:13px}
+.fact b{display:block;font-size:16px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:10px}
+.note{font-size:12px;color:#666;margin:4px 0}
+table.kv{border-collapse:collapse;font-size:13px} table.kv th{text-align:left;vertical-align:top;padding:2px 10px 2px 0;
+color:#555;font-weight:500;white-space:nowrap} table.kv td{padding:2px 0}
+.tablewrap{max-height:520px;overflow:auto;border:1px solid #e3e3e3}
+table.sortable{border-collapse:collapse;font-size:12px;width:100%}
+table.sortable th{position:sticky;top:0;background:#eef1f6;cursor:pointer;padding:4px 6px;text-align:left;
+white-space:nowrap}
+table.sortable th.asc:after{content:' \\25B2'} table.sortable th.desc:after{content:' \\25BC'}
+table.sortable td{padding:3px 6px;border-top:1px solid #f0f0f0;white-space:nowrap}
+table.sortable td[data-v]{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable tr:hover td{background:#fff8e0}
+"""
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (t) {
+  t.querySelectorAll('th').forEach(function (th, i) {
+    th.addEventListener('click', function () {
+      var asc = !th.classList.contains('asc');
+      t.querySelectorAll('th').forEach(function (h) { h.classList.remove('asc', 'desc'); });
+      th.classList.add(asc ? 'asc' : 'desc');
+      var num = th.dataset.num === '1', body = t.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[i], y = b.cells[i], r;
+        if (num) { r = parseFloat(x.dataset.v || 'NaN') - parseFloat(y.dataset.v || 'NaN'); if (isNaN(r)) r = 0; }
+        else r = x.textContent.localeCompare(y.textContent, undefined, {numeric: true});
+        return asc ? r : -r;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def render(rd: fd.RunData) -> str:
+    """The whole page as a string."""
+    from plotly.offline import get_plotlyjs
+
+    f = fd.facts(rd)
+    scen = f["scenario"]
+    title = scen.get("name") or (scen.get("model") if isinstance(scen.get("model"), str) else None) or rd.run_dir.name
+    sub = " · ".join(_esc(x) for x in (
+        scen.get("model") if isinstance(scen.get("model"), str) else None,
+        f"strategy {rd.run['strategy']}" if "strategy" in rd.run else None,
+        f"{rd.n_configs:,} configurations" if rd.n_configs else None,
+        f"{len(rd.pareto):,} Pareto-optimal") if x)
+
+    parts: list[str] = []
+    cards = [("configurations", f"{rd.n_configs:,}"), ("feasible", f"{rd.n_feasible:,}"),
+             ("Pareto-optimal", f"{len(rd.pareto):,}")]
+    for k, label in (("hypervolume", "hypervolume"), ("eval_seconds", "eval s"), ("wall_seconds", "wall s")):
+        if k in rd.run and rd.run[k] is not None:
+            cards.append((label, _fmt(rd.run[k])))
+    cards.append(("objectives", f["run"]["objectives"]))
+    parts.append('<section><div class="facts">' + "".join(
+        f'<div class="fact">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in cards) + "</div>"
+        + "".join(f'<p class="note">{_esc(n)}</p>' for n in rd.notes) + "</section>")
+
+    sets = fd.point_sets(rd)
+    hm = fd.hover_metrics(rd)
+    figs = []
+    for i, pair in enumerate(fd.objective_pairs(rd.objectives, rd.pareto.columns)):
+        sd = fd.scatter_data(rd, pair, sets)
+        figs.append(_fig_html(scatter_figure(sd, rd.groups, hm), f"pair-{i}", "470px"))
+    parts.append('<section><h2>Pareto fronts</h2><p class="note">Large markers: the Pareto-optimal configurations '
+                 '(all of them); faint: a sample of the dominated ones; dotted: the front of each pair. Hover a point '
+                 'for its configuration; click a legend entry to hide a group.</p><div class="grid">'
+                 + "".join(f"<div>{h}</div>" for h in figs) + "</div></section>")
+    if len(rd.objectives) >= 3:
+        sd3 = fd.scatter_data(rd, rd.objectives[:3], sets)
+        parts.append("<section><h2>Three objectives</h2>" + _fig_html(scatter_figure(sd3, rd.groups, hm), "view-3d",
+                                                                       "620px") + "</section>")
+    if len(rd.pareto):
+        parts.append("<section><h2>Parallel coordinates</h2><p class='note'>The Pareto set over the axes that "
+                     "vary in it and the objectives, coloured as above: drag along an axis to keep a range, "
+                     "drag an axis title to reorder.</p>"
+                     + _fig_html(parcoords_figure(fd.parcoords_data(rd)), "parcoords", "480px") + "</section>")
+    parts.append("<section><h2>Pareto set</h2>" + _table_html(fd.table_data(rd)) + "</section>")
+    if "validation" in f:
+        parts.append("<section><h2>Model error against measurements</h2>" + _render_value(f["validation"])
+                     + "</section>")
+    parts.append("<section><h2>Scenario</h2>" + _render_value(scen) + "</section>")
+    parts.append("<section><h2>Run</h2>" + _render_value(f["run"]) + "</section>")
+    if "more" in f:
+        parts.append("<section><details><summary>More from run.json</summary>" + _render_value(f["more"])
+                     + "</details></section>")
+
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>dse report: {_esc(title)}</title><style>{_CSS}</style>"
+            f'<script type="text/javascript">{get_plotlyjs()}</script>'
+            f"<script>{_PLOT_JS}</script>{store_script(sets)}</head>"
+            f"<body><header><h1>dse report: {_esc(title)}</h1><p>{sub}</p></header><main>"
+            + "\n".join(parts) + f"</main><script>{_SORT_JS}</script></body></html>\n")

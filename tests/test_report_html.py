@@ -1,0 +1,95 @@
+"""The HTML report as a file: self-contained, bounded in size, rebuilt by `dse report DIR`.
+
+The sizes asserted here are the issue's budgets: a quickstart-sized sweep under 10 MB,
+a huge sweep under 25 MB. The suite uses 1 million rows for the huge one (the drawn
+sample is bounded, so the size does not grow with the sweep); bench/report_bench.py
+runs the same check on 10 million.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+import pytest
+
+from dse.errors import DSEError
+from dse.report import cli as report_cli
+from dse.report.html import write_report
+from test_report_data import OBJECTIVES, quickstart_grid, write_results_dir
+
+MB = 1e6
+
+
+@pytest.fixture(scope="module")
+def quickstart_df():
+    return quickstart_grid()
+
+
+def _check_self_contained(page: str) -> None:
+    assert page.startswith("<!DOCTYPE html>")
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1, "plotly.js must be inlined exactly once"
+    assert not re.search(r"<script[^>]+src=", page), "no external scripts (works offline)"
+    assert "<link" not in page
+
+
+def test_quickstart_report_is_self_contained_and_under_10_mb(tmp_path, quickstart_df):
+    d = write_results_dir(tmp_path / "qs", quickstart_df,
+                          validation={"summary": {"ttft_mape": 11.0, "tpot_mape": 7.5}})
+    t = time.perf_counter()
+    path = write_report(d)
+    took = time.perf_counter() - t
+    page = path.read_text()
+    _check_self_contained(page)
+    size = path.stat().st_size
+    print(f"quickstart-size report: {len(quickstart_df):,} configurations -> {size / MB:.2f} MB in {took:.1f} s")
+    assert size < 10 * MB
+    for div in ("pair-0", "pair-1", "pair-2", "view-3d", "parcoords", "pareto-table"):
+        assert f'id="{div}"' in page
+    assert "Model error against measurements" in page and "tpot_mape" in page
+    assert "test-70b" in page and "hypervolume" in page and "strategy" in page
+    assert '"bdata"' in page  # numeric arrays travel as typed base64, not JSON number lists
+
+
+def test_huge_sweep_report_is_bounded(tmp_path, quickstart_df):
+    # 1,002,240 rows: the quickstart sweep 87 times over (only the first copy can be Pareto)
+    tile = 87
+    d = write_results_dir(tmp_path / "huge", quickstart_df, tile=tile)
+    t = time.perf_counter()
+    path = write_report(d)
+    took = time.perf_counter() - t
+    size = path.stat().st_size
+    print(f"huge report: {len(quickstart_df) * tile:,} configurations -> {size / MB:.2f} MB in {took:.1f} s")
+    assert size < 25 * MB
+    page = path.read_text()
+    _check_self_contained(page)
+    assert f"{len(quickstart_df) * tile:,}" in page
+
+
+def test_cli_report_rebuilds_and_errors_name_the_file(tmp_path, quickstart_df, capsys):
+    d = write_results_dir(tmp_path / "r", quickstart_df.head(300), objectives=OBJECTIVES[:2])
+    parser = argparse.ArgumentParser(prog="dse")
+    report_cli.add_parser(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(["report", str(d)])
+    assert args.func(args) == 0
+    assert (d / "report.html").stat().st_size > 1 * MB
+    assert "wrote" in capsys.readouterr().out
+    page = (d / "report.html").read_text()
+    assert 'id="pair-0"' in page and 'id="pair-1"' not in page and 'id="view-3d"' not in page  # 2 objectives
+
+    with pytest.raises(DSEError, match="not a directory"):
+        args = parser.parse_args(["report", str(tmp_path / "missing")])
+        args.func(args)
+    (d / "run.json").unlink()
+    with pytest.raises(DSEError, match=r"run\.json: not found"):
+        args = parser.parse_args(["report", str(d)])
+        args.func(args)
+    assert report_cli.main([str(d)]) == 2
+    assert "run.json" in capsys.readouterr().err
+
+
+def test_report_without_configs_parquet(tmp_path, quickstart_df):
+    d = write_results_dir(tmp_path / "r", quickstart_df.head(500))
+    (d / "configs.parquet").unlink()
+    page = write_report(d).read_text()
+    assert "configs.parquet not found" in page and 'id="pair-0"' in page

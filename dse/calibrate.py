@@ -1,0 +1,460 @@
+"""Fit the kernel-model parameters of one device from its measured kernel tables.
+
+`fit(kernels_dir, device_id)` reads every table present (gemm, context_attention,
+generation_attention, moe, nccl, custom_allreduce; .csv or .csv.gz, latency in ms),
+turns each row into the arguments of the matching `dse.model.kernels` function and
+minimises the mean of |log(predicted / measured)| (capped, so a few rows from
+kernels the model does not describe cannot drag the common case) over a handful of
+physically meaningful parameters per family, with a deterministic Nelder-Mead in
+bounded coordinates (numpy only; discrete choices such as tile sizes by grid).
+
+    python -m dse.calibrate ../shared/calibration/kernels/h100_sxm h100_sxm
+`write` stores the result with its provenance as hardware/calibration/<device>.yaml;
+`load_params` reads it back, falling back to the device's `calibration_from` and then
+to `kernels.DEFAULT_PARAMS`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dse.catalog import dtypes
+from dse.catalog.devices import Device, get_device
+from dse.model import kernels as K
+
+FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
+ATTRIBUTION = ("measured by NVIDIA AIConfigurator, redistributed in aiconfigurator-core 0.12.0, "
+               "Apache-2.0")
+
+# measured dtype name -> (activation bytes, weight bytes, parameter format key)
+GEMM_DTYPES = {
+    "bfloat16": (2.0, 2.0, "bf16"),
+    "fp8": (1.0, 1.0, "fp8"),
+    "fp8_block": (1.0, 1.0, "fp8_block"),
+    "nvfp4": (4.5 / 8, 4.5 / 8, "fp4"),
+}
+MOE_DTYPES = {
+    "bfloat16": (2.0, 2.0, "bf16"),
+    "fp8": (1.0, 1.0, "fp8"),
+    "fp8_block": (1.0, 1.0, "fp8_block"),
+    "nvfp4": (4.5 / 8, 4.5 / 8, "fp4"),
+    "w4a16_mxfp4": (2.0, 4.25 / 8, "int4"),        # 4-bit weights, bf16 math
+    "w4a8_mxfp4_mxfp8": (1.0, 4.25 / 8, "w4a8"),   # 4-bit weights, fp8 math
+}
+# kernel_source values that are a different kernel for the same dtype
+MOE_VARIANTS = {"moe_torch_flow_min_latency": "min_latency"}
+KV_BYTES = {"bfloat16": 2.0, "fp8": 1.0}
+NCCL_OPS = ("all_gather", "alltoall", "reduce_scatter", "all_reduce")  # collector order
+NCCL_ELEMENT_BYTES = {"half": 2.0, "int8": 1.0}
+
+
+# ------------------------------------------------------------------ table -> model
+# Each `_args_<family>` turns a measured table into (kernel function, its keyword
+# arguments as arrays, the per-row parameter format). Done once per table, so a fit
+# evaluates only numpy.
+def _peak(device: Device, fmt: np.ndarray) -> np.ndarray:
+    """Spec peak TFLOPS of the compute format each row runs in (a device lacking a
+    format runs it at the next one it has: fp4 on H100 at fp8)."""
+    out = np.empty(len(fmt))
+    for f in np.unique(fmt):
+        storage = next(k for k in K.format_chain(str(f)) if k in dtypes.COMPUTE_FALLBACK)
+        out[fmt == f] = device.peak_tflops[device.compute_dtype(storage)]
+    return out
+
+
+def _lookup(column: pd.Series, table: Mapping[str, tuple], i: int) -> np.ndarray:
+    return column.map({k: v[i] for k, v in table.items()}).to_numpy()
+
+
+def _args_gemm(df: pd.DataFrame, dev: Device):
+    fmt = _lookup(df.gemm_dtype, GEMM_DTYPES, 2)
+    return K.gemm_ms, dict(
+        m=df.m.to_numpy(float), n=df.n.to_numpy(float), k=df.k.to_numpy(float),
+        a_bytes=_lookup(df.gemm_dtype, GEMM_DTYPES, 0), w_bytes=_lookup(df.gemm_dtype, GEMM_DTYPES, 1),
+        c_bytes=2.0, peak_tflops=_peak(dev, fmt), mem_tb_s=dev.memory_tb_s), fmt
+
+
+def _attn_common(df: pd.DataFrame, dev: Device):
+    fmt = np.where(df.attn_dtype.to_numpy() == "fp8", "fp8", "bf16")
+    d = df.head_dim.to_numpy(float)
+    return fmt, dict(
+        batch=df.batch_size.to_numpy(float), num_heads=df.num_heads.to_numpy(float),
+        qk_dim=d, v_dim=d, kv_elems_per_token=2.0 * df.num_key_value_heads.to_numpy(float) * d,
+        peak_tflops=_peak(dev, fmt), mem_tb_s=dev.memory_tb_s,
+        kv_bytes=df.kv_cache_dtype.map(KV_BYTES).to_numpy(float))
+
+
+def _args_context_attention(df: pd.DataFrame, dev: Device):
+    fmt, args = _attn_common(df, dev)
+    args.update(q_len=df.isl.to_numpy(float), window=df.window_size.to_numpy(float))
+    return K.attn_prefill_ms, args, fmt
+
+
+def _args_generation_attention(df: pd.DataFrame, dev: Device):
+    _, args = _attn_common(df, dev)
+    # decode math is bf16 in these tables; the KV-cache format picks the kernel
+    fmt = np.where(df.kv_cache_dtype.to_numpy() == "fp8", "fp8", "bf16")
+    ctx = df.step.to_numpy(float) + 1.0                 # cached tokens plus the new one
+    win = df.window_size.to_numpy(float)
+    args.update(kv_len=np.where(win > 0, np.minimum(ctx, win), ctx),
+                kv_heads=df.num_key_value_heads.to_numpy(float))
+    return K.attn_decode_ms, args, fmt
+
+
+def _skew(distribution: pd.Series) -> np.ndarray:
+    """'balanced' -> 0, 'power_law_1.2' -> 1.2."""
+    return np.array([0.0 if d == "balanced" else float(d.rsplit("_", 1)[1]) for d in distribution])
+
+
+def _args_moe(df: pd.DataFrame, dev: Device):
+    fmt = _lookup(df.moe_dtype, MOE_DTYPES, 2).astype(str)
+    variant = df.kernel_source.map(MOE_VARIANTS).fillna("").to_numpy(str)
+    fmt = np.where(variant != "", np.char.add(np.char.add(fmt, "@"), variant), fmt)
+    routing = dict(tokens=df.num_tokens.to_numpy(float), topk=df.topk.to_numpy(float),
+                   num_experts=df.num_experts.to_numpy(float), ep=df.moe_ep_size.to_numpy(float),
+                   skew=_skew(df.distribution))
+    return K.moe_ms, dict(
+        tokens=routing["tokens"], hidden=df.hidden_size.to_numpy(float),
+        inter=df.inter_size.to_numpy(float), topk=routing["topk"],
+        num_experts=routing["num_experts"], moe_tp=df.moe_tp_size.to_numpy(float),
+        moe_ep=routing["ep"], skew=routing["skew"],
+        gated=~df.kernel_source.str.endswith("_nongated").to_numpy(),
+        w_bytes=_lookup(df.moe_dtype, MOE_DTYPES, 1), a_bytes=_lookup(df.moe_dtype, MOE_DTYPES, 0),
+        peak_tflops=_peak(dev, fmt), mem_tb_s=dev.memory_tb_s,
+        imbalance=K.moe_imbalance(**routing), experts_hit=K.moe_experts_hit(**routing)), fmt
+
+
+def nccl_ops(df: pd.DataFrame) -> np.ndarray:
+    """Recover the dropped op_name from the row order of the collector.
+
+    The collector loops num_gpus -> op (all_gather, alltoall, reduce_scatter,
+    all_reduce) -> dtype (half, int8) -> ascending message sizes, so a run of rows
+    restarts whenever the size stops growing, and every 'half' run opens the next op.
+    """
+    n = df.num_gpus.to_numpy()
+    size = df.message_size.to_numpy()
+    new_group = np.r_[True, n[1:] != n[:-1]]
+    new_run = np.r_[True, size[1:] <= size[:-1]] | new_group
+    opens_op = new_run & (df.nccl_dtype.to_numpy() == "half")
+    group_id = np.cumsum(new_group)
+    ops_so_far = np.cumsum(opens_op)
+    first_in_group = ops_so_far[np.flatnonzero(new_group)][group_id - 1]
+    op_idx = ops_so_far - first_in_group
+    if op_idx.max() >= len(NCCL_OPS) or op_idx.min() < 0:
+        raise ValueError("nccl table: op blocks do not follow the collector's order")
+    return np.array(NCCL_OPS)[op_idx]
+
+
+def _nccl_ms(*, nbytes: np.ndarray, n: np.ndarray, op: np.ndarray, link_gb_s: float,
+             p: Mapping[str, Any]) -> np.ndarray:
+    out = np.empty(len(nbytes))
+    for name, fn in _COLLECTIVES.items():
+        sel = op == name
+        out[sel] = fn(nbytes[sel], n[sel], link_gb_s=link_gb_s, p=p)
+    return out
+
+
+_COLLECTIVES: dict[str, Callable[..., np.ndarray]] = {
+    "all_gather": K.allgather_ms, "alltoall": K.alltoall_ms,
+    "reduce_scatter": K.reduce_scatter_ms, "all_reduce": K.allreduce_ms,
+}
+
+
+def _args_nccl(df: pd.DataFrame, dev: Device):
+    # message_size counts elements: the int8 run at 2x the size times like the half run.
+    nbytes = df.message_size.to_numpy(float) * df.nccl_dtype.map(NCCL_ELEMENT_BYTES).to_numpy()
+    return _nccl_ms, dict(nbytes=nbytes, n=df.num_gpus.to_numpy(float), op=nccl_ops(df),
+                          link_gb_s=dev.scaleup_gb_s), None
+
+
+def _args_custom_allreduce(df: pd.DataFrame, dev: Device):
+    # message_size counts bf16 elements (the collector's tensor numel).
+    return K.allreduce_ms, dict(nbytes=df.message_size.to_numpy(float) * 2.0,
+                                n=df.num_gpus.to_numpy(float), link_gb_s=dev.scaleup_gb_s), None
+
+
+# ---------------------------------------------------------------- fitting recipes
+@dataclass(frozen=True)
+class Recipe:
+    """How to price one table and which parameters to fit (name: (start, low, high))."""
+    prepare: Callable[[pd.DataFrame, Device], tuple[Callable[..., np.ndarray], dict, Any]]
+    free: dict[str, tuple[float, float, float]]
+    grid: dict[str, tuple[float, ...]] = field(default_factory=dict)   # discrete choices
+    per_format: tuple[str, ...] = ()        # params fitted separately per format present
+
+
+RECIPES: dict[str, Recipe] = {
+    "gemm": Recipe(
+        _args_gemm,
+        {"eff_compute": (0.75, 0.2, 1.0), "eff_memory": (0.85, 0.3, 1.0),
+         "k_half": (128.0, 1.0, 4096.0), "tile_slots": (132.0, 32.0, 512.0),
+         "split_min_k": (512.0, 32.0, 1e6), "floor_us": (4.0, 0.5, 30.0)},
+        grid={"tile_m": (64.0, 128.0), "tile_n": (128.0, 256.0)},
+        per_format=("eff_compute", "floor_us", "split_min_k")),
+    "context_attention": Recipe(
+        _args_context_attention,
+        {"eff_compute": (0.6, 0.1, 1.0), "eff_memory": (0.8, 0.1, 1.0),
+         "cta_us": (2.0, 0.01, 50.0), "d_half": (32.0, 0.5, 1024.0),
+         "tile_slots": (132.0, 16.0, 1024.0), "floor_us": (8.0, 0.5, 50.0)},
+        grid={"tile_q": (64.0, 128.0), "tile_kv": (64.0, 128.0, 256.0)},
+        per_format=("eff_compute",)),
+    "generation_attention": Recipe(
+        _args_generation_attention,
+        {"eff_memory": (0.85, 0.2, 1.0), "eff_compute": (0.3, 0.01, 1.0),
+         "tile_slots": (132.0, 16.0, 2048.0), "block_tokens": (256.0, 16.0, 65536.0),
+         "cta_us": (1.0, 0.01, 50.0), "cta_bw_frac": (0.01, 1e-4, 0.5),
+         "cta_heads": (8.0, 1.0, 128.0), "ramp_us": (5.0, 0.01, 100.0),
+         "ramp_mb": (30.0, 0.1, 2000.0), "floor_us": (8.0, 0.5, 50.0),
+         "eff_fallback": (0.01, 1e-4, 0.2)},
+        grid={"max_group": (16.0, 32.0, 64.0)},
+        per_format=("floor_us", "cta_heads")),       # format = KV-cache dtype here
+    "moe": Recipe(
+        _args_moe,
+        {"eff_compute": (0.6, 0.05, 1.0), "eff_memory": (0.75, 0.1, 1.0),
+         "k_half": (256.0, 1.0, 8192.0), "floor_us": (20.0, 1.0, 200.0)},
+        grid={"tile_m": (64.0, 128.0)},
+        per_format=("eff_compute", "floor_us")),
+    "nccl": Recipe(
+        _args_nccl,
+        {"base_us": (5.0, 0.1, 50.0), "step_us": (0.8, 0.0001, 20.0), "eff_ll": (0.25, 0.01, 1.0),
+         "eff_bw": (0.75, 0.05, 1.0), "bw_extra_us": (30.0, 0.01, 500.0)},
+        grid={"one_shot": (0.0,)}),
+    "custom_allreduce": Recipe(
+        _args_custom_allreduce,
+        {"base_us": (3.0, 0.1, 50.0), "step_us": (0.2, 0.0001, 20.0), "eff_ll": (0.6, 0.01, 1.0),
+         "eff_bw": (0.75, 0.05, 1.0), "bw_extra_us": (30.0, 0.01, 500.0)},
+        grid={"one_shot": (0.0, 1.0)}),
+}
+
+
+def _to_unit(x: float, lo: float, hi: float) -> float:
+    """Bounded value -> unconstrained coordinate (logit of the log-scaled position)."""
+    u = (np.log(x) - np.log(lo)) / (np.log(hi) - np.log(lo))
+    u = min(max(u, 1e-6), 1 - 1e-6)
+    return float(np.log(u / (1 - u)))
+
+
+def _from_unit(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    u = 1.0 / (1.0 + np.exp(-z))
+    return np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
+
+
+def _nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, *, iters: int = 400,
+                 step: float = 0.6) -> tuple[np.ndarray, float]:
+    """Plain deterministic Nelder-Mead (reflection, expansion, contraction, shrink)."""
+    n = len(x0)
+    simplex = np.vstack([x0] + [x0 + step * np.eye(n)[i] for i in range(n)])
+    values = np.array([f(x) for x in simplex])
+    for _ in range(iters):
+        order = np.argsort(values)
+        simplex, values = simplex[order], values[order]
+        if values[-1] - values[0] < 1e-7:
+            break
+        centroid = simplex[:-1].mean(axis=0)
+        worst = simplex[-1]
+        xr = centroid + (centroid - worst)
+        fr = f(xr)
+        if fr < values[0]:
+            xe = centroid + 2.0 * (centroid - worst)
+            fe = f(xe)
+            simplex[-1], values[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = xr, fr
+        else:
+            xc = centroid + 0.5 * ((xr if fr < values[-1] else worst) - centroid)
+            fc = f(xc)
+            if fc < min(fr, values[-1]):
+                simplex[-1], values[-1] = xc, fc
+            else:
+                simplex[1:] = simplex[0] + 0.5 * (simplex[1:] - simplex[0])
+                values[1:] = [f(x) for x in simplex[1:]]
+    best = int(np.argmin(values))
+    return simplex[best], float(values[best])
+
+
+# Errors beyond ~65 % (|log| > 0.5) count as 0.5: a few rows the model does not
+# describe (exotic kernels) must not drag the parameters of the common case.
+LOSS_CAP = 0.5
+
+
+def log_error(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
+    return np.abs(np.log(np.maximum(pred, 1e-12) / meas))
+
+
+def fit_family(family: str, df: pd.DataFrame, device: Device, *, rounds: int = 3) -> dict[str, float]:
+    """Parameters of one family minimising the mean capped |log error| over the table:
+    Nelder-Mead over the continuous ones for every combination of the discrete ones."""
+    recipe = RECIPES[family]
+    meas = df.latency.to_numpy(dtype=float)
+    fn, args, fmt = recipe.prepare(df, device)
+    free = dict(recipe.free)
+    if fmt is not None:
+        fmt = {str(f): fmt == f for f in np.unique(fmt)}
+        for name in recipe.per_format:
+            for key in sorted(set(fmt) - {"bf16"}):
+                free[f"{name}.{key}"] = free[name]
+    names = list(free)
+    lo = np.array([free[k][1] for k in names])
+    hi = np.array([free[k][2] for k in names])
+    best: tuple[float, dict[str, float]] = (np.inf, {})
+    for combo in itertools.product(*recipe.grid.values()):
+        fixed = dict(zip(recipe.grid, map(float, combo)))
+
+        def loss(z: np.ndarray) -> float:
+            p = dict(fixed, **dict(zip(names, _from_unit(z, lo, hi))))
+            return float(np.mean(np.minimum(log_error(_evaluate(fn, args, fmt, p), meas), LOSS_CAP)))
+
+        z = np.array([_to_unit(free[k][0], free[k][1], free[k][2]) for k in names])
+        value = np.inf
+        for _ in range(rounds):          # restarts shake the simplex out of flat spots
+            z, value = _nelder_mead(loss, z)
+        if value < best[0]:
+            best = (value, dict(fixed, **dict(zip(names, map(float, _from_unit(z, lo, hi))))))
+    return {k: float(f"{v:.4g}") for k, v in best[1].items()}
+
+
+# ------------------------------------------------------------------------ tables
+def read_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]:
+    """family -> (path, table) for every known table in the directory."""
+    out = {}
+    for path in sorted(Path(kernels_dir).iterdir()):
+        stem = path.name.split(".")[0]
+        if stem in FAMILIES and path.name.endswith((".csv", ".csv.gz")):
+            out[stem] = (path, pd.read_csv(path))
+    return out
+
+
+def _evaluate(fn: Callable[..., np.ndarray], args: dict, fmt: Any, p: Mapping[str, Any]) -> np.ndarray:
+    if fmt is None:
+        return fn(**args, p=p)
+    if not any("." in k for k in p):
+        return fn(**args, p=p)
+    # one row-wise value per format-specific parameter (same rule as K.for_format)
+    masks = fmt if isinstance(fmt, dict) else {f: fmt == f for f in np.unique(fmt)}
+    per_row = {}
+    for f, mask in masks.items():
+        for name, val in K.for_format(p, f).items():
+            if name not in per_row:
+                per_row[name] = np.empty(len(mask))
+            per_row[name][mask] = val
+    return fn(**args, p=per_row)
+
+
+def predict(family: str, df: pd.DataFrame, device: Device, params: Mapping[str, Any]) -> np.ndarray:
+    """Model latency (ms) of every row of a measured table."""
+    return _evaluate(*RECIPES[family].prepare(df, device), params)
+
+
+def error_summary(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    ape = np.abs(pred / meas - 1.0) * 100.0
+    return {"n": int(len(meas)), "median_ape": round(float(np.median(ape)), 2),
+            "mape": round(float(np.mean(ape)), 2)}
+
+
+def fit(kernels_dir: str | Path, device_id: str) -> dict[str, Any]:
+    """Fit every family present in kernels_dir for device_id.
+
+    Returns {"device", "params": {family: {...}}, "errors": {family: {n, median_ape,
+    mape}}, "sources": {family: {"path", "rows"}}}.
+    """
+    device = get_device(device_id)
+    result: dict[str, Any] = {"device": device.id, "params": {}, "errors": {}, "sources": {}}
+    for family, (path, df) in read_tables(kernels_dir).items():
+        params = fit_family(family, df, device)
+        result["params"][family] = params
+        result["errors"][family] = error_summary(predict(family, df, device, params),
+                                                 df.latency.to_numpy(dtype=float))
+        result["sources"][family] = {"path": str(path), "rows": int(len(df))}
+    return result
+
+
+# ------------------------------------------------------------------------ storage
+def _calibration_dir() -> Path:
+    return Path(str(resources.files("dse.hardware"))) / "calibration"
+
+
+def _short_path(path: str) -> str:
+    """'.../shared/calibration/kernels/x/gemm.csv.gz' -> 'shared/calibration/kernels/x/gemm.csv.gz'."""
+    parts = Path(path).parts
+    return str(Path(*parts[parts.index("shared"):])) if "shared" in parts else str(path)
+
+
+def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None = None) -> Path:
+    """Write a `fit` result as <out_dir>/<device>.yaml atomically, with provenance."""
+    out = Path(out_dir) if out_dir is not None else _calibration_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "device": device_id,
+        "provenance": {
+            "tool": "dse calibrate",
+            "date": _dt.date.today().isoformat(),
+            "attribution": ATTRIBUTION,
+            "model": "dse.model.kernels (latency in ms; see its docstrings for the forms)",
+            "method": (f"numpy Nelder-Mead minimising mean min(|log(model/measured)|, {LOSS_CAP}) "
+                       "per family; tile sizes by grid"),
+            "sources": {f: {"path": _short_path(s["path"]), "rows": s["rows"]}
+                        for f, s in params.get("sources", {}).items()},
+        },
+        "fit_error": params.get("errors", {}),
+        "params": params["params"],
+    }
+    target = out / f"{device_id}.yaml"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{device_id}.", suffix=".yaml.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False, width=100)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_params(device_id: str) -> dict[str, dict[str, float]]:
+    """Fitted kernel parameters of a device: its own calibration, else that of its
+    `calibration_from` device, else DEFAULT_PARAMS; families missing from a file are
+    filled from DEFAULT_PARAMS."""
+    device = get_device(device_id)
+    params = {fam: dict(vals) for fam, vals in K.DEFAULT_PARAMS.items()}
+    for ref in (device.id, device.calibration_from):
+        path = _calibration_dir() / f"{ref}.yaml"
+        if ref and path.is_file():
+            doc = yaml.safe_load(path.read_text()) or {}
+            for fam, vals in (doc.get("params") or {}).items():
+                params[fam] = {k: float(v) for k, v in vals.items()}
+            break
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m dse.calibrate KERNELS_DIR DEVICE [--out DIR]: fit and write the YAML."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m dse.calibrate", description=main.__doc__)
+    ap.add_argument("kernels_dir")
+    ap.add_argument("device")
+    ap.add_argument("--out", default=None, help="output directory (default: the package's "
+                                                "hardware/calibration)")
+    args = ap.parse_args(argv)
+    result = fit(args.kernels_dir, args.device)
+    path = write(result, args.device, args.out)
+    for family, err in result["errors"].items():
+        print(f"{args.device:<10} {family:<22} rows {err['n']:>6}  median APE {err['median_ape']:5.1f} %"
+              f"  MAPE {err['mape']:5.1f} %")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

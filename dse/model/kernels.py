@@ -1,0 +1,454 @@
+"""Kernel-level latency: roofline with shape-dependent efficiency and a latency floor.
+
+Every function is pure numpy and vectorized: each argument (and each value in the
+parameter mapping `p`) may be a scalar or an array of one common length N, so one
+call can price N rows on N different devices. Times are in milliseconds; peaks in
+TFLOPS, memory bandwidth in TB/s, link bandwidth in GB/s (one direction, per GPU).
+
+The parameters are few, dimensionless or in physical units, and fitted by
+`dse.calibrate` from measured kernel tables:
+  eff_*        fraction of a spec peak (FLOPs or bytes/s) that a large, well-shaped
+               kernel reaches: an efficiency ceiling;
+  *_half       the size at which a fixed per-tile cost equals the useful work
+               (k_half: GEMM reduction depth; d_half: attention head dimension);
+  tile_*, tile_slots  tile shape and how many tiles run at once (SMs x CTAs per
+               SM): padding and wave quantization;
+  *_us         fixed latencies in microseconds (launch floor, per-CTA setup, ...).
+Format-specific values are stored as "<name>.<format>" (e.g. "eff_compute.fp8");
+`for_format` picks them (a key may also name a kernel variant: "fp4@min_latency").
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+ArrayLike = Any
+
+__all__ = [
+    "DEFAULT_PARAMS", "for_format", "format_chain", "gemm_ms", "attn_prefill_ms",
+    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "allreduce_ms", "allgather_ms",
+    "reduce_scatter_ms", "alltoall_ms",
+]
+
+# Generic values for a device without measurements (and no `calibration_from`): the
+# H100 calibration rounded, fp4 from B200. Calibrated devices override them.
+DEFAULT_PARAMS: dict[str, dict[str, float]] = {
+    "gemm": {
+        "eff_compute": 0.8, "eff_memory": 0.75, "k_half": 220.0, "tile_m": 128.0,
+        "tile_n": 128.0, "tile_slots": 64.0, "split_min_k": 2500.0, "floor_us": 2.5,
+        "eff_compute.fp8": 0.6, "floor_us.fp8": 12.0, "split_min_k.fp8": 5000.0,
+        "eff_compute.fp8_block": 0.45, "floor_us.fp8_block": 5.0, "split_min_k.fp8_block": 1e5,
+        "eff_compute.fp4": 0.4, "floor_us.fp4": 9.0, "split_min_k.fp4": 1e5,
+    },
+    "context_attention": {
+        "eff_compute": 0.85, "eff_memory": 0.75, "cta_us": 2.0, "d_half": 50.0,
+        "tile_q": 64.0, "tile_kv": 128.0, "tile_slots": 100.0, "floor_us": 13.0,
+        "eff_compute.fp8": 0.55,
+    },
+    "generation_attention": {
+        "eff_memory": 0.9, "eff_compute": 0.3, "tile_slots": 130.0, "block_tokens": 256.0,
+        "cta_heads": 4.0, "cta_us": 1.0, "cta_bw_frac": 0.01, "ramp_us": 15.0, "ramp_mb": 40.0,
+        "floor_us": 8.0, "max_group": 32.0, "eff_fallback": 0.005,
+        "cta_heads.fp8": 48.0, "floor_us.fp8": 7.0,
+    },
+    "moe": {
+        "eff_compute": 0.95, "eff_memory": 0.7, "k_half": 1500.0, "tile_m": 64.0,
+        "floor_us": 26.0,
+        "eff_compute.fp8": 0.6, "floor_us.fp8": 29.0,
+        "eff_compute.fp8_block": 0.35, "floor_us.fp8_block": 24.0,
+        "eff_compute.fp4": 0.25, "floor_us.fp4": 40.0,
+        "eff_compute.int4": 0.5, "floor_us.int4": 50.0,
+    },
+    "nccl": {
+        "base_us": 6.0, "step_us": 0.7, "eff_ll": 0.3, "eff_bw": 0.65,
+        "bw_extra_us": 12.0, "one_shot": 0.0,
+    },
+    "custom_allreduce": {
+        "base_us": 3.0, "step_us": 0.2, "eff_ll": 0.6, "eff_bw": 0.75,
+        "bw_extra_us": 23.0, "one_shot": 1.0,
+    },
+}
+
+
+# A format key may name a kernel variant ("fp4@min_latency") or a mixed scheme
+# ("w4a8": 4-bit weights, fp8 math); a missing override falls back along this chain.
+_FORMAT_FALLBACK = {"fp8_block": "fp8", "w4a8": "fp8", "int4": "bf16"}
+
+
+def format_chain(fmt: str) -> list[str]:
+    """Keys to try for a format, most specific first: 'fp8_block@x' -> fp8_block@x,
+    fp8_block, fp8."""
+    base = fmt.split("@", 1)[0]
+    chain = [fmt] if base == fmt else [fmt, base]
+    while base in _FORMAT_FALLBACK:
+        base = _FORMAT_FALLBACK[base]
+        chain.append(base)
+    return chain
+
+
+def for_format(p: Mapping[str, ArrayLike], fmt: str | ArrayLike) -> dict[str, ArrayLike]:
+    """The family parameters with "<name>.<format>" overrides applied.
+
+    `fmt` is one format key or an array of keys (one per row). Lookup follows
+    `format_chain` and ends at the plain value, so a device calibrated without, say,
+    block-scaled fp8 still prices it.
+    """
+    base = {k: v for k, v in p.items() if "." not in k}
+    overridden = {k.split(".", 1)[0] for k in p if "." in k}
+
+    def pick(name: str, f: str) -> ArrayLike:
+        for key in format_chain(f):
+            if f"{name}.{key}" in p:
+                return p[f"{name}.{key}"]
+        return base[name]
+
+    fmts = np.asarray(fmt)
+    out: dict[str, ArrayLike] = dict(base)
+    for name in overridden & set(base):
+        if fmts.ndim == 0:
+            out[name] = pick(name, str(fmts))
+            continue
+        vals = np.zeros(fmts.shape, dtype=float)
+        for f in np.unique(fmts):
+            vals = np.where(fmts == f, np.broadcast_to(pick(name, str(f)), fmts.shape), vals)
+        out[name] = vals
+    return out
+
+
+def _f(x: ArrayLike) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def _ceil_to(x: np.ndarray, tile: ArrayLike) -> np.ndarray:
+    return np.ceil(x / tile) * tile
+
+
+def _wave_utilisation(units: np.ndarray, slots: ArrayLike) -> np.ndarray:
+    """Fraction of the machine busy when `units` equal tiles run in waves of `slots`."""
+    units = np.maximum(units, 1.0)
+    return units / (np.ceil(units / slots) * slots)
+
+
+# --------------------------------------------------------------------------- GEMM
+def gemm_ms(m: ArrayLike, n: ArrayLike, k: ArrayLike, *, a_bytes: ArrayLike,
+            w_bytes: ArrayLike, c_bytes: ArrayLike, peak_tflops: ArrayLike,
+            mem_tb_s: ArrayLike, p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """Dense GEMM C[m,n] = A[m,k] W[k,n] (m = tokens).
+
+    Compute runs in output tiles of tile_m x tile_n (a shorter m-tile, down to 16 rows,
+    when m is small), tile_slots at a time, so a shape
+    pays for its padded tiles and for the idle slots of its last wave; small tile
+    counts are split along k (split-K) to fill the machine. Each tile's fixed
+    prologue/epilogue is worth k_half of reduction depth, so efficiency is
+    eff_compute * k/(k + k_half). Small m is bound by reading the weights once
+    (bytes / (bandwidth x eff_memory)). Plus a launch floor.
+    """
+    m, n, k = _f(m), _f(n), _f(k)
+    tn, slots = _f(p["tile_n"]), _f(p["tile_slots"])
+    # skinny GEMMs pick a short m-tile (tensor-core instructions go down to 16 rows),
+    # so a decode GEMM is not charged 64 or 128 padded rows of math
+    tm = np.minimum(_f(p["tile_m"]), np.maximum(16.0, _ceil_to(m, 16.0)))
+    tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    # split-K: cut k so that tiles x splits fill the slots, pieces no shorter than split_min_k
+    split = np.clip(np.floor(slots / tiles), 1.0, np.maximum(1.0, np.floor(k / _f(p["split_min_k"]))))
+    k_piece = k / split
+    util = _wave_utilisation(tiles * split, slots)
+    eff = _f(p["eff_compute"]) * k_piece / (k_piece + _f(p["k_half"])) * util
+    flops = 2.0 * _ceil_to(m, tm) * _ceil_to(n, tn) * k
+    t_compute = flops / (_f(peak_tflops) * 1e12 * eff)
+    nbytes = m * k * _f(a_bytes) + k * n * _f(w_bytes) + m * n * _f(c_bytes)
+    t_memory = nbytes / (_f(mem_tb_s) * 1e12 * _f(p["eff_memory"]))
+    return (np.maximum(t_compute, t_memory) + _f(p["floor_us"]) * 1e-6) * 1e3
+
+
+# ---------------------------------------------------------------------- attention
+def _causal_pairs(q_len: np.ndarray, prefix: np.ndarray, window: np.ndarray,
+                  tile: ArrayLike, tile_kv: ArrayLike) -> np.ndarray:
+    """(query, key) pairs a tiled causal kernel computes.
+
+    Queries come in tiles of `tile`; tile j (1-based) sees keys up to prefix + j*tile,
+    at most window + tile of them (the window slides across the tile) loaded in
+    whole blocks of tile_kv, and computes all of them for each of its rows (the
+    diagonal and window-edge blocks are computed whole, then masked).
+    """
+    tiles = np.ceil(q_len / tile)
+    reach = np.where(window > 0, _ceil_to(window + tile, tile_kv), np.inf)   # keys per tile
+    # tiles j <= c still see their whole history prefix + j*tile
+    c = np.clip(np.floor((reach - prefix) / tile), 0.0, tiles)
+    c = np.where(np.isfinite(c), c, tiles)
+    growing = c * prefix + tile * c * (c + 1.0) / 2.0
+    capped = (tiles - c) * np.where(np.isfinite(reach), reach, 0.0)
+    return tile * (growing + capped)
+
+
+def attn_prefill_ms(batch: ArrayLike, q_len: ArrayLike, num_heads: ArrayLike,
+                    qk_dim: ArrayLike, v_dim: ArrayLike, kv_elems_per_token: ArrayLike,
+                    window: ArrayLike, *, prefix_len: ArrayLike = 0,
+                    peak_tflops: ArrayLike, mem_tb_s: ArrayLike, kv_bytes: ArrayLike,
+                    p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """Causal (flash) attention over q_len new tokens after prefix_len cached ones.
+
+    FLOPs = 2 x heads x (qk_dim + v_dim) x (query, key) pairs, the pairs bounded by
+    the window (0 = full) and counted whole tiles at a time. A CTA owns tile_q
+    queries of one head of one sequence, so short sequences pay padded tiles, few
+    CTAs leave slots idle, and every CTA has a
+    fixed cost (cta_us: load Q, set up, write O) paid wave by wave -- which is what a
+    large batch of short prompts costs. Softmax work per score is worth d_half of
+    head dimension: math runs at eff_compute x d/(d + d_half) of the peak.
+    """
+    b, s, h = _f(batch), _f(q_len), _f(num_heads)
+    dqk, dv, prefix, win = _f(qk_dim), _f(v_dim), _f(prefix_len), _f(window)
+    tq, slots = _f(p["tile_q"]), _f(p["tile_slots"])
+    pairs = _causal_pairs(s, prefix, win, tq, _f(p["tile_kv"]))
+    s_pad = _ceil_to(s, tq)
+    flops = 2.0 * b * h * (dqk + dv) * pairs
+    d = (dqk + dv) / 2.0
+    ctas = b * h * (s_pad / tq)
+    eff = _f(p["eff_compute"]) * d / (d + _f(p["d_half"])) * _wave_utilisation(ctas, slots)
+    t_compute = (flops / (_f(peak_tflops) * 1e12 * eff)
+                 + np.ceil(ctas / slots) * _f(p["cta_us"]) * 1e-6)
+    # The preprocessing pass (rotary on q and k, append K/V to the cache) is a separate
+    # memory-bound kernel: read and rewrite q, read k/v in bf16, write the cache. The
+    # prefix is read inside the attention kernel, overlapped with its math.
+    kv = _f(kv_elems_per_token)
+    new_bytes = b * s * (h * dqk * 2.0 * 2.0 + kv * (2.0 + _f(kv_bytes)))
+    prefix_bytes = b * np.where(win > 0, np.minimum(prefix, win), prefix) * kv * _f(kv_bytes)
+    bw = _f(mem_tb_s) * 1e12 * _f(p["eff_memory"])
+    t_attention = np.maximum(t_compute, prefix_bytes / bw)
+    return (t_attention + new_bytes / bw + _f(p["floor_us"]) * 1e-6) * 1e3
+
+
+def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
+                   qk_dim: ArrayLike, v_dim: ArrayLike, kv_elems_per_token: ArrayLike, *,
+                   peak_tflops: ArrayLike, mem_tb_s: ArrayLike, kv_bytes: ArrayLike,
+                   p: Mapping[str, ArrayLike], kv_heads: ArrayLike | None = None) -> np.ndarray:
+    """One decode step: each of `batch` sequences reads its kv_len cached tokens.
+
+    Memory bound: bytes = batch x kv_len x kv_elems x kv_bytes (+ q and o), at best
+    streamed at eff_memory of the bandwidth. The work is cut into CTAs, one per
+    (sequence, KV head) -- or per cta_heads query heads of it -- and, for long
+    contexts, per block of block_tokens (split-KV "multi-block" mode, at most enough
+    blocks to fill tile_slots). One CTA streams at
+    most cta_bw_frac of the memory bandwidth and pays cta_us of setup; CTAs run tile_slots at a time. So few
+    sequences (cannot fill the GPU) and many short ones (setup dominates) are both
+    slower than the bandwidth roofline. The fused kernel serves up to max_group query
+    heads per KV head on tensor cores; larger groups (MQA-like, when `kv_heads` is
+    given) fall back to a CUDA-core path at eff_fallback of the peak.
+    """
+    b, ctx, h = _f(batch), _f(kv_len), _f(num_heads)
+    dqk, dv = _f(qk_dim), _f(v_dim)
+    nbytes = b * ctx * _f(kv_elems_per_token) * _f(kv_bytes) + b * h * (dqk + dv) * 2.0
+    groups = (_f(kv_heads) if kv_heads is not None
+              else np.maximum(_f(kv_elems_per_token) / (dqk + dv), 1.0))
+    t_stream = nbytes / (_f(mem_tb_s) * 1e12 * _f(p["eff_memory"]))
+    slots = _f(p["tile_slots"])
+    # one CTA serves up to cta_heads query heads of one KV group
+    items = b * groups * np.ceil(h / groups / np.minimum(_f(p["cta_heads"]), h / groups))
+    blocks = np.clip(np.floor(slots / items), 1.0, np.ceil(ctx / _f(p["block_tokens"])))
+    ctas = items * blocks
+    t_cta = _f(p["cta_us"]) * 1e-6 + nbytes / ctas / (_f(mem_tb_s) * 1e12 * _f(p["cta_bw_frac"]))
+    t_memory = np.maximum(t_stream, np.ceil(ctas / slots) * t_cta)
+    flops = 2.0 * b * h * ctx * (dqk + dv)
+    fallback = (h / groups > _f(p["max_group"])) if kv_heads is not None else False
+    eff = np.where(fallback, _f(p["eff_fallback"]), _f(p["eff_compute"]))
+    t_compute = flops / (_f(peak_tflops) * 1e12 * eff)
+    # the memory pipeline takes a while to reach its stream rate
+    ramp = _f(p["ramp_us"]) * 1e-6 * nbytes / (nbytes + _f(p["ramp_mb"]) * 1e6)
+    return (np.maximum(t_memory, t_compute) + ramp + _f(p["floor_us"]) * 1e-6) * 1e3
+
+
+# ---------------------------------------------------------------------------- MoE
+def _pareto_cdf(x: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """CDF of a power law p(x) ~ x^-alpha truncated to [lo, hi]."""
+    x = np.clip(x, lo, hi)
+    a1 = 1.0 - alpha
+    near1 = np.abs(a1) < 1e-6
+    a1s = np.where(near1, 1.0, a1)
+    num = np.where(near1, np.log(x / lo), (x ** a1s - lo ** a1s) / a1s)
+    den = np.where(near1, np.log(hi / lo), (hi ** a1s - lo ** a1s) / a1s)
+    return num / den
+
+
+def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    a1 = 1.0 - alpha
+    near1 = np.abs(a1) < 1e-6
+    a1s = np.where(near1, 1.0, a1)
+    pw = np.where(near1, lo, (hi ** a1s - lo ** a1s) * q + lo ** a1s)
+    return np.where(near1, lo * (hi / lo) ** q, np.abs(pw) ** (1.0 / a1s))
+
+
+def _pareto_mean(alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def integral(power: np.ndarray) -> np.ndarray:   # int_lo^hi x^power dx
+        e = power + 1.0
+        small = np.abs(e) < 1e-6
+        es = np.where(small, 1.0, e)
+        return np.where(small, np.log(hi / lo), (hi ** es - lo ** es) / es)
+    return integral(1.0 - alpha) / integral(-alpha)
+
+
+def _popularity_range(tokens: np.ndarray, topk: np.ndarray, experts: np.ndarray):
+    """Support of the per-expert popularity law (as in AIConfigurator's generator:
+    up to 0.8 x tokens when there are more picks than experts, else [0.01, 2])."""
+    many = tokens * topk > experts
+    lo = np.where(many, 1.0, 0.01)
+    hi = np.where(many, np.maximum(0.8 * tokens, 1.0 + 1e-3), 2.0)
+    return lo, hi
+
+
+# Expected maximum of n independent standard normals (n = 1, 2, 4, ..., 1024).
+_NORMAL_MAX = np.array([0.0, 0.5642, 1.0294, 1.4236, 1.7660, 2.0697, 2.3353, 2.5744,
+                        2.7912, 2.9895, 3.1720])
+# Gauss-Legendre nodes/weights on (0, 1) for averaging over the largest draw.
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
+_GL_X, _GL_W = (_GL_X + 1.0) / 2.0, _GL_W / 2.0
+
+
+def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
+                  ep: ArrayLike, skew: ArrayLike) -> np.ndarray:
+    """Load of the busiest expert-parallel rank relative to an even split (1 <= . <= ep).
+
+    Expert popularity is drawn from a power law p(x) ~ x^-skew (skew 0 = balanced),
+    on [1, 0.8 x tokens] when there are more picks than experts (else [0.01, 2]) --
+    the routing model of AIConfigurator's measurements. Two ways a rank ends up
+    busiest, the larger wins: it holds the most popular expert (expected share
+    (x_max + (g-1) mean) / (x_max + (E-1) mean) over the law of the max of E draws,
+    g = E/ep experts per rank), or its g ordinary experts add up high (the max of ep
+    sums: 1 + z_ep x cv / sqrt(g)).
+    """
+    t, k, e, ep_, a = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew))
+    lo, hi = _popularity_range(t, k, e)
+    skewed = a > 0
+    alpha = np.where(skewed, a, 2.0)
+    mean = _pareto_mean(alpha, lo, hi)
+    g = e / ep_
+    # E over the largest of E draws: its CDF is F^E, so F(x_max) = v^(1/E), v uniform
+    v = _GL_X.reshape((-1,) + (1,) * t.ndim)
+    x_max = _pareto_quantile(v ** (1.0 / e), alpha, lo, hi)
+    share = np.tensordot(_GL_W, (x_max + (g - 1.0) * mean) / (x_max + (e - 1.0) * mean), axes=1)
+    by_top = share * ep_
+    second = _pareto_mean(alpha - 1.0, lo, hi) * mean   # E[x^2]
+    cv = np.sqrt(np.maximum(second - mean ** 2, 0.0)) / mean
+    z = np.interp(np.log2(np.maximum(ep_, 1.0)), np.arange(len(_NORMAL_MAX)), _NORMAL_MAX)
+    by_sum = 1.0 + z * cv / np.sqrt(g)
+    return np.where(skewed, np.clip(np.maximum(by_top, by_sum), 1.0, ep_), 1.0)
+
+
+def moe_experts_hit(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
+                    ep: ArrayLike, skew: ArrayLike) -> np.ndarray:
+    """Expected number of distinct experts on the busiest rank that receive a token.
+
+    Their weights must be read, which is what decode pays. With tokens x topk picks,
+    an expert of popularity share s is hit with probability 1 - exp(-picks s);
+    balanced routing has s = 1/E, skewed routing averages over the popularity law
+    (and the busiest rank holds the most popular expert, which is always hit).
+    """
+    t, k, e, ep_, a = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew))
+    g = e / ep_
+    picks = t * k
+    even = g * -np.expm1(-picks / e)
+    lo, hi = _popularity_range(t, k, e)
+    alpha = np.where(a > 0, a, 2.0)
+    mean = _pareto_mean(alpha, lo, hi)
+    x = _pareto_quantile(_GL_X.reshape((-1,) + (1,) * t.ndim), alpha, lo, hi)
+    p_hit = np.tensordot(_GL_W, -np.expm1(-picks * x / (e * mean)), axes=1)
+    skewed = 1.0 + (g - 1.0) * p_hit
+    return np.clip(np.where(a > 0, skewed, even), np.minimum(1.0, g), g)
+
+
+def moe_ms(tokens: ArrayLike, hidden: ArrayLike, inter: ArrayLike, topk: ArrayLike,
+           num_experts: ArrayLike, moe_tp: ArrayLike, moe_ep: ArrayLike, *, skew: ArrayLike,
+           gated: ArrayLike = True, w_bytes: ArrayLike, a_bytes: ArrayLike,
+           peak_tflops: ArrayLike, mem_tb_s: ArrayLike, p: Mapping[str, ArrayLike],
+           imbalance: ArrayLike | None = None, experts_hit: ArrayLike | None = None) -> np.ndarray:
+    """Fused MoE FFN on one GPU: `tokens` enter, each routed to topk of num_experts.
+
+    The GPU holds num_experts/moe_ep experts, each sliced to inter/moe_tp columns;
+    gated FFNs have 3 matrices (up, gate, down), non-gated 2. Weight traffic = the
+    distinct local experts actually hit x expert bytes (decode is dominated by it);
+    compute = the busiest rank's tokens (even share x imbalance from `skew`), padded
+    to tile_m rows per hit expert, through both GEMMs at eff_compute x k/(k + k_half).
+    Permuting tokens to experts and back are extra passes over the activations.
+    `imbalance` / `experts_hit` may be passed when already computed (they depend on
+    the routing only, not on the device).
+    """
+    t, hid, inter_l = _f(tokens), _f(hidden), _f(inter) / _f(moe_tp)
+    e, ep_, k = _f(num_experts), _f(moe_ep), _f(topk)
+    mats = np.where(np.asarray(gated, dtype=bool), 3.0, 2.0)
+    hit = _f(experts_hit) if experts_hit is not None else moe_experts_hit(t, k, e, ep_, skew)
+    if imbalance is None:
+        imbalance = moe_imbalance(t, k, e, ep_, skew)
+    rows = t * k / ep_ * _f(imbalance)
+    tile = _f(p["tile_m"])
+    rows_pad = hit * _ceil_to(rows / np.maximum(hit, 1e-9), tile)
+    k_half = _f(p["k_half"])
+    eff = _f(p["eff_compute"])
+    flops_up = 2.0 * rows_pad * hid * inter_l * (mats - 1.0)
+    flops_down = 2.0 * rows_pad * inter_l * hid
+    peak = _f(peak_tflops) * 1e12
+    t_compute = (flops_up / (eff * hid / (hid + k_half))
+                 + flops_down / (eff * inter_l / (inter_l + k_half))) / peak
+    bw = _f(mem_tb_s) * 1e12 * _f(p["eff_memory"])
+    t_weights = hit * mats * hid * inter_l * _f(w_bytes) / bw
+    # Separate passes over the activations: permute (and quantize) the tokens into
+    # expert order, the gated activation between the GEMMs, the weighted un-permute.
+    acts = t * hid * 4.0 + rows * (hid * (_f(a_bytes) + 2.0) + inter_l * mats * 2.0)
+    return (np.maximum(t_compute, t_weights) + acts / bw + _f(p["floor_us"]) * 1e-6) * 1e3
+
+
+# ------------------------------------------------------------------ communication
+def _collective_ms(bus_bytes: np.ndarray, steps: np.ndarray, n: np.ndarray,
+                   link_gb_s: ArrayLike, p: Mapping[str, ArrayLike],
+                   ll_bytes: np.ndarray | None = None, ll_steps: np.ndarray | None = None) -> np.ndarray:
+    """The faster of two protocols, as NCCL's tuner picks: a low-latency one (few
+    microseconds, eff_ll of the link) and a bandwidth one (bw_extra_us more setup,
+    eff_bw of the link). Each pays base_us plus step_us per algorithm step."""
+    bw = _f(link_gb_s) * 1e9
+    ll_bytes = bus_bytes if ll_bytes is None else ll_bytes
+    ll_steps = steps if ll_steps is None else ll_steps
+    base = _f(p["base_us"]) * 1e-6
+    t_ll = base + ll_steps * _f(p["step_us"]) * 1e-6 + ll_bytes / (bw * _f(p["eff_ll"]))
+    t_bw = (base + _f(p["bw_extra_us"]) * 1e-6 + steps * _f(p["step_us"]) * 1e-6
+            + bus_bytes / (bw * _f(p["eff_bw"])))
+    return np.where(n > 1, np.minimum(t_ll, t_bw) * 1e3, 0.0)
+
+
+def allreduce_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
+                 p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """All-reduce of an nbytes tensor held by each of n GPUs.
+
+    Ring/two-shot: 2(n-1) steps moving 2(n-1)/n x nbytes per GPU. With one_shot = 1
+    (TensorRT-LLM custom all-reduce) the low-latency path instead reads all n-1 peers'
+    buffers in one step: (n-1) x nbytes, which wins for small messages.
+    """
+    nb, n = _f(nbytes), _f(n)
+    bus = 2.0 * (n - 1.0) / np.maximum(n, 1.0) * nb
+    one = _f(p.get("one_shot", 0.0)) > 0.5
+    ll_bytes = np.where(one, (n - 1.0) * nb, bus)
+    ll_steps = np.where(one, 1.0, 2.0 * (n - 1.0))
+    return _collective_ms(bus, 2.0 * (n - 1.0), n, link_gb_s, p, ll_bytes, ll_steps)
+
+
+def allgather_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
+                 p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """All-gather whose gathered result is nbytes on each GPU: ring of n-1 steps,
+    each GPU receives (n-1)/n x nbytes."""
+    nb, n = _f(nbytes), _f(n)
+    return _collective_ms((n - 1.0) / np.maximum(n, 1.0) * nb, n - 1.0, n, link_gb_s, p)
+
+
+def reduce_scatter_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
+                      p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """Reduce-scatter of an nbytes input per GPU (each keeps nbytes/n): n-1 steps,
+    (n-1)/n x nbytes sent per GPU."""
+    nb, n = _f(nbytes), _f(n)
+    return _collective_ms((n - 1.0) / np.maximum(n, 1.0) * nb, n - 1.0, n, link_gb_s, p)
+
+
+def alltoall_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
+                p: Mapping[str, ArrayLike]) -> np.ndarray:
+    """All-to-all of an nbytes send buffer per GPU: (n-1)/n of it leaves the GPU, to
+    all peers at once, so the latency is one step regardless of n."""
+    nb, n = _f(nbytes), _f(n)
+    return _collective_ms((n - 1.0) / np.maximum(n, 1.0) * nb, np.ones_like(n), n, link_gb_s, p)

@@ -13,10 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
 
 from dse.catalog import dtypes
+from dse.catalog.yamlfile import read_mapping, require_sources, typed_fields
 from dse.errors import DSEError
 
 COMPUTE_FORMATS = ("bf16", "fp8", "int8", "fp4")
@@ -82,16 +81,6 @@ def _devices_dir() -> Path:
     return Path(str(resources.files("dse.hardware"))) / "devices"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DSEError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DSEError(f"{path}: expected a mapping of fields at the top level")
-    return data
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, val in over.items():
@@ -106,7 +95,7 @@ def _raw(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else _devices_dir() / f"{ref}.yaml"
     if not path.is_file():
         raise DSEError(f"device: unknown device {ref!r}; known: {', '.join(device_ids())}")
-    data = _read_yaml(path)
+    data = read_mapping(path)
     if "base" in data:
         if data["base"] in seen:
             raise DSEError(f"{path}: base: cycle through {data['base']!r}")
@@ -127,27 +116,7 @@ def _raw(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
 
 
 def _validate(data: dict[str, Any], path: Path) -> Device:
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise DSEError(f"{path}: unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
-    kw: dict[str, Any] = {}
-    for name, (typ, required) in FIELDS.items():
-        if name == "base":
-            continue
-        if name not in data:
-            if required:
-                raise DSEError(f"{path}: missing field {name!r}")
-            continue
-        val = data[name]
-        if typ is float and isinstance(val, (int, float)) and not isinstance(val, bool):
-            val = float(val)
-        elif typ is int and isinstance(val, int) and not isinstance(val, bool):
-            pass
-        elif not isinstance(val, typ):
-            raise DSEError(f"{path}: {name}: expected {typ.__name__}, got {val!r}")
-        if typ in (float, int) and val < 0:
-            raise DSEError(f"{path}: {name}: expected a non-negative number, got {val!r}")
-        kw[name] = val
+    kw = typed_fields(data, FIELDS, path, skip=("base",))
     peaks = {}
     for fmt, val in kw["peak_tflops"].items():
         if fmt not in COMPUTE_FORMATS:
@@ -158,9 +127,7 @@ def _validate(data: dict[str, Any], path: Path) -> Device:
     if "bf16" not in peaks:
         raise DSEError(f"{path}: peak_tflops.bf16: required (every device computes bf16)")
     kw["peak_tflops"] = peaks
-    missing = [f for f in SOURCED if not str(kw["sources"].get(f, "")).strip()]
-    if missing:
-        raise DSEError(f"{path}: sources.{missing[0]}: every figure needs its source")
+    require_sources(kw, SOURCED, path)
     for key in ("memory_gb", "memory_tb_s"):
         if kw[key] <= 0:
             raise DSEError(f"{path}: {key}: expected a positive number")

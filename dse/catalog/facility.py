@@ -12,8 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dse.catalog.yamlfile import read_mapping, require_sources, typed_fields
 from dse.errors import DSEError
 
 # field -> (type, required)
@@ -69,31 +68,14 @@ def _load(path_str: str) -> Facility:
     path = Path(path_str)
     if not path.is_file():
         raise DSEError(f"facility: no such file {path_str!r}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DSEError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DSEError(f"{path}: expected a mapping of fields at the top level")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise DSEError(f"{path}: unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
-    kw: dict[str, Any] = {}
-    for name, (typ, required) in FIELDS.items():
-        if name not in data:
-            if required:
-                raise DSEError(f"{path}: missing field {name!r}")
-            continue
-        val = data[name]
-        if name in NUMBERS:
-            kw[name] = _number(str(path), name, val)
-        elif not isinstance(val, typ):
-            raise DSEError(f"{path}: {name}: expected {typ.__name__}, got {val!r}")
-        else:
-            kw[name] = val
-    missing = [f for f in NUMBERS if not str(kw["sources"].get(f, "")).strip()]
-    if missing:
-        raise DSEError(f"{path}: sources.{missing[0]}: every figure needs its source")
+    data = read_mapping(path)
+    kw = typed_fields(data, FIELDS, path, skip=NUMBERS)
+    for name in NUMBERS:
+        if name in data:
+            kw[name] = _number(str(path), name, data[name])
+        elif FIELDS[name][1]:
+            raise DSEError(f"{path}: missing field {name!r}")
+    require_sources(kw, NUMBERS, path)
     return Facility(**kw, path=str(path))
 
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from dse.catalog.yamlfile import read_mapping, require_sources, typed_fields
 
 from dse.errors import DSEError
 
@@ -61,36 +61,8 @@ def _systems_dir() -> Path:
     return Path(str(resources.files("dse.hardware"))) / "systems"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DSEError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DSEError(f"{path}: expected a mapping of fields at the top level")
-    return data
-
-
 def _validate(data: dict[str, Any], path: Path) -> System:
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise DSEError(f"{path}: unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
-    kw: dict[str, Any] = {}
-    for name, (typ, required) in FIELDS.items():
-        if name not in data:
-            if required:
-                raise DSEError(f"{path}: missing field {name!r}")
-            continue
-        val = data[name]
-        if typ is float and isinstance(val, (int, float)) and not isinstance(val, bool):
-            val = float(val)
-        elif typ is int and isinstance(val, int) and not isinstance(val, bool):
-            pass
-        elif isinstance(val, bool) or not isinstance(val, typ):
-            raise DSEError(f"{path}: {name}: expected {typ.__name__}, got {val!r}")
-        if typ in (float, int) and val < 0:
-            raise DSEError(f"{path}: {name}: expected a non-negative number, got {val!r}")
-        kw[name] = val
+    kw = typed_fields(data, FIELDS, path)
     for key in ("gpus_per_node", "scaleup_domain"):
         if kw[key] < 1:
             raise DSEError(f"{path}: {key}: expected an integer >= 1, got {kw[key]!r}")
@@ -100,9 +72,7 @@ def _validate(data: dict[str, Any], path: Path) -> System:
     if node % domain and domain % node:
         raise DSEError(f"{path}: scaleup_domain: {domain} must divide or be a multiple of "
                        f"gpus_per_node ({node})")
-    missing = [f for f in SOURCED if f in kw and not str(kw["sources"].get(f, "")).strip()]
-    if missing:
-        raise DSEError(f"{path}: sources.{missing[0]}: every figure needs its source")
+    require_sources(kw, SOURCED, path)
     kw["path"] = str(path)
     return System(**kw)
 
@@ -114,7 +84,7 @@ def get_system(ref: str) -> System:
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else _systems_dir() / f"{ref}.yaml"
     if not path.is_file():
         raise DSEError(f"system: unknown system {ref!r}; known: {', '.join(system_ids())}")
-    return _validate(_read_yaml(path), path)
+    return _validate(read_mapping(path), path)
 
 
 def system_ids() -> list[str]:

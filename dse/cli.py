@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=_cmd_validate)
 
     from dse.report.cli import add_parser as add_report
+    from dse.search import cli_cpsat
     add_report(sub)
+    cli_cpsat.add_parsers(sub)
     return p
 
 

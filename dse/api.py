@@ -47,6 +47,8 @@ COLUMNS: dict[str, Any] = {
     "routing_skew": 0.0,  # power-law exponent of expert popularity (0 = balanced)
     "power_cap": 1.0,   # fraction of TDP
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
+    "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
+    "bench_rounds": np.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
     # disagg: prefill and decode pools
     "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
     "prefill_workers": 1,
@@ -59,7 +61,7 @@ COLUMNS: dict[str, Any] = {
     "ttft_slo_ms": np.inf, "tpot_slo_ms": np.inf,
 }
 STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
-                  "attn_device", "ffn_device")
+                  "attn_device", "ffn_device", "backend")
 INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "prefill_workers",
                "decode_workers", "attn_tp")
 ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
@@ -67,7 +69,8 @@ ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "dec
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
            "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
-           "capex_usd", "meets_slo", "goodput_tokens_per_s", "feasible", "infeasible_reason", "bottleneck")
+           "capex_usd", "meets_slo", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "feasible", "infeasible_reason",
+           "bottleneck")
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,6 +78,49 @@ def _runtime() -> dict[str, float]:
     path = Path(str(resources.files("dse.hardware"))) / "runtime.yaml"
     data = yaml.safe_load(path.read_text())
     return {k: float(v) for k, v in data.items() if k != "sources"}
+
+
+_RUNTIME_OVERRIDE: list = []
+
+
+def serving_runtime() -> dict:
+    """Per-backend serving constants and the benchmark protocol, as fitted by dse.fit_serving
+    (hardware/serving_runtime.yaml), unless `override_serving_runtime` is in effect."""
+    return _RUNTIME_OVERRIDE[-1] if _RUNTIME_OVERRIDE else _serving_runtime_file()
+
+
+@functools.lru_cache(maxsize=1)
+def _serving_runtime_file() -> dict:
+    path = Path(str(resources.files("dse.hardware"))) / "serving_runtime.yaml"
+    return parse_serving_runtime(yaml.safe_load(path.read_text()))
+
+
+def parse_serving_runtime(data: dict) -> dict:
+    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms", "max_tokens")}
+                for k, c in data["backends"].items()}
+    return {"backends": backends, "rounds": float(data.get("benchmark", {}).get("rounds", np.inf))}
+
+
+class override_serving_runtime:
+    """Context manager: evaluate with other serving constants (used by dse.fit_serving)."""
+
+    def __init__(self, runtime: dict):
+        self.runtime = runtime
+
+    def __enter__(self):
+        _RUNTIME_OVERRIDE.append(self.runtime)
+        return self
+
+    def __exit__(self, *exc):
+        _RUNTIME_OVERRIDE.pop()
+
+
+def _runtime_arrays(c: dict[str, np.ndarray], vocab: dict[str, np.ndarray]) -> serving.Runtime:
+    table = serving_runtime()["backends"]
+    names = [str(w) or "default" for w in vocab["backend"]]
+    cols = {k: np.array([table[nm][k] for nm in names])[c["backend"]] for k in ("request_ms", "step_ms", "max_tokens")}
+    rounds = np.asarray(c["bench_rounds"], dtype=float)
+    return serving.Runtime(rounds=np.maximum(rounds, 1.0), **cols)
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,7 +193,12 @@ def _broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dic
 
 
 def _used(cols, vocab, name) -> list[str]:
-    return [str(w) for w in vocab[_vocab_key(name)][np.unique(cols[name])]]
+    codes = np.asarray(cols[name])
+    words = vocab[_vocab_key(name)]
+    if codes.strides and codes.strides[0] == 0:
+        codes = codes[:1]
+    present = np.bincount(codes.astype(np.intp, copy=False), minlength=len(words)) > 0
+    return [str(w) for w in words[present]]
 
 
 def _check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray]) -> None:
@@ -159,6 +210,12 @@ def _check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray])
     for m in _used(cols, vocab, "mode"):
         if m not in MODES:
             raise DSEError(f"evaluate: mode: unknown mode {m!r}; allowed: {', '.join(MODES)}")
+    known_backends = set(serving_runtime()["backends"]) | {""}
+    for b in _used(cols, vocab, "backend"):
+        if b not in known_backends:
+            raise DSEError(f"evaluate: backend: unknown backend {b!r}; known: {', '.join(sorted(known_backends - {''}))}")
+    if np.any(np.asarray(cols["bench_rounds"]) < 1):
+        raise DSEError("evaluate: bench_rounds must be >= 1 (inf = steady state)")
     for name in ("weight_dtype", "kv_dtype"):
         for v in _used(cols, vocab, name):
             if not (name == "weight_dtype" and v == "native"):
@@ -187,6 +244,23 @@ def _structure_errors(model: Model, reasons: "Reasons", tp, dp, ep, holds: str =
                      f"ep must divide the {experts} experts and tp*dp")
     else:
         reasons.flag(ep > 1, "ep > 1 needs a MoE model")
+
+
+def check_config(**config: Any) -> None:
+    """Raise DSEError (one line) if a configuration cannot exist: unknown ids, or a
+    parallel layout that does not shard the model. Memory is not checked."""
+    cols, n, vocab = _broadcast(config)
+    _check_categories(cols, vocab)
+    model = get_model(str(vocab["model"][cols["model"][0]]))
+    reasons = Reasons(n)
+    mode = str(vocab["mode"][cols["mode"][0]])
+    roles = {"agg": [""], "disagg": ["prefill_", "decode_"], "afd": [""]}[mode]
+    for r in roles:
+        tp, dp, ep = (_role(cols, f"{r}{k}", k) if r else cols[k] for k in ("tp", "dp", "ep"))
+        _structure_errors(model, reasons, tp, dp, ep)
+    first = reasons.first()
+    if first:
+        raise DSEError(f"evaluate: {model.id}: {first[1]}")
 
 
 def evaluate(*, strict: bool = True, **columns: Any) -> pd.DataFrame:
@@ -308,6 +382,8 @@ class _Pools:
             kv_used = kv_seq * np.minimum(seqs_rank, np.maximum(max_seqs / dp, 1.0))
         self.reasons.flag(fixed > cap, f"memory: weights do not fit ({holds} pool)")
         self.reasons.flag(max_seqs < 1, "kv_capacity: not one sequence's KV cache fits")
+        # memory bounds the batch: more users than KV slots only queue (their wait shows in TTFT)
+        self.reasons.flag(seqs_rank > np.maximum(max_seqs / dp, 1.0), "kv_capacity: the batch does not fit the KV cache")
         self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
         pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
                             cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs)
@@ -340,7 +416,8 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
     pools = _Pools(model, c, vocab)
     no_dev = _code(vocab, "device", "")
     skew, coeffs = c["routing_skew"], _power_coeffs()
-    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs)
+    rt = _runtime_arrays(c, vocab)
+    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs, rt=rt)
     if mode == "agg":
         pool, hwc = pools.make(c["device"], c["tp"], c["dp"], c["ep"], c["pp"])
         res = serving.agg(model, pool, concurrency=c["batch_size"], **common)
@@ -356,7 +433,8 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
         g = ppool.gpus * c["prefill_workers"] + dpool.gpus * c["decode_workers"]
         same = (pdev == ddev) & (g <= dhwc["domain"])
         res = serving.disagg(model, ppool, dpool, prefill_workers=c["prefill_workers"],
-                             decode_workers=c["decode_workers"], decode_batch=dbatch, same_domain=same, **common)
+                             decode_workers=c["decode_workers"], concurrency=dbatch * c["decode_workers"],
+                             same_domain=same, **common)
         roles = [(phwc, ppool.gpus * c["prefill_workers"]), (dhwc, dpool.gpus * c["decode_workers"])]
     else:  # afd
         adev = np.where(c["attn_device"] != no_dev, c["attn_device"], c["device"])
@@ -370,8 +448,22 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
         else:
             fpool, fhwc = pools.make(fdev, fgpus, np.ones_like(fgpus), np.ones_like(fgpus), c["pp"], holds="ffn")
         same = (adev == fdev) & (agpus + fgpus <= ahwc["domain"])
-        res = serving.afd(model, apool, fpool, concurrency=c["batch_size"], same_domain=same, **common)
         roles = [(ahwc, apool.gpus), (fhwc, fpool.gpus)]
+        pd_rows = c["prefill_device"] != no_dev
+        if pd_rows.any():
+            # prefill on its own workers (prefill_device, prefill_tp/dp/ep/pp, prefill_workers) in
+            # front of the attention/FFN decode; the whole column set must agree on it
+            if not pd_rows.all():
+                raise DSEError("evaluate: afd: give prefill_device for every afd row or for none")
+            ppool, phwc = pools.make(c["prefill_device"], _role(c, "prefill_tp", "tp"), _role(c, "prefill_dp", "dp"),
+                                     _role(c, "prefill_ep", "ep"), _role(c, "prefill_pp", "pp"),
+                                     running=np.ones_like(agpus))
+            psame = (c["prefill_device"] == adev) & (ppool.gpus * c["prefill_workers"] + agpus <= ahwc["domain"])
+            res = serving.afd(model, apool, fpool, concurrency=c["batch_size"], same_domain=same, pre_pool=ppool,
+                              prefill_workers=c["prefill_workers"], pre_same_domain=psame, **common)
+            roles.append((phwc, ppool.gpus * c["prefill_workers"]))
+        else:
+            res = serving.afd(model, apool, fpool, concurrency=c["batch_size"], same_domain=same, **common)
     reasons = pools.reasons
     first = reasons.first()
     if strict and first and not first[1].startswith(("memory", "kv_capacity")):
@@ -396,6 +488,9 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
         + provisioned / 1e3 * fac.facility_usd_per_kw_month / cost.HOURS_PER_MONTH,
         rent)
     meets = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"]) & (reasons.codes == 0)
+    load = c["batch_size"] if mode != "disagg" else _role(c, "decode_batch_size", "batch_size") * c["decode_workers"]
+    goodput = _goodput(res, load, c["ttft_slo_ms"], c["tpot_slo_ms"], meets) * replicas
+    goodput = np.where(reasons.codes == 0, goodput, 0.0)
     return {
         "ttft_ms": res.ttft_ms,
         "tpot_ms": res.tpot_ms,
@@ -411,9 +506,43 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
         "memory_gb_per_gpu": pools.mem_gb,
         "capex_usd": capex,
         "meets_slo": meets,
-        "goodput_tokens_per_s": np.where(meets, tokens_per_s, 0.0),
+        "goodput_tokens_per_s": goodput,
+        "usd_per_mtok_at_slo": np.where(goodput > 0, cost.usd_per_mtok(usd_hour, goodput), np.inf),
         "bottleneck": _bottleneck(*res.steps["decode"], reasons),
     }, reasons
+
+
+GOODPUT_STEPS = 7   # bisection steps over log2(concurrency): the answer is within 2^(log2 C / 2^7)
+
+
+def _goodput(res: "serving.ModeResult", load, ttft_slo, tpot_slo, meets) -> np.ndarray:
+    """Output tokens/s of one unit at the highest concurrency (<= the configured one) at
+    which TTFT and TPOT still meet their limits; 0 when not even one user does.
+
+    Latencies grow with load, so a few vectorised bisection steps over log(concurrency)
+    find it; only rows with a finite SLO that fail at the configured load are searched."""
+    load = np.asarray(load, dtype=float)
+    out = np.where(meets, res.tokens_per_s, 0.0)
+    search = ~meets & (np.isfinite(ttft_slo) | np.isfinite(tpot_slo)) & (load > 1)
+    if not search.any() or res.load is None:
+        return out
+    idx = np.nonzero(search)[0]
+    sub = serving.rows_of(res, idx)
+    ts, ps = np.asarray(ttft_slo, dtype=float)[idx], np.asarray(tpot_slo, dtype=float)[idx]
+    lo, hi = np.zeros(len(idx)), np.log2(load[idx])      # meets at 2^lo is unknown until checked
+    ok_lo = np.zeros(len(idx), dtype=bool)
+    best = np.zeros(len(idx))
+    t, p, tok = sub.load(np.ones(len(idx)))
+    ok_lo = (t <= ts) & (p <= ps)
+    best = np.where(ok_lo, tok, 0.0)
+    for _ in range(GOODPUT_STEPS):
+        mid = (lo + hi) / 2.0
+        t, p, tok = sub.load(np.exp2(mid))
+        ok = (t <= ts) & (p <= ps) & ok_lo
+        best = np.where(ok, np.maximum(best, tok), best)
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    out[idx] = best
+    return out
 
 
 def _code(vocab, key: str, word: str) -> int:
@@ -459,5 +588,86 @@ def explain(**config: Any) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame]:
     pools = pd.DataFrame([{"role": p.role, "gpus": float(np.broadcast_to(p.gpus, (1,))[0]),
                            "step_ms": float(p.step_ms[0]), "utilisation": float(np.broadcast_to(p.utilisation, (1,))[0]),
                            "power_w_per_gpu": float(p.power_w[0]),
-                           "transfer_ms": float(np.broadcast_to(res.transfer_ms, (1,))[0])} for p in res.pools])
+                           "transfer_ms": float(np.broadcast_to(res.transfer_ms if p.transfer_ms is None else p.transfer_ms,
+                                                                (1,))[0])} for p in res.pools])
     return row, pd.DataFrame(recs), pools
+
+
+def evaluate_mix(mix: Any, *, strict: bool = True, **columns: Any) -> pd.DataFrame:
+    """Evaluate configurations serving a mix of request shapes (a workload histogram).
+
+    `mix` is a table (DataFrame, list of dicts or of (isl, osl, weight) tuples) of request
+    classes with columns isl, osl, weight (share of requests; normalised) and optionally
+    prefix_hit. Each class is evaluated on the configuration at its full concurrency, in
+    one vectorized call, and the classes are combined as a closed loop in which every
+    user's next request is drawn from the mix: the mean request cycle is the
+    weight-averaged one, so tokens/s = sum(w osl) / sum(w osl / tokens_per_s_k); TTFT
+    and e2e are request-weighted, TPOT is token-weighted, power is time-weighted. A
+    configuration meets its SLOs when every class does; its goodput is the load at which
+    the tightest class still does. Exact when the classes' step times are alike (an
+    approximation of truly mixed batches otherwise). Returns one row per configuration.
+    """
+    cls = pd.DataFrame(list(mix) if not isinstance(mix, pd.DataFrame) else mix)
+    if cls.shape[1] == 3 and list(cls.columns) == [0, 1, 2]:
+        cls.columns = ["isl", "osl", "weight"]
+    for need in ("isl", "osl", "weight"):
+        if need not in cls.columns:
+            raise DSEError(f"evaluate_mix: mix needs columns isl, osl, weight; missing {need!r}")
+    if (cls.weight < 0).any() or cls.weight.sum() <= 0:
+        raise DSEError("evaluate_mix: weights must be >= 0 and not all zero")
+    for k in ("isl", "osl", "prefix_hit"):
+        if k in columns and k in cls.columns:
+            raise DSEError(f"evaluate_mix: {k} comes from the mix, not from the columns")
+    w = cls.weight.to_numpy(float) / cls.weight.sum()
+    kk = len(cls)
+    _, n, _ = _broadcast(dict(columns))
+    base = {}
+    for k, v in columns.items():
+        arr = np.asarray(v.to_numpy() if isinstance(v, (pd.Series, pd.Index)) else v)
+        base[k] = np.repeat(arr, kk) if arr.ndim == 1 and arr.size > 1 else (arr.reshape(-1)[0] if arr.ndim else v)
+    base.update(isl=np.tile(cls.isl.to_numpy(), n), osl=np.tile(cls.osl.to_numpy(), n))
+    if "prefix_hit" in cls.columns:
+        base["prefix_hit"] = np.tile(cls.prefix_hit.to_numpy(float), n)
+    df = evaluate(strict=strict, **base)
+    shape = (n, kk)
+    def g(metric):
+        return df[metric].to_numpy(float).reshape(shape)
+
+    osl = g("osl")
+    tps = np.maximum(g("tokens_per_s"), 1e-30)
+    time_share = w * osl / tps                                   # time per request of each class, weighted
+    t_tot = time_share.sum(axis=1)
+    tokens = (w * osl).sum(axis=1) / t_tot
+    tw = time_share / t_tot[:, None]
+    watts = (tw * g("power_w")).sum(axis=1)
+    usd_hour = (tw * g("usd_per_hour")).sum(axis=1)
+    fac = get_facility()
+    ttft = (w * g("ttft_ms")).sum(axis=1)
+    osl1 = np.maximum(osl - 1.0, 1.0)
+    tpot = (w * osl1 * g("tpot_ms")).sum(axis=1) / (w * osl1).sum(axis=1)
+    feasible = df["feasible"].to_numpy().reshape(shape).all(axis=1)
+    meets = df["meets_slo"].to_numpy().reshape(shape).all(axis=1) & feasible
+    good_frac = np.min(g("goodput_tokens_per_s") / tps, axis=1)
+    goodput = np.where(feasible, tokens * np.minimum(good_frac, 1.0), 0.0)
+    first = df.iloc[::kk].reset_index(drop=True)
+    reasons = df["infeasible_reason"].astype(str).to_numpy().reshape(shape)
+    reason = np.array([next((r for r in row if r), "") for row in reasons], dtype=object)
+    out = first.drop(columns=["isl", "osl"] + (["prefix_hit"] if "prefix_hit" in cls.columns else []))
+    out.insert(0, "mix_classes", kk)
+    out["ttft_ms"] = ttft
+    out["tpot_ms"] = tpot
+    out["e2e_ms"] = (w * g("e2e_ms")).sum(axis=1)
+    out["tokens_per_s"] = tokens
+    out["tokens_per_s_per_gpu"] = tokens / first["num_gpus"].to_numpy(float)
+    out["tokens_per_s_per_user"] = 1e3 / tpot
+    out["power_w"] = watts
+    out["joules_per_token"] = watts * fac.pue / tokens
+    out["usd_per_hour"] = usd_hour
+    out["usd_per_mtok"] = cost.usd_per_mtok(usd_hour, tokens)
+    out["memory_gb_per_gpu"] = g("memory_gb_per_gpu").max(axis=1)
+    out["meets_slo"] = meets
+    out["goodput_tokens_per_s"] = goodput
+    out["usd_per_mtok_at_slo"] = np.where(goodput > 0, cost.usd_per_mtok(usd_hour, goodput), np.inf)
+    out["feasible"] = feasible
+    out["infeasible_reason"] = pd.Categorical(reason)
+    return out

@@ -1,13 +1,31 @@
 """Hold the model against measured deployments (TTFT and TPOT).
 
 Reads measured rows in the column set of AIConfigurator's silicon tables (agg rows:
-batch_size is the concurrency; disagg rows: prefill_*/decode_* columns), maps each to
-an `evaluate` configuration by fixed rules — never per row or per model — and reports
-absolute percentage errors per system and mode. A row that cannot be modelled (unknown
-model or system, unsupported architecture) is reported with its reason, never a crash.
+batch_size per attention-DP rank; disagg rows: prefill_*/decode_* columns), maps each to
+an `evaluate` configuration by fixed rules -- never per row or per model -- and reports
+absolute percentage errors per system, mode and backend. A row that cannot be modelled
+(unknown model or system, unsupported architecture, unknown concurrency) is reported
+with its reason, never a crash.
+
+Mapping rules (checked against the file; see `row_config`):
+  * layout: attention TP = tp_size, attention DP = attention_dp_size, EP = moe_ep_size,
+    PP = pp_size; MoE tensor parallel follows as tp * dp / ep. Some rows write a
+    tp x ep deployment as products (tp_size or attention_dp_size = N^2 with
+    moe_tp_size = moe_ep_size = N): they are read as N GPUs, unless the weights would
+    then not fit (a measured deployment ran, so it fit).
+  * concurrency: agg batch_size is per attention-DP rank (concurrency = batch_size x
+    attention_dp_size); disagg concurrency = decode_batch_size x decode_attention_dp_size
+    x decode_num_workers. Where those columns are blank, a `concurrency` column or the
+    `silicon_concurrency=` entry of silicon_data_source is used; blank worker counts
+    are taken as one prefill and one decode worker (the row is marked `assumed`).
+  * formats: weights from moe_quant_mode / gemm_quant_mode / precision; the KV cache in
+    fp8 when the weights are fp8 or fp4.
+  * backend: the row's serving framework selects its runtime constants; the benchmark is
+    a closed loop of `bench_rounds` requests per user (hardware/serving_runtime.yaml).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +38,19 @@ from dse.errors import DSEError
 
 REQUIRED = ("id", "model_path", "system", "mode", "isl", "osl", "batch_size", "tp_size",
             "silicon_ttft_ms", "silicon_tpot_ms")
+BACKENDS = ("trtllm", "vllm", "sglang")
 
 
-def _int(v, default: int = 1) -> int:
+def _num(v) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        return default
+        return float("nan")
+    return f if np.isfinite(f) else float("nan")
+
+
+def _int(v, default: int = 1) -> int:
+    f = _num(v)
     return int(f) if np.isfinite(f) and f >= 1 else default
 
 
@@ -41,97 +65,180 @@ def _weight_dtype(row: pd.Series, moe: bool) -> str:
     return "bf16"
 
 
-def _layout(row: pd.Series, prefix: str, moe: bool) -> dict:
+def _layout(row: pd.Series, prefix: str, moe: bool, *, literal: bool = False) -> dict:
     """Attention TP and DP, and expert parallelism, of one worker."""
     tp = _int(row.get(f"{prefix}tp_size"))
     dp = _int(row.get(f"{prefix}attention_dp_size"))
-    ep = _int(row.get(f"{prefix}moe_ep_size")) if moe else 1
-    return {"tp": tp, "dp": dp, "ep": ep, "pp": _int(row.get(f"{prefix}pp_size"))}
+    mtp, mep = _int(row.get(f"{prefix}moe_tp_size")), _int(row.get(f"{prefix}moe_ep_size"))
+    world = tp * dp
+    if moe and not literal and mtp == mep > 1 and mtp * mep == world and world in (tp, dp):
+        # product encoding of an N-GPU tp x ep deployment: N = moe_ep_size GPUs
+        if tp == world:
+            tp = mep
+        else:
+            dp = mep
+    return {"tp": tp, "dp": dp, "ep": mep if moe else 1, "pp": _int(row.get(f"{prefix}pp_size"))}
 
 
-def row_config(row: pd.Series) -> dict:
-    """The evaluate() configuration of one measured row (raises DSEError when unsupported)."""
+def _concurrency(row: pd.Series) -> tuple[float, str]:
+    """Users of the closed-loop benchmark and where the figure came from."""
+    if row["mode"] == "disagg":
+        bs = _num(row.get("decode_batch_size"))
+        if np.isfinite(bs):
+            return bs * _int(row.get("decode_attention_dp_size")) * _int(row.get("decode_num_workers")), ""
+    else:
+        bs = _num(row.get("batch_size"))
+        if np.isfinite(bs):
+            return bs * _int(row.get("attention_dp_size")), ""
+    c = _num(row.get("concurrency"))
+    if np.isfinite(c):
+        return c, "concurrency"
+    m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
+    if m:
+        return float(m.group(1)), "concurrency"
+    raise DSEError("concurrency unknown (no batch_size, concurrency or silicon_concurrency)")
+
+
+def row_config(row: pd.Series, *, literal: bool = False) -> tuple[dict, list[str]]:
+    """The evaluate() configuration of one measured row and what had to be assumed
+    (raises DSEError when the row cannot be modelled)."""
     if row["system"] not in device_ids():
         raise DSEError(f"unknown system {row['system']!r}")
     model = get_model(str(row["model_path"]))
     wd = _weight_dtype(row, model.is_moe)
+    conc, source = _concurrency(row)
+    assumed = [source] if source else []
+    backend = str(row.get("backend", "") or "")
     cfg = {"model": str(row["model_path"]), "device": str(row["system"]), "weight_dtype": wd,
-           "kv_dtype": "fp8" if wd in ("fp8", "fp4") else "bf16",
+           "kv_dtype": "fp8" if wd in ("fp8", "fp4") else "bf16", "backend": backend if backend in BACKENDS else "",
            "isl": _int(row["isl"]), "osl": _int(row["osl"])}
     if row["mode"] == "disagg":
-        pre, dec = _layout(row, "prefill_", model.is_moe), _layout(row, "decode_", model.is_moe)
+        pre = _layout(row, "prefill_", model.is_moe, literal=literal)
+        dec = _layout(row, "decode_", model.is_moe, literal=literal)
+        if not np.isfinite(_num(row.get("decode_num_workers"))) or not np.isfinite(_num(row.get("prefill_num_workers"))):
+            assumed.append("workers")
+        dw = _int(row.get("decode_num_workers"))
+        batch = max(int(round(conc / dw)), 1)
         cfg.update(mode="disagg", **{f"prefill_{k}": v for k, v in pre.items()},
                    **{f"decode_{k}": v for k, v in dec.items()},
-                   prefill_workers=_int(row.get("prefill_num_workers")),
-                   decode_workers=_int(row.get("decode_num_workers")),
-                   decode_batch_size=_int(row.get("decode_batch_size")),
-                   batch_size=_int(row.get("decode_batch_size")), **{k: v for k, v in dec.items()})
+                   prefill_workers=_int(row.get("prefill_num_workers")), decode_workers=dw,
+                   decode_batch_size=batch, batch_size=batch, **dec)
+    elif row["mode"] == "agg":
+        cfg.update(mode="agg", batch_size=max(int(round(conc)), 1), **_layout(row, "", model.is_moe, literal=literal))
     else:
-        cfg.update(mode="agg", batch_size=_int(row["batch_size"]), **_layout(row, "", model.is_moe))
-    return cfg
+        raise DSEError(f"unknown mode {row['mode']!r}")
+    return cfg, assumed
 
 
 def _ape(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
     return np.abs(pred - meas) / meas * 100.0
 
 
-def validate_measurements(path: str | Path) -> dict:
-    """Predicted vs measured TTFT/TPOT for every row of a measurement CSV."""
-    from dse import api
+def _summary(d: pd.DataFrame) -> dict:
+    n = len(d)
+    return {"n": int(n), "ttft_mape": float(d.ttft_ape.mean()) if n else None,
+            "ttft_median_ape": float(d.ttft_ape.median()) if n else None,
+            "tpot_mape": float(d.tpot_ape.mean()) if n else None,
+            "tpot_median_ape": float(d.tpot_ape.median()) if n else None}
 
+
+def read_measurements(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DSEError(f"validate: {path}: no such file")
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise DSEError(f"validate: {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DSEError(f"validate: {path}: missing column {missing[0]!r}; required: {', '.join(REQUIRED)}")
+    return df
+
+
+def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """Per-row records and the (row, configuration) pairs that can be modelled."""
+    from dse import api
+
+    rounds = api.serving_runtime()["rounds"] if bench_rounds is None else bench_rounds
     rows, configs = [], []
-    for _, r in df.iterrows():
+    for i, (_, r) in enumerate(df.iterrows()):
         rec = {"id": str(r["id"]), "system": str(r["system"]), "mode": str(r["mode"]),
                "backend": str(r.get("backend", "")), "model": str(r["model_path"]),
-               "ttft_ms_meas": float(r["silicon_ttft_ms"]), "tpot_ms_meas": float(r["silicon_tpot_ms"]),
-               "ttft_ms_pred": None, "tpot_ms_pred": None, "supported": False, "reason": ""}
+               "ttft_ms_meas": _num(r["silicon_ttft_ms"]), "tpot_ms_meas": _num(r["silicon_tpot_ms"]),
+               "ttft_ms_pred": None, "tpot_ms_pred": None, "supported": False, "reason": "", "assumed": ""}
         try:
-            cfg = row_config(r)
-            api.evaluate(strict=True, **cfg)  # structural check, one row
-            configs.append((len(rows), cfg))
+            if not (rec["ttft_ms_meas"] > 0 and rec["tpot_ms_meas"] > 0):
+                raise DSEError("no measured TTFT/TPOT")
+            cfg, assumed = row_config(r)
+            api.check_config(**cfg)          # structure only: layout divides the model, ids known
+            cfg["bench_rounds"] = rounds
+            rec["assumed"] = ",".join(assumed)
+            configs.append((i, cfg, r))
         except DSEError as exc:
             rec["reason"] = str(exc).split("evaluate: ", 1)[-1]
         rows.append(rec)
-    # evaluate supported rows in one vectorized call per column set
+    return rows, configs
+
+
+def predict(configs: list, df_rows=None) -> "pd.DataFrame":
+    """Evaluate the mapped configurations in one vectorized call; product-encoded layouts
+    whose weights would not fit fall back to the literal reading of the row."""
+    from dse import api
+
+    cfgs = [c for _, c, _ in configs]
+    keys = sorted({k for c in cfgs for k in c})
+    cols = {k: [c.get(k, api.COLUMNS[k]) for c in cfgs] for k in keys}
+    pred = api.evaluate(strict=False, **cols)
+    bad = pred.infeasible_reason.astype(str).str.startswith("memory: weights").to_numpy()
+    if bad.any():
+        redo = []
+        for j in np.nonzero(bad)[0]:
+            i, cfg, r = configs[j]
+            lit, _ = row_config(r, literal=True)
+            if lit != {k: v for k, v in cfg.items() if k != "bench_rounds"}:
+                redo.append((j, {**lit, "bench_rounds": cfg["bench_rounds"]}))
+        if redo:
+            keys2 = sorted({k for _, c in redo for k in c})
+            cols2 = {k: [c.get(k, api.COLUMNS[k]) for _, c in redo] for k in keys2}
+            p2 = api.evaluate(strict=False, **cols2)
+            ok = ~p2.infeasible_reason.astype(str).str.startswith("memory: weights").to_numpy()
+            for (j, _), good, (_, row) in zip(redo, ok, p2.iterrows()):
+                if good:
+                    pred.loc[j, ["ttft_ms", "tpot_ms", "infeasible_reason"]] = row[["ttft_ms", "tpot_ms",
+                                                                                   "infeasible_reason"]].to_numpy()
+    return pred
+
+
+def validate_measurements(path: str | Path, *, bench_rounds: float | None = None) -> dict:
+    """Predicted vs measured TTFT/TPOT for every row of a measurement CSV."""
+    df = read_measurements(path)
+    rows, configs = map_rows(df, bench_rounds=bench_rounds)
     if configs:
-        keys = sorted({k for _, c in configs for k in c})
-        cols = {k: [c.get(k, api.COLUMNS[k]) for _, c in configs] for k in keys}
-        pred = api.evaluate(strict=False, **cols)
-        for (i, _), ttft, tpot in zip(configs, pred.ttft_ms, pred.tpot_ms):
+        pred = predict(configs)
+        for (i, _, _), ttft, tpot in zip(configs, pred.ttft_ms, pred.tpot_ms):
             rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True)
-    res = pd.DataFrame(rows)
+    return summarize(pd.DataFrame(rows))
+
+
+def summarize(res: pd.DataFrame) -> dict:
     ok = res[res.supported].copy()
     ok["ttft_ape"] = _ape(ok.ttft_ms_pred.to_numpy(float), ok.ttft_ms_meas.to_numpy(float))
     ok["tpot_ape"] = _ape(ok.tpot_ms_pred.to_numpy(float), ok.tpot_ms_meas.to_numpy(float))
-
-    def summary(d: pd.DataFrame) -> dict:
-        return {"n": int(len(d)), "ttft_mape": float(d.ttft_ape.mean()) if len(d) else None,
-                "ttft_median_ape": float(d.ttft_ape.median()) if len(d) else None,
-                "tpot_mape": float(d.tpot_ape.mean()) if len(d) else None,
-                "tpot_median_ape": float(d.tpot_ape.median()) if len(d) else None}
-
-    overall = summary(ok)
+    overall = _summary(ok)
     overall["n_unsupported"] = int((~res.supported).sum())
-    groups = {f"{s}/{m}": summary(g) for (s, m), g in ok.groupby(["system", "mode"])}
-    by_backend = {f"{s}/{m}/{b}": summary(g) for (s, m, b), g in ok.groupby(["system", "mode", "backend"])}
+    groups = {f"{s}/{m}": _summary(g) for (s, m), g in ok.groupby(["system", "mode"])}
+    by_backend = {f"{s}/{m}/{b}": _summary(g) for (s, m, b), g in ok.groupby(["system", "mode", "backend"])}
+    assumed = ok[ok.assumed.str.contains("workers")]
+    extra = {"disagg rows with assumed workers": _summary(assumed)} if len(assumed) else {}
     reasons = res[~res.supported].reason.value_counts().to_dict()
-    lines = [f"{'system/mode':<28} {'n':>5} {'TTFT MAPE':>10} {'TTFT med':>9} {'TPOT MAPE':>10} {'TPOT med':>9}"]
-    for name, s in {**groups, **by_backend, "all": overall}.items():
+    lines = [f"{'system/mode[/backend]':<34} {'n':>5} {'TTFT MAPE':>10} {'TTFT med':>9} {'TPOT MAPE':>10} {'TPOT med':>9}"]
+    for name, s in {**groups, **by_backend, **extra, "all": overall}.items():
         if s["n"]:
-            lines.append(f"{name:<28} {s['n']:>5} {s['ttft_mape']:>10.1f} {s['ttft_median_ape']:>9.1f} "
+            lines.append(f"{name:<34} {s['n']:>5} {s['ttft_mape']:>10.1f} {s['ttft_median_ape']:>9.1f} "
                          f"{s['tpot_mape']:>10.1f} {s['tpot_median_ape']:>9.1f}")
     lines.append(f"unsupported rows: {overall['n_unsupported']} of {len(res)}")
     lines += [f"  {n:>4}  {r}" for r, n in reasons.items()]
-    keep = ["id", "ttft_ms_pred", "tpot_ms_pred", "ttft_ms_meas", "tpot_ms_meas", "supported", "reason"]
+    keep = ["id", "ttft_ms_pred", "tpot_ms_pred", "ttft_ms_meas", "tpot_ms_meas", "supported", "reason", "assumed"]
     return {"summary": overall, "groups": groups, "by_backend": by_backend, "unsupported_reasons": reasons,
             "rows": res[keep].to_dict(orient="records"), "table": "\n".join(lines)}

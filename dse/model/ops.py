@@ -94,6 +94,30 @@ def _link(group: np.ndarray, hw: Hw) -> np.ndarray:
     return np.where(group <= hw.domain, hw.scaleup_gb_s, hw.scaleout_gb_s)
 
 
+MMA_ROWS = 64.0   # rows of one tensor-core MMA tile: a query block is padded to it
+
+
+def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
+    """Absorbed MLA decode (FlashMLA / TRT-LLM MLA generation kernels): all query heads of
+    a sequence share one latent KV, so the kernel is a flash-attention pass whose query
+    block is the heads (padded to an MMA tile), not a per-head GEMV. Its streaming side
+    is the generation-attention model (one KV group); its math runs on tensor cores at
+    the efficiency of the flash (context) attention kernels. With all 128 heads on one
+    rank (attention data parallel) the math, not the KV stream, binds on most devices.
+    An fp8 latent cache is multiplied in fp8 (twice the bf16 tensor rate)."""
+    d_qk, d_v = a.kv_lora_rank + a.rope_dim, a.kv_lora_rank
+    stream = kernels.attn_decode_ms(b_rank, kv_len, heads, d_qk, d_v, d_qk, peak_tflops=np.inf,
+                                    mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
+    pc = hw.params["context_attention"]
+    d = (d_qk + d_v) / 2.0
+    eff = pc["eff_compute"] * d / (d + pc["d_half"])
+    rows = np.ceil(heads / MMA_ROWS) * MMA_ROWS
+    flops = 2.0 * b_rank * rows * kv_len * (d_qk + d_v)
+    peak = hw.peak_attn * np.clip(2.0 / dt.kv_bytes, 1.0, 2.0)
+    math = flops / (peak * 1e12 * eff) * 1e3 + hw.params["generation_attention"]["floor_us"] * 1e-3
+    return np.maximum(stream, math)
+
+
 def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None):
     wb = dt.w_bytes if w_bytes is None else w_bytes
     t = kernels.gemm_ms(m, n, k, a_bytes=dt.a_bytes, w_bytes=wb, c_bytes=2.0,
@@ -158,9 +182,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
                 kv_len = np.minimum(kv_len, a.sparse_topk)
             if a.kind == "mla":
                 # decode: absorbed MQA over the latent; prefill: decompressed MHA
-                dec = kernels.attn_decode_ms(b_rank, kv_len, heads, a.kv_lora_rank + a.rope_dim, a.kv_lora_rank,
-                                             a.kv_lora_rank + a.rope_dim, peak_tflops=hw.peak_attn,
-                                             mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
+                dec = _mla_decode_ms(b_rank, kv_len, heads, a, hw, dt)
                 pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim, heads * (a.qk_dim + a.v_dim),
                                               a.window, prefix_len=ctx - q_len, peak_tflops=hw.peak_attn,
                                               mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])

@@ -1,0 +1,187 @@
+"""Fit the serving-framework constants from measured deployments.
+
+Kernels say how long a step's math and memory traffic take; a serving framework adds
+what no kernel table shows. Per backend (trtllm, vllm, sglang) three constants:
+  request_ms  per-request latency outside the GPU (HTTP, tokenisation, admission,
+              first-token delivery), in TTFT;
+  step_ms     per-iteration cost (scheduler, sampling, launch gaps, small kernels the
+              operator list leaves out), on every step;
+  max_tokens  the token budget of one iteration (chunked-prefill size);
+and one constant of the measurement protocol:
+  rounds      requests per user of the closed-loop benchmark: its first round starts all
+              users at once, whose queue is part of the measured mean TTFT.
+None is per model or per row. They are fitted by minimising the clipped absolute log
+error of TTFT and TPOT (robust to rows the model cannot know about, e.g. speculative
+decoding) over the measured rows, backend by backend, with the engine itself.
+
+`python -m dse.fit_serving [--measurements FILE]` refits on every row, writes
+hardware/serving_runtime.yaml with its provenance, and records the cross-system check:
+constants fitted on the h100_sxm rows scored on the b200_sxm rows and vice versa.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dse.io import write_text
+
+HW = Path(str(resources.files("dse.hardware")))
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
+BACKENDS = ("trtllm", "vllm", "sglang")
+START = {"request_ms": 50.0, "step_ms": 0.5, "max_tokens": 4096.0}
+ROUNDS_GRID = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, np.inf)
+CLIP = 1.0          # a row contributes at most |log(pred/meas)| = 1 (2.7x) to the loss
+TOKENS = (2048.0, 32768.0)   # physical range of the frameworks' per-step token budgets
+
+
+class Data:
+    """Measured rows mapped to configurations (once), evaluated under any constants."""
+
+    def __init__(self, path: Path):
+        from dse import validate
+
+        df = validate.read_measurements(path)
+        rows, configs = validate.map_rows(df, bench_rounds=1.0)
+        self.configs = configs
+        self.meta = pd.DataFrame([rows[i] for i, _, _ in configs])
+        self.ttft = self.meta.ttft_ms_meas.to_numpy(float)
+        self.tpot = self.meta.tpot_ms_meas.to_numpy(float)
+        self.n_rows = len(rows)
+
+    def mask(self, system: str | None = None, backend: str | None = None) -> np.ndarray:
+        m = np.ones(len(self.meta), dtype=bool)
+        if system:
+            m &= (self.meta.system == system).to_numpy()
+        if backend:
+            m &= (self.meta.backend == backend).to_numpy()
+        return m
+
+    def predict(self, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        from dse import api, validate
+
+        sel = []
+        for j in np.nonzero(mask)[0]:
+            i, cfg, r = self.configs[j]
+            cfg = {**cfg, "bench_rounds": runtime["rounds"]}
+            if pooled:
+                cfg["backend"] = ""
+            sel.append((i, cfg, r))
+        with api.override_serving_runtime(runtime):
+            pred = validate.predict(sel)
+        return pred.ttft_ms.to_numpy(float), pred.tpot_ms.to_numpy(float)
+
+
+def loss(data: Data, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -> float:
+    ttft, tpot = data.predict(runtime, mask, pooled=pooled)
+    e = np.minimum(np.abs(np.log(ttft / data.ttft[mask])), CLIP) + np.minimum(np.abs(np.log(tpot / data.tpot[mask])), CLIP)
+    return float(np.mean(e))
+
+
+def _with(runtime: dict, name: str, consts: dict) -> dict:
+    return {"backends": {**runtime["backends"], name: consts}, "rounds": runtime["rounds"]}
+
+
+def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pooled: bool) -> dict:
+    from scipy.optimize import minimize
+
+    def unpack(x):
+        return {"request_ms": float(np.exp(x[0])), "step_ms": float(np.exp(x[1])),
+                "max_tokens": float(np.clip(np.exp(x[2]), *TOKENS))}
+
+    def f(x):
+        return loss(data, _with(runtime, name, unpack(x)), mask, pooled=pooled)
+
+    c = runtime["backends"].get(name, START)
+    x0 = np.log([max(c["request_ms"], 1.0), max(c["step_ms"], 0.01), c["max_tokens"]])
+    best = minimize(f, x0, method="Nelder-Mead", options={"maxfev": 120, "xatol": 0.02, "fatol": 1e-4,
+                                                           "initial_simplex": x0 + np.vstack([np.zeros(3),
+                                                                                              np.diag([0.7, 0.7, 0.7])])})
+    return {k: round(v, 4) for k, v in unpack(best.x).items()}
+
+
+def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
+    """Constants fitted on the rows in `mask`: backends one by one, then the protocol's
+    rounds on all of them; twice round."""
+    runtime = {"backends": {b: dict(START) for b in ("default",) + BACKENDS}, "rounds": 6.0}
+    for _ in range(cycles):
+        for b in BACKENDS:
+            m = mask & data.mask(backend=b)
+            if m.sum() >= 20:
+                runtime["backends"][b] = _fit_backend(data, runtime, b, m, pooled=False)
+        runtime["backends"]["default"] = _fit_backend(data, runtime, "default", mask, pooled=True)
+        scores = [(loss(data, {**runtime, "rounds": r}, mask), r) for r in ROUNDS_GRID]
+        runtime["rounds"] = float(min(scores)[1])
+    return runtime
+
+
+def errors(data: Data, runtime: dict, mask: np.ndarray) -> dict:
+    """Median / mean absolute percentage errors per system, mode and backend."""
+    ttft, tpot = data.predict(runtime, mask)
+    d = data.meta[mask].assign(et=np.abs(ttft / data.ttft[mask] - 1) * 100, ep=np.abs(tpot / data.tpot[mask] - 1) * 100)
+    out = {}
+    for keys, g in [(("all",), d)] + list(d.groupby(["system", "mode"])) + list(d.groupby(["system", "mode", "backend"])):
+        name = "/".join(keys) if isinstance(keys, tuple) else keys
+        out[name] = {"n": int(len(g)), "ttft_median_ape": round(float(g.et.median()), 1),
+                     "ttft_mape": round(float(g.et.mean()), 1), "tpot_median_ape": round(float(g.ep.median()), 1),
+                     "tpot_mape": round(float(g.ep.mean()), 1)}
+    return out
+
+
+def table(errs: dict) -> str:
+    lines = [f"{'':<28} {'n':>5} {'TTFT med':>9} {'TTFT mean':>10} {'TPOT med':>9} {'TPOT mean':>10}"]
+    for k, e in errs.items():
+        lines.append(f"{k:<28} {e['n']:>5} {e['ttft_median_ape']:>9.1f} {e['ttft_mape']:>10.1f} "
+                     f"{e['tpot_median_ape']:>9.1f} {e['tpot_mape']:>10.1f}")
+    return "\n".join(lines)
+
+
+def _yaml_runtime(runtime: dict) -> dict:
+    return {"backends": {k: dict(v) for k, v in runtime["backends"].items()},
+            "benchmark": {"rounds": float(runtime["rounds"])}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m dse.fit_serving", description=__doc__.splitlines()[0])
+    ap.add_argument("--measurements", default=str(DEFAULT_DATA), help="measured deployments (silicon CSV)")
+    ap.add_argument("--out", default=str(HW / "serving_runtime.yaml"))
+    ap.add_argument("--no-cross", action="store_true", help="skip the cross-system check")
+    a = ap.parse_args(argv)
+    path = Path(a.measurements)
+    data = Data(path)
+    everything = np.ones(len(data.meta), dtype=bool)
+    cross = {}
+    if not a.no_cross:
+        for fit_sys, test_sys in (("h100_sxm", "b200_sxm"), ("b200_sxm", "h100_sxm")):
+            rt = fit(data, data.mask(system=fit_sys))
+            errs = errors(data, rt, data.mask(system=test_sys))
+            cross[f"fit_{fit_sys}_score_{test_sys}"] = {"constants": _yaml_runtime(rt), "errors": errs}
+            print(f"fitted on {fit_sys}, scored on {test_sys}:\n{table(errs)}\n")
+    runtime = fit(data, everything)
+    errs = errors(data, runtime, everything)
+    print(f"fitted on all rows (in sample):\n{table(errs)}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    doc = {**_yaml_runtime(runtime),
+           "source": {"command": "python -m dse.fit_serving" + (f" --measurements {a.measurements}"
+                                                                 if a.measurements != str(DEFAULT_DATA) else ""),
+                      "data": f"{path.name} (sha256 {digest}..., {data.n_rows} rows, {len(data.meta)} modelled); "
+                              "measured by NVIDIA AIConfigurator, aiconfigurator-core 0.12.0, Apache-2.0",
+                      "date": datetime.date.today().isoformat(),
+                      "loss": f"mean over rows of min(|log(pred/meas)|, {CLIP}) for TTFT plus TPOT"},
+           "in_sample_errors": errs, "cross_system": cross}
+    header = ("# Written by dse/fit_serving.py; do not edit by hand.\n"
+              "# Serving-framework constants (see dse/model/serving.py): request_ms per request in TTFT,\n"
+              "# step_ms per iteration, max_tokens per iteration; benchmark.rounds = requests per user of\n"
+              "# the closed-loop benchmark behind the measurements (evaluate's steady state uses inf).\n")
+    write_text(Path(a.out), header + yaml.safe_dump(doc, sort_keys=False, width=110))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`dse validate --measurements`: mapping rules, per-row reasons, JSON keys, never a crash."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dse import validate
+from dse.cli import main
+from dse.errors import DSEError
+
+COLUMNS = ["id", "silicon_data_source", "backend", "backend_version", "model_path", "system", "precision", "mode",
+           "isl", "osl", "gemm_quant_mode", "moe_quant_mode", "batch_size", "tp_size", "pp_size", "attention_dp_size",
+           "moe_tp_size", "moe_ep_size", "prefill_batch_size", "prefill_num_workers", "prefill_tp_size",
+           "prefill_pp_size", "prefill_attention_dp_size", "prefill_moe_tp_size", "prefill_moe_ep_size",
+           "decode_batch_size", "decode_num_workers", "decode_tp_size", "decode_pp_size", "decode_attention_dp_size",
+           "decode_moe_tp_size", "decode_moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms"]
+LLAMA = dict(model_path="meta-llama/Llama-3.1-70B", system="h100_sxm", backend="trtllm", precision="fp8",
+             gemm_quant_mode="fp8", mode="agg", isl=1024, osl=256, tp_size=4, pp_size=1, attention_dp_size=1,
+             moe_tp_size=1, moe_ep_size=1, silicon_ttft_ms=250.0, silicon_tpot_ms=15.0)
+DSR1 = dict(model_path="deepseek-ai/DeepSeek-R1", system="b200_sxm", backend="trtllm", precision="fp4",
+            gemm_quant_mode="nvfp4", moe_quant_mode="nvfp4", isl=1024, osl=1024, pp_size=1,
+            silicon_ttft_ms=800.0, silicon_tpot_ms=20.0)
+ROWS = [
+    {"id": "agg_ok", **LLAMA, "batch_size": 16},
+    {"id": "agg_dep8", **DSR1, "mode": "agg", "batch_size": 32, "tp_size": 1, "attention_dp_size": 8,
+     "moe_tp_size": 1, "moe_ep_size": 8},
+    {"id": "agg_dep8_as_products", **DSR1, "mode": "agg", "batch_size": 4, "tp_size": 1, "attention_dp_size": 64,
+     "moe_tp_size": 8, "moe_ep_size": 8},
+    {"id": "disagg_ok", **DSR1, "mode": "disagg", "prefill_batch_size": 1, "prefill_num_workers": 2,
+     "prefill_tp_size": 1, "prefill_attention_dp_size": 4, "prefill_moe_tp_size": 1, "prefill_moe_ep_size": 4,
+     "decode_batch_size": 16, "decode_num_workers": 1, "decode_tp_size": 1, "decode_attention_dp_size": 8,
+     "decode_moe_tp_size": 1, "decode_moe_ep_size": 8, "silicon_ttft_ms": 2000.0, "silicon_tpot_ms": 30.0},
+    {"id": "disagg_no_workers", **DSR1, "mode": "disagg", "silicon_data_source": "x; silicon_concurrency=64; y",
+     "prefill_tp_size": 8, "prefill_attention_dp_size": 1, "prefill_moe_tp_size": 1, "prefill_moe_ep_size": 8,
+     "decode_tp_size": 8, "decode_attention_dp_size": 1, "decode_moe_tp_size": 1, "decode_moe_ep_size": 8},
+    {"id": "unknown_model", **LLAMA, "model_path": "acme/NotAModel-7B", "batch_size": 8},
+    {"id": "unknown_system", **LLAMA, "system": "tpu_v99", "batch_size": 8},
+    {"id": "no_concurrency", **LLAMA, "batch_size": np.nan},
+    {"id": "bad_layout", **LLAMA, "batch_size": 8, "tp_size": 3},
+]
+
+
+@pytest.fixture()
+def csv(tmp_path):
+    path = tmp_path / "measured.csv"
+    pd.DataFrame(ROWS).reindex(columns=COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def test_cli_reports_rows_reasons_and_json_keys(csv, tmp_path, capsys):
+    out = tmp_path / "v.json"
+    assert main(["validate", "--measurements", str(csv), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "unsupported rows: 4 of 9" in text and "h100_sxm/agg/trtllm" in text
+    res = json.loads(out.read_text())
+    assert set(res["summary"]) >= {"ttft_mape", "tpot_mape", "ttft_median_ape", "tpot_median_ape", "n",
+                                   "n_unsupported"}
+    assert res["summary"]["n"] == 5 and res["summary"]["n_unsupported"] == 4
+    rows = {r["id"]: r for r in res["rows"]}
+    assert list(rows) == [r["id"] for r in ROWS]
+    for r in rows.values():
+        assert {"id", "ttft_ms_pred", "tpot_ms_pred", "ttft_ms_meas", "tpot_ms_meas", "supported", "reason"} <= set(r)
+    reasons = {k: r["reason"] for k, r in rows.items() if not r["supported"]}
+    assert "unknown model 'acme/NotAModel-7B'" in reasons["unknown_model"]
+    assert reasons["unknown_system"] == "unknown system 'tpu_v99'"
+    assert reasons["no_concurrency"].startswith("concurrency unknown")
+    assert "tp must divide the 64 attention heads" in reasons["bad_layout"]
+    for k in ("agg_ok", "agg_dep8", "agg_dep8_as_products", "disagg_ok", "disagg_no_workers"):
+        assert rows[k]["supported"] and rows[k]["reason"] == ""
+        assert rows[k]["ttft_ms_pred"] > 0 and rows[k]["tpot_ms_pred"] > 0
+    assert rows["disagg_no_workers"]["assumed"] == "concurrency,workers"
+    # the product encoding of a DEP8 deployment is the same deployment as its plain form
+    assert rows["agg_dep8_as_products"]["tpot_ms_pred"] == pytest.approx(rows["agg_dep8"]["tpot_ms_pred"])
+
+
+def test_mapping_rules():
+    df = pd.DataFrame(ROWS).reindex(columns=COLUMNS)
+    cfg, _ = validate.row_config(df.iloc[1])
+    assert (cfg["batch_size"], cfg["tp"], cfg["dp"], cfg["ep"]) == (256, 1, 8, 8)   # batch per attention-DP rank
+    assert cfg["weight_dtype"] == "fp4" and cfg["kv_dtype"] == "fp8" and cfg["backend"] == "trtllm"
+    cfg2, _ = validate.row_config(df.iloc[2])
+    assert (cfg2["batch_size"], cfg2["dp"], cfg2["ep"]) == (256, 8, 8)
+    cfg3, _ = validate.row_config(df.iloc[3])
+    assert cfg3["mode"] == "disagg" and cfg3["decode_batch_size"] == 128 and cfg3["decode_dp"] == 8
+    assert cfg3["prefill_workers"] == 2 and cfg3["prefill_dp"] == 4 and cfg3["prefill_ep"] == 4
+    cfg4, assumed4 = validate.row_config(df.iloc[4])
+    assert cfg4["decode_batch_size"] == 64 and cfg4["decode_workers"] == 1 and assumed4 == ["concurrency", "workers"]
+    with pytest.raises(DSEError, match="unknown system"):
+        validate.row_config(df.iloc[6])
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path):
+    with pytest.raises(DSEError, match="no such file"):
+        validate.validate_measurements(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,system\n1,h100_sxm\n")
+    with pytest.raises(DSEError, match="missing column 'model_path'"):
+        validate.validate_measurements(bad)
+
+
+def test_shipped_serving_constants_have_provenance():
+    from importlib import resources
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(str(resources.files("dse.hardware"))) / "serving_runtime.yaml").read_text())
+    assert set(doc["backends"]) == {"default", "trtllm", "vllm", "sglang"}
+    for c in doc["backends"].values():
+        assert c["request_ms"] >= 0 and c["step_ms"] >= 0 and 512 <= c["max_tokens"] <= 65536
+    assert doc["benchmark"]["rounds"] >= 1
+    assert "python -m dse.fit_serving" in doc["source"]["command"] and doc["source"]["date"]
+    assert {"fit_h100_sxm_score_b200_sxm", "fit_b200_sxm_score_h100_sxm"} <= set(doc["cross_system"])

@@ -671,3 +671,21 @@ def evaluate_mix(mix: Any, *, strict: bool = True, **columns: Any) -> pd.DataFra
     out["feasible"] = feasible
     out["infeasible_reason"] = pd.Categorical(reason)
     return out
+
+
+def sweep(space: Any, **options: Any):
+    """Search a scenario (a path to a YAML file or a loaded Space) and write its results
+    directory, with the interactive report; see dse.search.run.sweep for the options."""
+    from dse.report.html import write_report
+    from dse.search.run import sweep as _sweep
+
+    res = _sweep(space, **options)
+    write_report(res.run_dir)
+    return res
+
+
+def load_space(path: Any):
+    """Read and validate a scenario YAML file into a Space."""
+    from dse.search.space import load_space as _load
+
+    return _load(path)

@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dse.report.cli import add_parser as add_report
     from dse.search import cli_cpsat
+    from dse.search.cli import add_parser as add_sweep
+    add_sweep(sub)
     add_report(sub)
     cli_cpsat.add_parsers(sub)
     return p

@@ -7,6 +7,8 @@ few fancy-indexing operations, not a million dictionary lookups.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dse.calibrate import load_params
@@ -19,7 +21,9 @@ from dse.model.ops import Hw
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
 
 
+@functools.lru_cache(maxsize=None)
 def _pair_row(device_id: str, w_dtype: str) -> dict:
+    """Hardware figures of one (device, weight format); cached: files are read once per process."""
     dev = get_device(device_id)
     sys_ = get_system(dev.system)
     fmt = dev.compute_dtype(w_dtype)

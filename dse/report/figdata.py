@@ -49,7 +49,8 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
 # metrics shown on hover and in the table, in this order, after the objectives
 KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "tokens_per_s",
                "usd_per_mtok", "joules_per_token", "power_w", "usd_per_hour", "memory_gb_per_gpu")
-NON_CONFIG = frozenset({"feasible", "infeasible_reason", "is_pareto", "bottleneck", "meets_slo"})
+NON_CONFIG = frozenset({"feasible", "infeasible_reason", "is_pareto", "bottleneck", "meets_slo", "config_id",
+                        "eval_index"})
 # configuration columns shown on hover for every point, whether they vary or not
 CORE_CONFIG = ("device", "mode", "tp", "pp", "ep", "dp", "weight_dtype", "kv_dtype", "batch_size")
 # role-prefixed columns only mean something in their mode

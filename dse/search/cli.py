@@ -1,0 +1,100 @@
+"""`dse sweep SPACE.yaml`: parse, call `sweep`, print where the results are and the Pareto set.
+
+`add_parser(subparsers)` registers the command on the main `dse` parser; `main(argv)`
+runs it standalone (tests, `python -m dse.search.cli`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import pandas as pd
+
+from dse.errors import DSEError
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="search a scenario (grid, NSGA-II or Optuna) for its Pareto front",
+                              description="Search a scenario file and write configs.parquet, pareto.csv, "
+                                          "run.json and report.html to the run directory.")
+    p.add_argument("space", help="scenario file (search_spaces/*.yaml)")
+    p.add_argument("--strategy", choices=["grid", "nsga2", "optuna"], default=None,
+                   help="default: the scenario's search.strategy, else grid")
+    p.add_argument("--budget", type=int, default=None,
+                   help="evaluations for nsga2/optuna; for grid, refuse spaces larger than this")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: scenario's, else 0)")
+    p.add_argument("--out", default=None, help="run directory (default results/<scenario>-<timestamp>); "
+                                               "rerun into the same directory to resume")
+    p.add_argument("--jobs", type=int, default=1, help="parallel workers for grid chunks")
+    p.add_argument("--backend", choices=["joblib", "dask"], default="joblib", help="where grid chunks run")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: RDB URL (sqlite:///x.db, postgresql://...), journal:PATH or memory "
+                        "(default RUN_DIR/study.journal)")
+    p.add_argument("--sampler", choices=["nsga2", "tpe"], default=None, help="Optuna sampler (default nsga2)")
+    p.add_argument("--pop-size", type=int, default=None, help="population / batch size for nsga2 and optuna")
+    p.add_argument("--chunk-size", type=int, default=None, help="configurations per grid chunk (default 50000)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="nsga2: stop early once the front's hypervolume grew less than this fraction over the "
+                        "last quarter of the run (default 1e-5; 0 = use the whole budget)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+    return p
+
+
+def run_command(a: argparse.Namespace) -> int:
+    from dse.api import sweep
+
+    res = sweep(a.space, strategy=a.strategy, budget=a.budget, seed=a.seed, out=a.out, jobs=a.jobs,
+                backend=a.backend, scheduler=a.scheduler, storage=a.storage, sampler=a.sampler,
+                pop_size=a.pop_size, chunk_size=a.chunk_size, tol=a.tol, progress=not a.quiet)
+    run = res.run
+    print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations in "
+          f"{run['eval_seconds']:.1f} s ({run['evals_per_second'] or 0:,.0f}/s), {run['n_feasible']:,} feasible, "
+          f"{run['n_pareto']:,} on the Pareto front, hypervolume {run['hypervolume']:.4f}; "
+          f"wall {run['wall_seconds']:.1f} s")
+    print(f"results: {res.run_dir}/ (configs.parquet, pareto.csv, run.json, report.html)")
+    if len(res.pareto):
+        print()
+        print(pareto_table(res.pareto, run))
+    return 0
+
+
+def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> str:
+    """The Pareto set as a short text table: the axes that vary, then the objectives."""
+    objectives = [o["name"] for o in run["objectives"]]
+    axes = list(run["scenario"].get("axes", {}))
+    for spec in run["scenario"].get("modes", {}).values():
+        axes += [a for a in spec if a not in axes]
+    if len(run["scenario"].get("modes", {})) > 1:
+        axes = ["mode", *axes]
+    cols = [c for c in axes if c in pareto.columns and pareto[c].nunique() > 1] + objectives
+    extra = [c for c in ("num_gpus", "tokens_per_s") if c in pareto.columns and c not in cols]
+    if len(pareto) > rows:  # spread the rows along the first objective
+        pick = sorted({round(i * (len(pareto) - 1) / (rows - 1)) for i in range(rows)})
+        shown = pareto.iloc[pick]
+    else:
+        shown = pareto
+    text = shown[cols + extra].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
+    more = f"\n({len(pareto) - len(shown):,} more in pareto.csv)" if len(pareto) > len(shown) else ""
+    return f"Pareto set ({len(pareto):,} configurations):\n{text}{more}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dse")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_parser(sub)
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except DSEError as exc:
+        print(f"dse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ndse: interrupted (rerun with the same --out to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

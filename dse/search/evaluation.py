@@ -1,0 +1,51 @@
+"""Evaluate configurations by space index: decode, run the model, apply the scenario's limits.
+
+Every strategy and every worker (joblib, Dask) goes through `evaluate_batch`, so that
+`feasible` means the same everywhere: the model's own verdict (structure, memory) and
+the scenario's limits (SLOs, GPUs, power, budget, metric bounds).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dse.search.space import Space
+
+
+def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows for `indices` (config_id first, then evaluate's columns) and the n x (1 + c)
+    violation matrix: column 0 is 1 for a configuration the model rejects, then one column
+    per constraint holding (value - limit) / |limit| for an upper limit (> 0 = violated)."""
+    from dse import api
+
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    df = api.evaluate(strict=False, **space.columns(idx))
+    df.insert(0, "config_id", idx)
+    model_ok = df["feasible"].to_numpy(dtype=bool)
+    G = np.zeros((idx.size, 1 + len(space.constraints)))
+    G[:, 0] = np.where(model_ok, 0.0, 1.0)
+    reason = df["infeasible_reason"].to_numpy(dtype=object)
+    ok = model_ok.copy()
+    for j, c in enumerate(space.constraints):
+        v = df[c.metric].to_numpy(dtype=float)
+        scale = abs(c.limit) if c.limit else 1.0
+        viol = (v - c.limit) / scale if c.bound == "max" else (c.limit - v) / scale
+        viol = np.nan_to_num(viol, nan=1.0, posinf=1e6, neginf=-1e6)
+        G[:, 1 + j] = viol
+        bad = viol > 0
+        reason = np.where(ok & bad, f"{c.key}: {c.metric} {'>' if c.bound == 'max' else '<'} {c.limit:g}", reason)
+        ok &= ~bad
+    df["feasible"] = ok
+    df["infeasible_reason"] = reason.astype(str)
+    return df, G
+
+
+def evaluate_chunk(space: Space, lo: int, hi: int) -> tuple[int, int, pd.DataFrame, float]:
+    """One grid chunk [lo, hi): what a joblib or Dask worker runs."""
+    t0 = time.perf_counter()
+    df, _ = evaluate_batch(space, np.arange(lo, hi, dtype=np.int64))
+    df.insert(1, "eval_index", df["config_id"].to_numpy())
+    return lo, hi, df, time.perf_counter() - t0

@@ -1,0 +1,239 @@
+"""Final results of a run: configs.parquet, pareto.csv, run.json and a minimal report.html.
+
+Written from the part files of `RunStore` in two streaming passes (the Pareto front
+first, then every row with its `is_pareto` flag), so a run of tens of millions of
+configurations never needs them all in memory. Every file is written atomically.
+
+Hypervolume: objectives are mapped to a log-like scale (asinh(v / 1e-6), i.e. ln of the
+value for every positive metric; max objectives negated) so that a factor of two counts
+the same on every objective whatever its unit, and the volume is divided by the box from
+the front's ideal point to the reference point, giving a number in [0, 1]. The reference
+point is the scenario's `reference_point`, or the front's nadir pushed out by 10 % of the
+front's extent on that scale; both points are stored in run.json (metric units) so that
+any other front can be measured against the same box (`hypervolume_against`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dse import io
+from dse.search.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
+from dse.search.space import Space
+from dse.search.store import RunStore
+
+HV_TRANSFORM = "asinh(value / 1e-6) (max objectives negated); volume divided by the ideal..reference box"
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What `sweep` returns: the run directory, run.json as a dict and the Pareto set."""
+    run_dir: Path
+    run: dict[str, Any]
+    pareto: pd.DataFrame
+
+    def configs(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every evaluated configuration (reads configs.parquet)."""
+        return pd.read_parquet(self.run_dir / "configs.parquet", columns=columns)
+
+    @property
+    def hypervolume(self) -> float:
+        return float(self.run["hypervolume"])
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("dse", "numpy", "pandas", "pyarrow", "pymoo", "moocore", "optuna", "joblib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = ""
+    return out
+
+
+def hypervolume_reference(space: Space, front: np.ndarray) -> dict[str, Any]:
+    """The HV box of a run: ideal and reference points in metric units (see module doc)."""
+    names = space.objective_names()
+    dirs = [o.direction for o in space.objectives]
+    if front.shape[0] == 0:
+        return {"reference_point": None, "ideal_point": None, "transform": HV_TRANSFORM, "source": "empty front"}
+    t = log_transform(front, dirs)
+    ideal, ref = reference_box(t)
+    source = "front nadir + 10% of the front's extent"
+    if space.reference_point is not None:
+        ref = log_transform(np.array([space.reference_point]), dirs)[0]
+        source = "scenario reference_point"
+    return {"reference_point": dict(zip(names, log_inverse(ref, dirs).tolist())),
+            "ideal_point": dict(zip(names, log_inverse(ideal, dirs).tolist())),
+            "transform": HV_TRANSFORM, "source": source}
+
+
+def hypervolume_against(values: np.ndarray, objectives: list[dict[str, str]], reference: dict[str, Any]) -> float:
+    """Normalised hypervolume of points (n x k, metric units, columns in objective order)
+    in the box stored in a run.json's `hypervolume_reference`; dominated points are harmless."""
+    if not reference.get("reference_point") or len(values) == 0:
+        return 0.0
+    names = [o["name"] for o in objectives]
+    dirs = [o["direction"] for o in objectives]
+    ref = log_transform(np.array([[reference["reference_point"][n] for n in names]]), dirs)[0]
+    ideal = log_transform(np.array([[reference["ideal_point"][n] for n in names]]), dirs)[0]
+    t = log_transform(np.asarray(values, dtype=float), dirs)
+    t = t[pareto_mask(t)]
+    return normalized_hypervolume(t, ideal, ref)
+
+
+def _front(store: RunStore, space: Space) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Pass 1: the feasible non-dominated config ids, merged part by part."""
+    names = space.objective_names()
+    k = len(names)
+    front_F, front_ids = np.empty((0, k)), np.empty(0, dtype=np.int64)
+    n_rows = n_feasible = 0
+    for part in store.parts():
+        t = pq.read_table(part, columns=["config_id", "feasible", *names]).to_pandas()
+        n_rows += len(t)
+        ok = t["feasible"].to_numpy(dtype=bool)
+        n_feasible += int(ok.sum())
+        if not ok.any():
+            continue
+        F = np.vstack([front_F, space.minimized(t[ok])])
+        ids = np.concatenate([front_ids, t["config_id"].to_numpy(dtype=np.int64)[ok]])
+        keep = pareto_mask(F)
+        front_F, front_ids = F[keep], ids[keep]
+    return front_F, front_ids, n_rows, n_feasible
+
+
+def _order_columns(df: pd.DataFrame, space: Space) -> pd.DataFrame:
+    from dse import api
+
+    names = space.objective_names()
+    axes = [c for c in space.axis_names if c in df.columns]
+    metrics = [m for m in api.METRICS if m in df.columns and m not in names
+               and m not in ("feasible", "infeasible_reason")]
+    first = ["config_id", *axes, *names, *metrics]
+    rest = [c for c in df.columns if c not in first and c not in ("feasible", "infeasible_reason", "is_pareto")]
+    return df[first + rest]
+
+
+def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: float) -> SweepResult:
+    """Write configs.parquet, pareto.csv, run.json and report.html from the store's parts."""
+    run_dir = store.path
+    front_F, front_ids, n_rows, n_feasible = _front(store, space)
+    pareto_parts: list[pd.DataFrame] = []
+
+    def write_configs(tmp: Path) -> None:
+        writer = None
+        try:
+            for part in store.parts():
+                table = pq.read_table(part)
+                mask = np.isin(table["config_id"].to_numpy(), front_ids)
+                table = table.append_column("is_pareto", pa.array(mask))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                else:
+                    table = table.cast(writer.schema)
+                writer.write_table(table)
+                if mask.any():
+                    pareto_parts.append(table.filter(pa.array(mask)).to_pandas())
+            if writer is None:
+                pq.write_table(pa.table({"config_id": pa.array([], pa.int64()),
+                                         "is_pareto": pa.array([], pa.bool_())}), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    io.atomic_write(run_dir / "configs.parquet", write_configs)
+
+    names = space.objective_names()
+    if pareto_parts:
+        pareto = pd.concat(pareto_parts, ignore_index=True)
+        F = space.minimized(pareto)
+        pareto = pareto.iloc[np.lexsort(F.T[::-1])].reset_index(drop=True)
+        pareto = _order_columns(pareto, space)
+    else:
+        pareto = pd.DataFrame(columns=["config_id", *space.axis_names, *names])
+    io.write_text(run_dir / "pareto.csv", pareto.to_csv(index=False))
+
+    values = pareto[names].to_numpy(dtype=float) if len(pareto) else np.empty((0, len(names)))
+    hv_ref = hypervolume_reference(space, values)
+    objectives = [{"name": o.name, "direction": o.direction} for o in space.objectives]
+    hv = hypervolume_against(values, objectives, hv_ref)
+    eval_seconds = float(meta.get("eval_seconds", 0.0))
+    run = {
+        "scenario": space.resolved,
+        "strategy": meta.get("strategy"),
+        "seed": meta.get("seed"),
+        "objectives": objectives,
+        "constraints": space.resolved.get("constraints", []),
+        "space_size": space.size,
+        "budget": meta.get("budget"),
+        "n_evaluated": int(meta.get("n_evaluated", n_rows)),
+        "n_configs": n_rows,
+        "n_feasible": n_feasible,
+        "n_pareto": int(len(pareto)),
+        "eval_seconds": round(eval_seconds, 4),
+        "evals_per_second": round(meta.get("n_evaluated", n_rows) / eval_seconds, 1) if eval_seconds > 0 else None,
+        "hypervolume": hv,
+        "hypervolume_reference": hv_ref,
+        "settings": meta.get("settings", {}),
+        "resumed": bool(meta.get("resumed", False)),
+        "versions": versions(),
+        "started_at": meta.get("started_at"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": ["configs.parquet", "pareto.csv", "run.json", "report.html"],
+    }
+    run["wall_seconds"] = round(time.perf_counter() - t_start, 4)
+    io.write_json(run_dir / "run.json", run)
+    write_minimal_report(run_dir)
+    return SweepResult(run_dir=run_dir, run=run, pareto=pareto)
+
+
+def load_result(run_dir: str | Path) -> SweepResult:
+    """A finished run read back from its directory."""
+    import json
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    return SweepResult(run_dir=run_dir, run=run, pareto=pd.read_csv(run_dir / "pareto.csv"))
+
+
+def write_minimal_report(run_dir: str | Path) -> Path:
+    """A small self-contained report.html (run summary and the Pareto table).
+
+    Placeholder until dse/report provides the full report; the one function it replaces.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    scen = run.get("scenario", {})
+    rows = [("scenario", scen.get("name")), ("model", scen.get("model")), ("strategy", run.get("strategy")),
+            ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in run.get("objectives", []))),
+            ("space size", f"{run.get('space_size', 0):,}"), ("evaluated", f"{run.get('n_evaluated', 0):,}"),
+            ("feasible", f"{run.get('n_feasible', 0):,}"), ("Pareto set", f"{run.get('n_pareto', 0):,}"),
+            ("hypervolume", f"{run.get('hypervolume', 0):.4f}"),
+            ("evaluation time", f"{run.get('eval_seconds', 0):.2f} s"),
+            ("wall time", f"{run.get('wall_seconds', 0):.2f} s")]
+    summary = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    table = pareto.head(500).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0)
+    doc = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dse sweep: {html.escape(str(scen.get('name')))}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}th{{text-align:left}}</style></head>
+<body><h1>dse sweep: {html.escape(str(scen.get('name')))}</h1>
+<table>{summary}</table>
+<h2>Pareto set ({len(pareto):,} configurations{', first 500 shown' if len(pareto) > 500 else ''})</h2>
+{table}
+</body></html>
+"""
+    return io.write_text(run_dir / "report.html", doc)

@@ -17,12 +17,12 @@ import pandas as pd
 import yaml
 
 from dse.catalog import dtypes
-from dse.catalog.devices import device_ids, get_device
+from dse.catalog.devices import device_ids
 from dse.catalog.facility import get_facility
 from dse.catalog.models import Model, get_model
 from dse.catalog.spec_table import SpecTable
 from dse.errors import DSEError
-from dse.model import cost, memory, power, serving
+from dse.model import cost, memory, serving
 from dse.model.ops import COMM_OPS, Dtypes, Parallel
 
 MODES = ("agg", "disagg", "afd")

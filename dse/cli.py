@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dse: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dse: interrupted", file=sys.stderr)
+        print("\ndse: interrupted (a sweep resumes when rerun with the same --out)", file=sys.stderr)
         return 130
 
 

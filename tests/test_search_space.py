@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dse import api
 from dse.catalog.devices import get_device
 from dse.errors import DSEError
-from dse.search import cli
+from dse import cli
 from dse.search.space import load_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

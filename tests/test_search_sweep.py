@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from dse.errors import DSEError
-from dse.search import cli, nsga2
+from dse import cli
+from dse.search import nsga2
 from dse.search.pareto import pareto_mask
 from dse.search.results import hypervolume_against, load_result
 from dse.search.run import sweep

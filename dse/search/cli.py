@@ -6,12 +6,10 @@ runs it standalone (tests, `python -m dse.search.cli`).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import pandas as pd
 
-from dse.errors import DSEError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,22 +77,3 @@ def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> s
     text = shown[cols + extra].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
     more = f"\n({len(pareto) - len(shown):,} more in pareto.csv)" if len(pareto) > len(shown) else ""
     return f"Pareto set ({len(pareto):,} configurations):\n{text}{more}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dse")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    add_parser(sub)
-    try:
-        args = parser.parse_args(argv)
-        return args.func(args)
-    except DSEError as exc:
-        print(f"dse: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ndse: interrupted (rerun with the same --out to resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from ortools.sat.python import cp_model
 
 from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.systems import get_system
+from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
 GOODPUT_SCALE = 10_000     # integer goodput / demand units per req/s
@@ -540,12 +540,7 @@ def load_sizing(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DSEError(f"size: no such scenario file {str(path)!r}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DSEError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DSEError(f"{path}: expected a mapping at the top level")
+    data = read_mapping(path)
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise DSEError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")

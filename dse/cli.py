@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dse.errors import DSEError
@@ -40,7 +41,7 @@ def _cmd_models(a: argparse.Namespace) -> int:
         try:
             m = get_model(mid)
         except DSEError as exc:
-            print(f"{mid:<55} unsupported: {str(exc).split(': ', 2)[-1]}")
+            print(f"{mid:<55} unsupported: {str(exc).split(': ', 1)[-1]}")  # drop the file path
             continue
         kinds = "+".join(sorted({g.attention.kind + ("-swa" if g.attention.window else "") for g in m.groups}))
         print(f"{mid:<55} {m.total_params() / 1e9:8.1f}B total {m.active_params() / 1e9:7.1f}B active "
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except DSEError as exc:
         print(f"dse: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\ndse: interrupted (a sweep resumes when rerun with the same --out)", file=sys.stderr)
         return 130

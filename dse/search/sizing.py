@@ -535,6 +535,17 @@ def _list(where: str, val: Any) -> list:
     return val
 
 
+def _section(path: Path, data: dict, name: str, allowed) -> dict:
+    """An optional sub-mapping of the scenario, its keys checked against `allowed`."""
+    sec = data.get(name) or {}
+    if not isinstance(sec, dict):
+        raise DSEError(f"{path}: {name}: expected a mapping with {', '.join(allowed)}")
+    unknown = sorted(set(sec) - set(allowed))
+    if unknown:
+        raise DSEError(f"{path}: {name}.{unknown[0]}: unknown key; allowed: {', '.join(allowed)}")
+    return sec
+
+
 def load_sizing(path: str | Path) -> dict:
     """Read and validate a sizing scenario (search_spaces/sizing_*.yaml); errors name file and key."""
     path = Path(path)
@@ -585,12 +596,7 @@ def load_sizing(path: str | Path) -> dict:
     if len(set(names)) != len(names):
         raise DSEError(f"{path}: classes: names must be unique, got {names}")
     out["classes"] = classes
-    cand = data.get("candidates") or {}
-    if not isinstance(cand, dict):
-        raise DSEError(f"{path}: candidates: expected a mapping with {', '.join(CAND_KEYS)}")
-    unknown = sorted(set(cand) - set(CAND_KEYS))
-    if unknown:
-        raise DSEError(f"{path}: candidates.{unknown[0]}: unknown key; allowed: {', '.join(CAND_KEYS)}")
+    cand = _section(path, data, "candidates", CAND_KEYS)
     if cand:
         if "devices" not in cand:
             raise DSEError(f"{path}: candidates: missing key 'devices'")
@@ -614,12 +620,7 @@ def load_sizing(path: str | Path) -> dict:
     if not isinstance(deps, list) or not all(isinstance(d, dict) and "device" in d for d in deps):
         raise DSEError(f"{path}: deployments: expected a list of mappings of evaluate columns, each with 'device'")
     out["deployments"] = deps
-    lim = data.get("limits") or {}
-    if not isinstance(lim, dict):
-        raise DSEError(f"{path}: limits: expected a mapping with {', '.join(LIMIT_KEYS)}")
-    unknown = sorted(set(lim) - set(LIMIT_KEYS))
-    if unknown:
-        raise DSEError(f"{path}: limits.{unknown[0]}: unknown key; allowed: {', '.join(LIMIT_KEYS)}")
+    lim = _section(path, data, "limits", LIMIT_KEYS)
     lk: dict[str, Any] = {}
     for key in ("power_kw", "facility_power_kw", "budget_usd", "budget_usd_per_hour"):
         if lim.get(key) is not None:

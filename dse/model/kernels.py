@@ -260,17 +260,6 @@ def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
 
 
 # ---------------------------------------------------------------------------- MoE
-def _pareto_cdf(x: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """CDF of a power law p(x) ~ x^-alpha truncated to [lo, hi]."""
-    x = np.clip(x, lo, hi)
-    a1 = 1.0 - alpha
-    near1 = np.abs(a1) < 1e-6
-    a1s = np.where(near1, 1.0, a1)
-    num = np.where(near1, np.log(x / lo), (x ** a1s - lo ** a1s) / a1s)
-    den = np.where(near1, np.log(hi / lo), (hi ** a1s - lo ** a1s) / a1s)
-    return num / den
-
-
 def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     a1 = 1.0 - alpha
     near1 = np.abs(a1) < 1e-6

@@ -12,16 +12,16 @@ once per seed and budget (1 %, 5 %, 10 % of the space; population = budget / 50,
 NSGA-II stops by itself once its front has converged (tol 1e-5); when it did so below a
 budget and the next budget has the same population, that run is the next budget's run
 too (same seed, same trajectory), so it is not repeated. Optuna (its NSGA-II sampler,
-in-memory storage) costs milliseconds per trial, so budgets above --optuna-cap are n/a and
-one run at the cap is reported instead. A uniform random sample of the same sizes is the
-floor. Scores: hypervolume of the feasible front found / that of the exhaustive front, in
+dse's O(1)-bookkeeping subclass, in-memory storage, ~1 ms per trial) runs once per seed at
+the largest budget, and the smaller budgets with the same population are scored on the
+first b trials of that run (a prefix of a run is the run of that budget); --optuna-cap
+skips budgets above it (n/a). A uniform random sample of the same sizes is the floor. Scores: hypervolume of the feasible front found / that of the exhaustive front, in
 the grid's box; recall = share of the exhaustive Pareto set found. "evals" is the
 evaluations of the largest run (fewer than its budget when NSGA-II converged).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import tempfile
 import time
@@ -41,18 +41,6 @@ from dse.search.space import load_space  # noqa: E402
 FRACTIONS = (0.01, 0.05, 0.10)
 SPACES = {"quickstart": ROOT / "search_spaces" / "quickstart.yaml",
           "bench_10m": ROOT / "search_spaces" / "bench_10m.yaml"}
-OPTUNA_TRIAL_CAP = 10_000
-
-
-def cache_calibration() -> bool:
-    """The model re-reads calibration YAML for every new set of (device, format) pairs; an
-    optimizer meets a new set every generation. Cache it for the benchmark (reported)."""
-    import dse.catalog.spec_table as st
-
-    if hasattr(st.load_params, "cache_info"):
-        return False
-    st.load_params = functools.lru_cache(maxsize=None)(st.load_params)
-    return True
 
 
 def score(rows: pd.DataFrame, names: list[str], grid_run: dict, front_ids: set[int]) -> dict:
@@ -99,45 +87,64 @@ def bench_space(name: str, seeds: list[int], work: Path, *, optuna_cap: int, job
     mean_hv = {f: np.mean([r["fractions"][str(f)]["hv"] for r in res["random"]]) for f in FRACTIONS}
     print("random: " + "  ".join(f"{int(f * 100)}%: {v:.5f}" for f, v in mean_hv.items()), flush=True)
     names = [o["name"] for o in g["objectives"]]
-    for strategy in ("nsga2", "optuna"):
-        rows = []
-        for seed in seeds:
-            fr: dict[str, dict | None] = {}
-            used, secs, stopped, prev = 0, 0.0, "", None
-            for f in FRACTIONS:
-                b = int(round(f * size))
-                pop = default_pop_size(b)
-                if strategy == "optuna" and b > optuna_cap:
-                    fr[str(f)] = None
-                    continue
-                if prev and prev[0] == pop and prev[1] == "converged":
-                    fr[str(f)] = fr[prev[2]]   # same population, converged below the smaller budget: same run
-                    continue
-                kw = {"storage": "memory"} if strategy == "optuna" else {}
-                t0 = time.perf_counter()
-                out = work / f"{name}-{strategy}-{seed}-{f}"
-                r = sweep(path, strategy=strategy, budget=b, seed=seed, out=out, **kw)
-                secs += time.perf_counter() - t0
-                fr[str(f)] = score(r.pareto, names, g, front_ids)
-                used, stopped = r.run["n_evaluated"], r.run["settings"].get("stopped", "budget")
-                prev = (pop, stopped, str(f))
-            row = {"seed": seed, "fractions": fr, "used": used, "stopped": stopped, "seconds": secs}
-            if strategy == "optuna" and all(v is None for v in fr.values()):
-                t0 = time.perf_counter()
-                r = sweep(path, strategy=strategy, budget=optuna_cap, seed=seed, storage="memory",
-                          out=work / f"{name}-{strategy}-{seed}-cap")
-                row.update(used=optuna_cap, stopped="cap", seconds=time.perf_counter() - t0,
-                           at_cap=score(r.pareto, names, g, front_ids))
-            rows.append(row)
-            shown = "  ".join(f"{int(float(f) * 100)}%: {v['hv']:.5f} (recall {v['recall']:.2f})" if v else
-                              f"{int(float(f) * 100)}%: n/a" for f, v in fr.items())
-            if "at_cap" in row:
-                cap = row["at_cap"]
-                shown += f"  at the {optuna_cap:,}-trial cap: {cap['hv']:.5f} (recall {cap['recall']:.2f})"
-            print(f"{strategy} seed {seed}: {secs + (row['seconds'] if 'at_cap' in row else 0):.1f} s -> {shown}",
-                  flush=True)
-        res[strategy] = rows
+    res["nsga2"] = [nsga2_seed(path, name, size, seed, work, g, names, front_ids) for seed in seeds]
+    res["optuna"] = [optuna_seed(path, name, size, seed, work, g, names, front_ids, optuna_cap) for seed in seeds]
     return res
+
+
+def show(strategy: str, row: dict) -> None:
+    shown = "  ".join(f"{int(float(f) * 100)}%: {v['hv']:.5f} (recall {v['recall']:.2f})" if v else
+                      f"{int(float(f) * 100)}%: n/a" for f, v in row["fractions"].items())
+    print(f"{strategy} seed {row['seed']}: {row['seconds']:.1f} s -> {shown}", flush=True)
+
+
+def nsga2_seed(path: Path, name: str, size: int, seed: int, work: Path, g: dict, names: list[str],
+               front_ids: set[int]) -> dict:
+    fr: dict[str, dict | None] = {}
+    used, secs, stopped, prev = 0, 0.0, "", None
+    for f in FRACTIONS:
+        b = int(round(f * size))
+        pop = default_pop_size(b)
+        if prev and prev[0] == pop and prev[1] == "converged":
+            fr[str(f)] = fr[prev[2]]   # same population, converged below the smaller budget: same run
+            continue
+        t0 = time.perf_counter()
+        r = sweep(path, strategy="nsga2", budget=b, seed=seed, out=work / f"{name}-nsga2-{seed}-{f}")
+        secs += time.perf_counter() - t0
+        fr[str(f)] = score(r.pareto, names, g, front_ids)
+        used, stopped = r.run["n_evaluated"], r.run["settings"].get("stopped", "budget")
+        prev = (pop, stopped, str(f))
+    row = {"seed": seed, "fractions": fr, "used": used, "stopped": stopped, "seconds": secs}
+    show("nsga2", row)
+    return row
+
+
+def optuna_seed(path: Path, name: str, size: int, seed: int, work: Path, g: dict, names: list[str],
+                front_ids: set[int], cap: int | None) -> dict:
+    """Budgets whose population is that of the largest budget are scored on prefixes of one
+    run (the first b trials of a run are a b-trial run: same seed, same population, and the
+    sampler does not know the budget); the others run on their own."""
+    budgets = {str(f): int(round(f * size)) for f in FRACTIONS}
+    fr: dict[str, dict | None] = {k: None for k in budgets}
+    todo = {k: b for k, b in budgets.items() if cap is None or b <= cap}
+    secs, used = 0.0, 0
+    while todo:
+        k_top = max(todo, key=todo.get)
+        pop = default_pop_size(todo[k_top])
+        group = {k: b for k, b in todo.items() if default_pop_size(b) == pop}
+        t0 = time.perf_counter()
+        r = sweep(path, strategy="optuna", budget=todo[k_top], seed=seed, storage="memory",
+                  out=work / f"{name}-optuna-{seed}-{k_top}")
+        secs += time.perf_counter() - t0
+        used = max(used, r.run["n_evaluated"])
+        rows = pd.read_parquet(r.run_dir / "configs.parquet", columns=["config_id", "eval_index", "feasible", *names])
+        for k, b in group.items():
+            sel = rows[(rows["eval_index"] < b) & rows["feasible"]]
+            fr[k] = score(sel, names, g, front_ids)
+            del todo[k]
+    row = {"seed": seed, "fractions": fr, "used": used, "stopped": "budget", "seconds": secs}
+    show("optuna", row)
+    return row
 
 
 def table(results: list[dict]) -> str:
@@ -180,14 +187,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--optuna-cap", type=int, default=OPTUNA_TRIAL_CAP, help="max Optuna trials per run")
+    ap.add_argument("--optuna-cap", type=int, default=None,
+                    help="skip Optuna budgets above this many trials (default: none skipped)")
     ap.add_argument("--jobs", type=int, default=1, help="joblib workers for the grid sweeps")
     ap.add_argument("--work", default=None, help="directory for the runs (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args()
-    if cache_calibration():
-        print("note: dse.calibrate.load_params is not cached; cached here so that optimizer generations do not "
-              "re-read calibration YAML (a model-side fix is pending)", flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dse-bench-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)

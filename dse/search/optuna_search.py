@@ -15,6 +15,7 @@ re-evaluated (the model is deterministic and vectorized) to write every metric.
 """
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ from optuna.trial import TrialState
 
 from dse.errors import DSEError
 from dse.search.evaluation import evaluate_batch
+from dse.search.optuna_nsga2 import BatchedNSGAIISampler
 from dse.search.progress import Progress, ProgressArg
 from dse.search.space import Space
 from dse.search.store import RunStore
@@ -81,8 +83,7 @@ def _sampler(name: str, *, seed: int, pop_size: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=pop_size, seed=seed,
-                                                 constraints_func=constraints_func)
+            return BatchedNSGAIISampler(population_size=pop_size, seed=seed, constraints_func=constraints_func)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(pop_size, 50),
                                               constraints_func=constraints_func, constant_liar=False)
@@ -112,6 +113,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
                                 directions=["maximize" if o.direction == "max" else "minimize"
                                             for o in space.objectives],
                                 sampler=_sampler(sampler, seed=seed, pop_size=pop_size, constraints=constraints))
+    refresh = getattr(study.sampler, "refresh", lambda: None)
     if not study.user_attrs.get("genes"):
         study.set_user_attr("genes", {labels[i]: list(space.genes[i].values) for i in active})
         study.set_user_attr("objectives", space.objective_names())
@@ -121,6 +123,8 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
     t0 = time.perf_counter()
     try:
         while n_done < budget:
+            refresh()          # count trials other processes told into the shared storage
+            gc.freeze()        # a study holds ~1e6 trial objects; spare them the cyclic collector
             batch = min(pop_size, budget - n_done)
             trials = [study.ask(dists) for _ in range(batch)]
             told = 0
@@ -141,6 +145,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
             n_done = len(_complete(study))
             bar.update(n_done)
     finally:
+        gc.unfreeze()
         bar.close()
     eval_seconds = time.perf_counter() - t0
     n_configs = _write_trials(space, store, study, labels, active)

@@ -19,6 +19,7 @@ Operator classes (the rows of the per-operator breakdown):
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -67,12 +68,14 @@ class Dtypes:
 
 @dataclasses.dataclass
 class Step:
-    """Per-op arrays for one forward step (all layers), per GPU of one instance."""
+    """Per-op arrays for one forward step (all layers), per GPU of one instance.
+    Treated as immutable: totals and the bound split are computed once and kept."""
     time_ms: dict
     flops: dict
     bytes: dict
+    split: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def total_ms(self) -> np.ndarray:
         return sum(self.time_ms.values())
 
@@ -142,15 +145,14 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     t_all = batch * q_len                          # tokens entering the MoE layer group
     prefill = q_len > 1
     zero = np.zeros(np.broadcast(batch, q_len, ctx, tp).shape)
-    time = {op: zero.copy() for op in OPS}
-    flops = {op: zero.copy() for op in OPS}
-    byts = {op: zero.copy() for op in OPS}
+    time: dict = {}
+    flops: dict = {}
+    byts: dict = {}
 
     def add(op, count, res):
-        t, f, b = res
-        time[op] = time[op] + count * t
-        flops[op] = flops[op] + count * f
-        byts[op] = byts[op] + count * b
+        for acc, x in zip((time, flops, byts), res):
+            x = x if count == 1.0 else count * x
+            acc[op] = acc[op] + x if op in acc else zero + x   # zero + x: a fresh full-size array
 
     ar_link = _link(tp, hw)
     for g in model.groups:
@@ -180,28 +182,41 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
             kv_len = np.minimum(ctx, a.window) if a.window else ctx
             if a.sparse_topk:
                 kv_len = np.minimum(kv_len, a.sparse_topk)
+            some_pre, all_pre = bool(np.any(prefill)), bool(np.all(prefill))
             if a.kind == "mla":
                 # decode: absorbed MQA over the latent; prefill: decompressed MHA
-                dec = _mla_decode_ms(b_rank, kv_len, heads, a, hw, dt)
-                pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim, heads * (a.qk_dim + a.v_dim),
-                                              a.window, prefix_len=ctx - q_len, peak_tflops=hw.peak_attn,
-                                              mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
                 kv_tok = a.kv_lora_rank + a.rope_dim
-                f_dec = 2.0 * b_rank * heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
-                f_pre = 2.0 * b_rank * heads * q_len * kv_len * (a.qk_dim + a.v_dim) * np.where(ctx > q_len, 1.0, 0.5)
+                if not all_pre:
+                    dec = _mla_decode_ms(b_rank, kv_len, heads, a, hw, dt)
+                    f_dec = 2.0 * b_rank * heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
+                if some_pre:
+                    pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim,
+                                                  heads * (a.qk_dim + a.v_dim), a.window, prefix_len=ctx - q_len,
+                                                  peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
+                                                  kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
+                    f_pre = (2.0 * b_rank * heads * q_len * kv_len * (a.qk_dim + a.v_dim)
+                             * np.where(ctx > q_len, 1.0, 0.5))
             else:
                 kv_heads = np.ceil(a.num_kv_heads / tp)
                 kv_tok = kv_heads * (a.qk_dim + a.v_dim)
-                dec = kernels.attn_decode_ms(b_rank, kv_len, heads, a.qk_dim, a.v_dim, kv_tok,
-                                             peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
-                                             kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
-                pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim, kv_tok, a.window,
-                                              prefix_len=ctx - q_len, peak_tflops=hw.peak_attn,
-                                              mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
                 f_dec = 2.0 * b_rank * heads * kv_len * (a.qk_dim + a.v_dim)
-                f_pre = f_dec * q_len * np.where(ctx > q_len, 1.0, 0.5)
-            t_core = np.where(prefill, pre, dec)
-            f_core = np.where(prefill, f_pre, f_dec)
+                if not all_pre:
+                    dec = kernels.attn_decode_ms(b_rank, kv_len, heads, a.qk_dim, a.v_dim, kv_tok,
+                                                 peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
+                                                 kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
+                if some_pre:
+                    pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim, kv_tok, a.window,
+                                                  prefix_len=ctx - q_len, peak_tflops=hw.peak_attn,
+                                                  mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes,
+                                                  p=hw.params["context_attention"])
+                    f_pre = f_dec * q_len * np.where(ctx > q_len, 1.0, 0.5)
+            # a step is usually all prefill or all decode: compute only the kernel it runs
+            if all_pre:
+                t_core, f_core = pre, f_pre
+            elif not some_pre:
+                t_core, f_core = dec, f_dec
+            else:
+                t_core, f_core = np.where(prefill, pre, dec), np.where(prefill, f_pre, f_dec)
             b_core = b_rank * kv_len * kv_tok * dt.kv_bytes
             if a.indexer_heads:
                 # DSA lightning indexer scores every cached token (fp8 keys) before top-k
@@ -235,9 +250,12 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
             add("ep_comm", n, (t_ep, zero, ep_payload * (dt.a_bytes + 2.0)))
         # --- TP all-reduce after attention and after the FFN (bf16 activations)
         ar_bytes = t_rank * h * 2.0
-        t_ar = np.where(tp <= hw.domain,
-                        kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["custom_allreduce"]),
-                        kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["nccl"]))
+        inside = tp <= hw.domain
+        custom = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["custom_allreduce"])
+                  if np.any(inside) else 0.0)
+        nccl = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["nccl"])
+                if not np.all(inside) else 0.0)
+        t_ar = np.where(inside, custom, nccl)
         add("tp_comm", n, (2.0 * t_ar, zero, 2.0 * ar_bytes * (tp > 1)))
     # --- pipeline hand-offs and the LM head
     pp_bytes = t_rank * h * 2.0
@@ -245,4 +263,5 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     add("pp_comm", 1.0, (t_pp, zero, (pp - 1) * pp_bytes))
     if lm_head:
         add("lm_head", 1.0, _gemm(b_rank, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
-    return Step(time_ms=time, flops=flops, bytes=byts)
+    order = {op: zero for op in OPS}                 # every op present, in OPS order
+    return Step(time_ms={**order, **time}, flops={**order, **flops}, bytes={**order, **byts})

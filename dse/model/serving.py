@@ -78,6 +78,7 @@ class Pool:
     idle_w: np.ndarray
     cap_w: np.ndarray              # power cap per GPU
     max_seqs: np.ndarray           # sequences one worker's KV memory holds
+    hw_key: np.ndarray | None = None   # one number per (device, weight format), if the caller has it
 
     @property
     def gpus(self) -> np.ndarray:
@@ -130,15 +131,19 @@ def _phase_power(pool: Pool, step: Step, time_ms, coeffs: dict) -> tuple[np.ndar
 
 
 def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Time of the step's operators that are compute-bound, memory-bound, communication."""
-    comp = mem = 0.0
+    """Time of the step's operators that are compute-bound, memory-bound, communication
+    (kept on the step: a step is split several times, always on its own hardware)."""
+    if step.split is not None and step.split[0] is hw:
+        return step.split[1]
+    comp = 0.0
+    ridge = hw.peak_gemm / hw.mem_tb_s
     for op, t in step.time_ms.items():
-        if op in ops.COMM_OPS:
-            continue
-        is_c = step.flops[op] / hw.peak_gemm >= step.bytes[op] / hw.mem_tb_s
-        comp = comp + np.where(is_c, t, 0.0)
-        mem = mem + np.where(is_c, 0.0, t)
-    return comp, mem, step.comm_ms()
+        if op not in ops.COMM_OPS:
+            comp = comp + t * (step.flops[op] >= step.bytes[op] * ridge)
+    comm = step.comm_ms()
+    out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)
+    step.split = (hw, out)
+    return out
 
 
 def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
@@ -156,10 +161,10 @@ def _take(x, idx, n):
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
 
 
-_KEY_WEIGHTS = (1.0, 0.7548776662466927, 0.5698402909980532, 0.4301597090019468, 0.3247179572447460,
-                0.2451223337533073, 0.1850395300169067, 0.1396795130976700, 0.1054407243520089,
-                0.0795956234914389, 0.0600838244893587, 0.0453558489476508, 0.0342379320134823,
-                0.0258452190479766, 0.0195097153697411, 0.0147272015066543)
+# Square roots of distinct primes are linearly independent over the rationals, so
+# integer-valued columns (codes, sizes, lengths) cannot cancel out in the weighted sum.
+# (Powers of one number, used before, do: two of them summed to exactly 1.)
+_KEY_WEIGHTS = tuple(np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61]))
 
 
 def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
@@ -203,10 +208,12 @@ def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):
     cached = np.floor(isl * prefix_hit)
     new = np.maximum(isl - cached, 1.0)
     skew = np.broadcast_to(np.asarray(skew, dtype=float), (n,))
-    first, inverse = _unique_rows(pool.hw.peak_gemm, pool.hw.mem_tb_s, pool.hw.scaleup_gb_s, pool.hw.domain,
-                                  pool.hw.params["gemm"]["eff_compute"], pool.par.tp, pool.par.dp, pool.par.ep,
-                                  pool.par.pp, pool.dt.w_bytes, pool.dt.kv_bytes, new, cached, skew, pool.cap_w,
-                                  pool.tdp_w)
+    hw_cols = ((pool.hw_key,) if pool.hw_key is not None else
+               (pool.hw.peak_gemm, pool.hw.mem_tb_s, pool.hw.scaleup_gb_s, pool.hw.scaleout_gb_s, pool.hw.domain,
+                pool.hw.params["gemm"]["eff_compute"], pool.dt.w_bytes, pool.tdp_w, pool.idle_w))
+    key_cols = (*hw_cols, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached, skew,
+                pool.cap_w)
+    first, inverse = _unique_rows(*key_cols)
     sub = _take(pool, first, n)
     step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp, q_len=new[first],
                        ctx=(cached + new)[first], skew=skew[first])

@@ -1,0 +1,51 @@
+"""The engine's two deduplication helpers: string columns to codes, and distinct rows."""
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse.factorize import factorize
+from dse.model import serving
+
+words = st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
+                 min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(vocab=words, picks=st.lists(st.integers(0, 7), min_size=1, max_size=300))
+def test_factorize_matches_pandas(vocab, picks):
+    arr = np.array([vocab[i % len(vocab)] for i in picks])
+    codes, uniq = factorize(arr)
+    ref_codes, ref_uniq = pd.factorize(arr)
+    assert codes.tolist() == ref_codes.tolist()
+    assert list(uniq) == [str(u) for u in ref_uniq]
+
+
+def test_factorize_of_long_ascii_ids_and_other_dtypes():
+    ids = np.array(["ascend_910c", "h100_sxm", "ascend_910c_hypothetical", "h100_sxm", "", "gaudi3"] * 3)
+    codes, uniq = factorize(ids)
+    assert list(uniq) == ["ascend_910c", "h100_sxm", "ascend_910c_hypothetical", "", "gaudi3"]
+    assert (uniq[codes] == ids.astype(object)).all()
+    codes, uniq = factorize(np.array(["a", "b", "a"], dtype=object))
+    assert codes.tolist() == [0, 1, 0] and list(uniq) == ["a", "b"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 18), st.integers(1, 400), st.integers(0, 2**31))
+def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
+    rng = np.random.default_rng(seed)
+    cols = [rng.integers(0, 4, nrows).astype(float) for _ in range(ncols)]
+    first, inverse = serving._unique_rows(*cols)
+    mat = np.stack(cols, axis=1)
+    assert len(first) == len(np.unique(mat, axis=0))
+    assert (mat[first][inverse] == mat).all()
+
+
+def test_small_integer_columns_do_not_collide_in_the_hash():
+    """Rows (1,0,0) and (0,1,1) must not share a key: weights with an integer relation
+    between them (two of the old ones summed to 1) send the exact, slower path every time."""
+    w = np.array(serving._KEY_WEIGHTS)
+    grid = np.stack(np.meshgrid(*[np.arange(3.0)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    for cols in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 5, 9, 17]):
+        keys = grid @ w[cols]
+        assert len(np.unique(keys)) == len(grid)

@@ -68,7 +68,9 @@ def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> s
     if len(run["scenario"].get("modes", {})) > 1:
         axes = ["mode", *axes]
     cols = [c for c in axes if c in pareto.columns and pareto[c].nunique() > 1] + objectives
-    extra = [c for c in ("num_gpus", "tokens_per_s") if c in pareto.columns and c not in cols]
+    shown_extra = (("placed_num_gpus", "placed_tokens_per_s", "placed_gain", "placement")
+                   if run["scenario"].get("placement") else ("num_gpus", "tokens_per_s"))
+    extra = [c for c in shown_extra if c in pareto.columns and c not in cols]
     if len(pareto) > rows:  # spread the rows along the first objective
         pick = sorted({round(i * (len(pareto) - 1) / (rows - 1)) for i in range(rows)})
         shown = pareto.iloc[pick]

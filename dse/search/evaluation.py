@@ -23,6 +23,9 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     df = api.evaluate(strict=False, **space.columns(idx))
+    if space.placement:
+        from dse.search import placed
+        df = placed.add_metrics(df, dict(space.placement))
     df.insert(0, "config_id", idx)
     model_ok = df["feasible"].to_numpy(dtype=bool)
     G = np.zeros((idx.size, 1 + len(space.constraints)))

@@ -32,7 +32,7 @@ NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck")
 # TTFT/TPOT targets are constraints under `slos:`.
 DEFAULT_OBJECTIVES = ("e2e_ms", "joules_per_token", "usd_per_mtok")
 TOP_KEYS = ("name", "description", "model", "workload", "slos", "objectives", "constraints", "axes", "modes",
-            "search", "reference_point")
+            "search", "reference_point", "placement")
 CONSTRAINT_KEYS = ("max_gpus", "max_power_kw", "budget_usd", "own", "facility", "max", "min")
 SEARCH_KEYS = ("strategy", "budget", "seed", "pop_size", "sampler", "chunk_size", "tol")
 STRATEGIES = ("grid", "nsga2", "optuna")
@@ -96,6 +96,7 @@ class Space:
     facility_applied: bool = False
     reference_point: tuple[float, ...] | None = None
     search: tuple[tuple[str, Any], ...] = ()
+    placement: tuple[tuple[str, Any], ...] = ()   # afd rows also scored at their optimal placement
     resolved: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     # -- sizes ------------------------------------------------------------------
@@ -293,6 +294,11 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
 
     columns = dict(api.COLUMNS)
     metrics = [m for m in api.METRICS if m not in NON_NUMERIC_METRICS]
+    placement: dict = {}
+    if "placement" in data:
+        from dse.search import placed
+        placement = placed.settings_from(data["placement"], fail)
+        metrics += list(placed.METRICS)
 
     # -- workload: fixed columns ----------------------------------------------------
     fixed: dict[str, Any] = {"model": model_id}
@@ -419,6 +425,9 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
             if default is None and col not in fixed and col not in merged:
                 raise fail(f"axes.{col}", f"required: list the {col} values to search (mode {m} has none)")
         per_mode[m] = merged
+    if placement and set(per_mode) != {"afd"}:
+        raise fail("placement", "scores attention/FFN pools (mode afd); remove the other modes "
+                                f"({', '.join(m for m in per_mode if m != 'afd')}) or the placement section")
 
     # -- genes: mode, then common axes, then each mode's own axes -----------------------
     genes: list[Axis] = []
@@ -494,19 +503,21 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
                   for m in modes},
         "reference_point": dict(zip([o.name for o in objectives], reference)) if reference else None,
         "search": dict(search),
+        "placement": placement or None,
         "size": offset,
     }
     space = Space(name=name, path=where, model=model_id, objectives=tuple(objectives),
                   constraints=tuple(constraints), fixed=tuple(fixed.items()), modes=tuple(modes),
                   genes=tuple(genes), facility=tuple(facility.items()), facility_applied=facility_applied,
-                  reference_point=reference, search=tuple(search.items()), resolved=resolved)
+                  reference_point=reference, search=tuple(search.items()), placement=tuple(placement.items()),
+                  resolved=resolved)
     sample = _dry_run(space, fixed_keys, fail)
     for i, o in enumerate(objectives):
-        if not _is_number(sample[o.name]):
+        if o.name in sample and not _is_number(sample[o.name]):
             raise fail(f"objectives[{i}]", f"metric {o.name!r} is not a number ({sample[o.name].dtype}); "
                                            f"allowed: {', '.join(m for m in metrics if _is_number(sample[m]))}")
     for c in constraints:
-        if not _is_number(sample[c.metric]):
+        if c.metric in sample and not _is_number(sample[c.metric]):
             raise fail(c.key, f"metric {c.metric!r} is not a number and cannot be limited")
     return space
 
@@ -544,7 +555,8 @@ def _positive(val: Any, key: str, fail, *, integer: bool = False) -> float:
 
 
 def _default_direction(metric: str) -> str:
-    return "max" if metric.startswith("tokens_per_s") or "goodput" in metric else "min"
+    return ("max" if metric.startswith(("tokens_per_s", "placed_tokens_per_s", "placed_gain")) or "goodput" in metric
+            else "min")
 
 
 def _kind(col: str) -> str:

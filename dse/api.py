@@ -383,7 +383,7 @@ class _Pools:
         keys = tuple((str(self.vocab["device"][p // nw]), self.wd_names[p % nw]) for p in pairs)
         table = _spec_table(keys)
         hwc = table.gather(pair_idx)
-        hw = SpecTable.hw(hwc)
+        hw = SpecTable.hw(hwc, kv_bytes=self.kv_bytes)
         w_bytes = np.array([dtypes.BYTES[k[1]] for k in keys])[pair_idx]
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)

@@ -126,3 +126,21 @@ def test_modes_report_their_pools():
                                      ffn_device="b200_sxm", attn_gpus=8, ffn_gpus=8, weight_dtype="fp8",
                                      kv_dtype="fp8", batch_size=128, isl=2048, osl=512)
     assert list(pools.role) == ["attention", "ffn"] and row.num_gpus == 16
+
+
+def test_attention_runs_in_the_kv_cache_format_not_the_weights():
+    """Prefill attention time depends on the KV cache's format (fp8 cache: fp8 FMHA at the
+    fp8 rate) and not on the weights' format (the GEMMs are what fp8 weights speed up)."""
+    def attn_core(wd, kv):
+        _, ops_df, _ = api.explain(model="meta-llama/Llama-3.1-70B", device="b200_sxm", tp=1, batch_size=4,
+                                   isl=8192, osl=1024, weight_dtype=wd, kv_dtype=kv)
+        row = ops_df[(ops_df.phase == "prefill") & (ops_df.op == "attn_core")].iloc[0]
+        proj = ops_df[(ops_df.phase == "prefill") & (ops_df.op == "attn_proj")].iloc[0]
+        return row.time_ms, proj.time_ms
+
+    bf16_bf16, proj_bf16 = attn_core("bf16", "bf16")
+    fp8_bf16, proj_fp8 = attn_core("fp8", "bf16")
+    fp8_fp8, _ = attn_core("fp8", "fp8")
+    assert fp8_bf16 == pytest.approx(bf16_bf16, rel=1e-12)
+    assert proj_fp8 < 0.8 * proj_bf16                    # the weights' format speeds the GEMMs
+    assert 0.4 * fp8_bf16 < fp8_fp8 < 0.95 * fp8_bf16     # the cache's format speeds attention

@@ -19,6 +19,10 @@ from dse.model import kernels
 from dse.model.ops import Hw
 
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
+# Attention runs in the KV cache's format (an fp8 cache: fp8 FMHA math at the fp8 rate),
+# not in the weights'; its kernel figures are kept for both and picked per row.
+ATTENTION = ("context_attention", "generation_attention")
+ATTN_FORMATS = ("bf16", "fp8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,6 +35,7 @@ def _pair_row(device_id: str, w_dtype: str) -> dict:
     row = {
         "peak_gemm": dev.peak_tflops[fmt],
         "peak_attn": dev.peak_tflops["bf16"],
+        "peak_attn_fp8": dev.peak_tflops[dev.compute_dtype("fp8")],
         "peak_bf16": dev.peak_tflops["bf16"],
         "mem_tb_s": dev.memory_tb_s,
         "scaleup_gb_s": dev.scaleup_gb_s if dev.scaleup_gb_s > 0 else dev.scaleout_gb_s,
@@ -47,6 +52,11 @@ def _pair_row(device_id: str, w_dtype: str) -> dict:
     }
     for fam in FAMILIES:
         merged = {**kernels.DEFAULT_PARAMS.get(fam, {}), **params.get(fam, {})}
+        if fam in ATTENTION:
+            for afmt in ATTN_FORMATS:
+                for name, val in kernels.for_format(merged, dev.compute_dtype(afmt)).items():
+                    row[f"{fam}{'' if afmt == 'bf16' else '@' + afmt}:{name}"] = float(val)
+            continue
         for name, val in kernels.for_format(merged, fmt).items():
             row[f"{fam}:{name}"] = float(val)
     return row
@@ -67,12 +77,22 @@ class SpecTable:
         return dict(zip(self.keys, np.take(self.matrix, idx, axis=1) if self.keys else []))
 
     @staticmethod
-    def hw(cols: dict[str, np.ndarray]) -> Hw:
+    def hw(cols: dict[str, np.ndarray], kv_bytes=2.0) -> Hw:
+        """Hardware arrays of the gathered rows; attention figures in the format of a
+        `kv_bytes`-byte KV cache (fp8 below 2 bytes)."""
         params: dict[str, dict[str, np.ndarray]] = {f: {} for f in FAMILIES}
+        fp8: dict[str, dict[str, np.ndarray]] = {f: {} for f in ATTENTION}
         for key, val in cols.items():
             if ":" in key:
                 fam, name = key.split(":", 1)
-                params[fam][name] = val
-        return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
+                fam, _, afmt = fam.partition("@")
+                (fp8 if afmt else params)[fam][name] = val
+        peak_attn = cols["peak_attn"]
+        fp8_kv = np.asarray(kv_bytes) < 2.0
+        if np.any(fp8_kv):
+            for fam in ATTENTION:
+                params[fam] = {k: np.where(fp8_kv, fp8[fam][k], v) for k, v in params[fam].items()}
+            peak_attn = np.where(fp8_kv, cols["peak_attn_fp8"], peak_attn)
+        return Hw(peak_gemm=cols["peak_gemm"], peak_attn=peak_attn, peak_bf16=cols["peak_bf16"],
                   mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
                   scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params)

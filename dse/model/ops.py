@@ -107,7 +107,7 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     is the generation-attention model (one KV group); its math runs on tensor cores at
     the efficiency of the flash (context) attention kernels. With all 128 heads on one
     rank (attention data parallel) the math, not the KV stream, binds on most devices.
-    An fp8 latent cache is multiplied in fp8 (twice the bf16 tensor rate)."""
+    An fp8 latent cache is multiplied in fp8 (hw.peak_attn is the cache format's rate)."""
     d_qk, d_v = a.kv_lora_rank + a.rope_dim, a.kv_lora_rank
     stream = kernels.attn_decode_ms(b_rank, kv_len, heads, d_qk, d_v, d_qk, peak_tflops=np.inf,
                                     mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
@@ -116,7 +116,7 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     eff = pc["eff_compute"] * d / (d + pc["d_half"])
     rows = np.ceil(heads / MMA_ROWS) * MMA_ROWS
     flops = 2.0 * b_rank * rows * kv_len * (d_qk + d_v)
-    peak = hw.peak_attn * np.clip(2.0 / dt.kv_bytes, 1.0, 2.0)
+    peak = hw.peak_attn                 # already the KV cache format's rate
     math = flops / (peak * 1e12 * eff) * 1e3 + hw.params["generation_attention"]["floor_us"] * 1e-3
     return np.maximum(stream, math)
 

@@ -12,7 +12,8 @@ and one constant of the measurement protocol:
               users at once, whose queue is part of the measured mean TTFT.
 None is per model or per row. They are fitted by minimising the clipped absolute log
 error of TTFT and TPOT (robust to rows the model cannot know about, e.g. speculative
-decoding) over the measured rows, backend by backend, with the engine itself.
+decoding) over the measured rows that record their deployment in full (disagg rows
+without worker counts are scored, not fitted), backend by backend, with the engine itself.
 
 `python -m dse.fit_serving [--measurements FILE]` refits on every row, writes
 hardware/serving_runtime.yaml with its provenance, and records the cross-system check:
@@ -55,8 +56,12 @@ class Data:
         self.tpot = self.meta.tpot_ms_meas.to_numpy(float)
         self.n_rows = len(rows)
 
-    def mask(self, system: str | None = None, backend: str | None = None) -> np.ndarray:
+    def mask(self, system: str | None = None, backend: str | None = None, *, recorded: bool = False) -> np.ndarray:
+        """Rows of a system / backend; recorded=True keeps only rows whose deployment the
+        file records in full (disagg rows without worker counts cannot inform a constant)."""
         m = np.ones(len(self.meta), dtype=bool)
+        if recorded:
+            m &= ~self.meta.assumed.str.contains("workers").to_numpy()
         if system:
             m &= (self.meta.system == system).to_numpy()
         if backend:
@@ -159,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     cross = {}
     if not a.no_cross:
         for fit_sys, test_sys in (("h100_sxm", "b200_sxm"), ("b200_sxm", "h100_sxm")):
-            rt = fit(data, data.mask(system=fit_sys))
+            rt = fit(data, data.mask(system=fit_sys, recorded=True))
             errs = errors(data, rt, data.mask(system=test_sys))
             cross[f"fit_{fit_sys}_score_{test_sys}"] = {"constants": _yaml_runtime(rt), "errors": errs}
             print(f"fitted on {fit_sys}, scored on {test_sys}:\n{table(errs)}\n")
-    runtime = fit(data, everything)
+    runtime = fit(data, data.mask(recorded=True))
     errs = errors(data, runtime, everything)
-    print(f"fitted on all rows (in sample):\n{table(errs)}")
+    print(f"fitted on the rows that record their deployment in full, scored on all:\n{table(errs)}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     doc = {**_yaml_runtime(runtime),
            "source": {"command": "python -m dse.fit_serving" + (f" --measurements {a.measurements}"

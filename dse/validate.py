@@ -218,7 +218,40 @@ def validate_measurements(path: str | Path, *, bench_rounds: float | None = None
         pred = predict(configs)
         for (i, _, _), ttft, tpot in zip(configs, pred.ttft_ms, pred.tpot_ms):
             rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True)
-    return summarize(pd.DataFrame(rows))
+    out = summarize(pd.DataFrame(rows))
+    rep = repeats(df)
+    out["repeats"] = rep
+    if rep:
+        out["table"] += ("\nrows whose recorded inputs repeat with measured TPOT differing more than "
+                         f"{REPEAT_SPREAD:g}x (a setting the file does not record differs):\n"
+                         + "\n".join(f"  {k:<32} {v['n']:>5} of {v['of']}  (up to {v['max_spread']:.2f}x)"
+                                      for k, v in rep.items()))
+    return out
+
+
+REPEAT_SPREAD = 1.3
+MEASURED = ("id", "silicon_data_source", "backend_version", "silicon_ttft_ms", "silicon_tpot_ms")
+
+
+def repeats(df: pd.DataFrame) -> dict:
+    """Per system/mode: rows in groups of identical recorded inputs (every column but the
+    id, provenance and measurements; concurrency from the provenance where it is kept
+    there) whose measured TPOT spreads more than REPEAT_SPREAD. No model of these
+    columns can be right on all of them: it is the floor of any validation on the file."""
+    inputs = df.drop(columns=[c for c in MEASURED if c in df.columns]).astype(str)
+    if "silicon_data_source" in df.columns:
+        inputs["concurrency"] = df["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
+    key = pd.factorize(pd.MultiIndex.from_frame(inputs.fillna("")))[0]
+    tpot = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce")
+    g = tpot.groupby(key)
+    spread = (g.transform("max") / g.transform("min")).to_numpy()
+    out = {}
+    for (system, mode), idx in df.groupby(["system", "mode"]).groups.items():
+        sp = spread[df.index.get_indexer(idx)]
+        bad = sp > REPEAT_SPREAD
+        if bad.any():
+            out[f"{system}/{mode}"] = {"n": int(bad.sum()), "of": int(len(idx)), "max_spread": float(np.nanmax(sp))}
+    return out
 
 
 def summarize(res: pd.DataFrame) -> dict:
@@ -229,8 +262,12 @@ def summarize(res: pd.DataFrame) -> dict:
     overall["n_unsupported"] = int((~res.supported).sum())
     groups = {f"{s}/{m}": _summary(g) for (s, m), g in ok.groupby(["system", "mode"])}
     by_backend = {f"{s}/{m}/{b}": _summary(g) for (s, m, b), g in ok.groupby(["system", "mode", "backend"])}
-    assumed = ok[ok.assumed.str.contains("workers")]
-    extra = {"disagg rows with assumed workers": _summary(assumed)} if len(assumed) else {}
+    assumed = ok.assumed.str.contains("workers")
+    extra = {}
+    if assumed.any():
+        extra["disagg rows with assumed workers"] = _summary(ok[assumed])
+        recorded = ok[~assumed & (ok["mode"] == "disagg")]
+        extra.update({f"{s}/disagg, workers recorded": _summary(g) for s, g in recorded.groupby("system")})
     reasons = res[~res.supported].reason.value_counts().to_dict()
     lines = [f"{'system/mode[/backend]':<34} {'n':>5} {'TTFT MAPE':>10} {'TTFT med':>9} {'TPOT MAPE':>10} {'TPOT med':>9}"]
     for name, s in {**groups, **by_backend, **extra, "all": overall}.items():

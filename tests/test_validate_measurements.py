@@ -114,3 +114,20 @@ def test_shipped_serving_constants_have_provenance():
     assert doc["benchmark"]["rounds"] >= 1
     assert "python -m dse.fit_serving" in doc["source"]["command"] and doc["source"]["date"]
     assert {"fit_h100_sxm_score_b200_sxm", "fit_b200_sxm_score_h100_sxm"} <= set(doc["cross_system"])
+
+
+def test_repeats_count_rows_whose_identical_inputs_disagree():
+    base = {"model_path": "m", "system": "b200_sxm", "mode": "agg", "isl": 1024, "osl": 128, "batch_size": 8,
+            "tp_size": 8, "silicon_ttft_ms": 100.0}
+    df = pd.DataFrame([
+        {**base, "id": "a", "silicon_tpot_ms": 10.0, "silicon_data_source": "run=1; silicon_concurrency=8"},
+        {**base, "id": "b", "silicon_tpot_ms": 20.0, "silicon_data_source": "run=2; silicon_concurrency=8"},
+        {**base, "id": "c", "silicon_tpot_ms": 11.0, "silicon_data_source": "run=3; silicon_concurrency=16"},
+        {**base, "id": "d", "silicon_tpot_ms": 11.5, "silicon_data_source": "run=4; silicon_concurrency=8",
+         "osl": 256},
+        {**base, "id": "e", "silicon_tpot_ms": 30.0, "silicon_data_source": "run=5; silicon_concurrency=8",
+         "osl": 256, "mode": "disagg"},
+    ])
+    rep = validate.repeats(df)
+    # a and b: same inputs, 2x apart; c differs in concurrency, d in osl, e in mode
+    assert rep == {"b200_sxm/agg": {"n": 2, "of": 4, "max_spread": 2.0}}

@@ -98,3 +98,15 @@ def test_bad_placement_sections(tmp_path, capsys, change, words):
     assert cli.main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{path}: {words}" in err and len(err.splitlines()) == 1
+
+
+def test_report_treats_placed_figures_as_metrics_and_shows_the_placement(run):
+    from dse.report.figdata import METRIC_LABELS, load_run, point_sets
+    from dse.search import placed
+
+    assert set(placed.METRICS) <= set(METRIC_LABELS)
+    rd = load_run(run.run_dir)
+    assert "placement" in rd.config_columns
+    assert not any(c.startswith("placed_") for c in rd.config_columns)
+    text = point_sets(rd)[0].text[0]
+    assert "placement h20: " in text or "placement h200_sxm: " in text or "placement l40s: " in text

@@ -45,6 +45,13 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "capex_usd": ("capex", "$"),
     "num_gpus": ("GPUs", ""),
     "memory_gb_per_gpu": ("memory per GPU", "GB"),
+    # afd candidates at their optimal op placement (scenarios with a `placement:` section)
+    "placed_tokens_per_s": ("placed throughput", "tok/s"),
+    "placed_tpot_ms": ("placed TPOT", "ms"),
+    "placed_usd_per_mtok": ("placed cost", "$/Mtok"),
+    "placed_bottleneck_ms": ("placed bottleneck stage", "ms"),
+    "placed_num_gpus": ("placed GPUs", ""),
+    "placed_gain": ("placement gain over the split", "x"),
 }
 # metrics shown on hover and in the table, in this order, after the objectives
 KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "tokens_per_s",

@@ -10,6 +10,8 @@ from dse.search.optuna_nsga2 import BatchedNSGAIISampler
 
 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# dse passes constraints through constraints_func (deprecated in Optuna 5, still supported)
+pytestmark = pytest.mark.filterwarnings("ignore:`constraints_func` has been deprecated:FutureWarning")
 
 
 def _asked(sampler_cls, *, generations=6, pop=30, storage=None):

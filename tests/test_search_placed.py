@@ -91,6 +91,8 @@ def test_pareto_front_is_taken_on_the_placed_objectives(run):
     ({"placement": {"objective": "speed"}}, "placement.objective: expected one of bottleneck, tokens_per_usd"),
     ({"placement": {"solver": "x"}}, "placement.solver: unknown key; allowed: objective, overlap, time_limit_s"),
     ({"placement": "best"}, "placement: expected `optimal` or a mapping"),
+    ({"placement": {"extra_pools": ["warp9:8"]}}, "placement.extra_pools[0]: unknown device 'warp9'"),
+    ({"placement": {"extra_pools": "h20:8"}}, "placement.extra_pools: expected a list of DEVICE:COUNT"),
 ])
 def test_bad_placement_sections(tmp_path, capsys, change, words):
     path = tmp_path / "bad.yaml"
@@ -110,3 +112,20 @@ def test_report_treats_placed_figures_as_metrics_and_shows_the_placement(run):
     assert not any(c.startswith("placed_") for c in rd.config_columns)
     text = point_sets(rd)[0].text[0]
     assert "placement h20: " in text or "placement h200_sxm: " in text or "placement l40s: " in text
+
+
+def test_extra_pools_make_multi_pool_candidates(tmp_path):
+    scen = {**SCENARIO, "placement": {"extra_pools": ["h20:8"]},
+            "axes": {"weight_dtype": ["fp8"], "kv_dtype": ["fp8"], "batch_size": [256]},
+            "modes": {"afd": {"device": "h20", "attn_device": ["h200_sxm"], "ffn_device": ["h100_sxm"],
+                              "attn_tp": [8], "attn_gpus": [8], "ffn_gpus": [8]}}}
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    df = pd.read_parquet(sweep(path, strategy="grid", out=tmp_path / "run").run_dir / "configs.parquet")
+    row = df.iloc[0]
+    pools = [Pool("h200_sxm", 8, tp=8, name="attn_pool"), Pool("h100_sxm", 8, name="ffn_pool"), Pool("h20", 8)]
+    costs = op_costs(get_model(MODEL), pools, batch=256 / 3, isl=2048, osl=512, weight_dtype="fp8", kv_dtype="fp8")
+    ref = place(costs, objective="bottleneck", overlap=True)
+    assert row.placed_bottleneck_ms == pytest.approx(ref.bottleneck_ms, rel=1e-12)
+    assert row.placed_num_gpus == sum(p.count for p, u in zip(costs.pools, ref.used) if u)
+    assert ("h20: " in row.placement) == bool(ref.used[2])

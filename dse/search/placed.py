@@ -19,9 +19,11 @@ objectives and constraints may name:
                           does not fit the pools' memory)
     placement             the assignment, e.g. "h20: attn 61 + embed | h100_sxm: moe 58 + ffn 3 + head"
 
-The `batch_size` concurrent sequences run as two micro-batches of batch_size / 2, one on
-each pool at a time (ping-pong), with transfers overlapped (`overlap: true`, default) or
-on the stages. A candidate whose model does not fit the pools under any assignment is
+`extra_pools: [DEVICE:COUNT, ...]` adds fixed pools every candidate may also place op
+groups on (a multi-pool candidate: at most five pools in all). The `batch_size` concurrent
+sequences run as one micro-batch per pool (batch_size / 2 for two pools), each pool on a
+different one at a time (ping-pong), with transfers overlapped (`overlap: true`, default)
+or on the stages. A candidate whose model does not fit the pools under any assignment is
 infeasible with the solver's explanation; one that the engine's split cannot hold
 (memory, KV capacity) but some placement can is feasible. Solutions are cached per process, so a
 candidate met again (another generation, another chunk) is not solved again.
@@ -39,7 +41,7 @@ from dse.errors import DSEError
 METRICS = ("placed_tokens_per_s", "placed_tpot_ms", "placed_usd_per_mtok", "placed_bottleneck_ms",
            "placed_num_gpus", "placed_gain")
 DIRECTIONS = {"placed_tokens_per_s": "max", "placed_gain": "max"}
-DEFAULTS = {"objective": "bottleneck", "overlap": True, "time_limit_s": 10.0}
+DEFAULTS = {"objective": "bottleneck", "overlap": True, "time_limit_s": 10.0, "extra_pools": ()}
 SPLIT_REASONS = ("memory", "kv_capacity")   # engine verdicts that only hold for its fixed split
 KEY_COLUMNS = ("model", "attn_device", "attn_gpus", "attn_tp", "ffn_device", "ffn_gpus", "batch_size", "isl",
                "osl", "weight_dtype", "kv_dtype", "routing_skew", "own")
@@ -64,6 +66,19 @@ def settings_from(spec: Any, fail) -> dict:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
         raise fail("placement.time_limit_s", f"expected a positive number of seconds, got {t!r}")
     out["time_limit_s"] = float(t)
+    extra = out["extra_pools"]
+    if not isinstance(extra, (list, tuple)) or not all(isinstance(x, str) for x in extra):
+        raise fail("placement.extra_pools", f"expected a list of DEVICE:COUNT[,tp=N] pools, got {extra!r}")
+    from dse.search.opcost import parse_pool
+    from dse.catalog.devices import get_device
+    for i, x in enumerate(extra):
+        try:
+            get_device(parse_pool(x).device)
+        except DSEError as exc:
+            raise fail(f"placement.extra_pools[{i}]", str(exc).removeprefix("--pool ").removeprefix("device: ")) from None
+    if len(extra) > 3:
+        raise fail("placement.extra_pools", f"at most 3 (5 pools in all), got {len(extra)}")
+    out["extra_pools"] = tuple(extra)
     return out
 
 
@@ -137,9 +152,11 @@ def _solve(key: tuple, settings: tuple) -> dict | str:
     s = dict(settings)
     model = get_model(k["model"])
     agpus, ffn_gpus = int(k["attn_gpus"]), int(k["ffn_gpus"])
+    from dse.search.opcost import parse_pool
+
     pools = [Pool(k["attn_device"], agpus, tp=int(min(k["attn_tp"], agpus)), name="attn_pool"),
-             Pool(k["ffn_device"], ffn_gpus, name="ffn_pool")]
-    micro = max(float(k["batch_size"]) / 2.0, 1.0)
+             Pool(k["ffn_device"], ffn_gpus, name="ffn_pool"), *(parse_pool(x) for x in s["extra_pools"])]
+    micro = max(float(k["batch_size"]) / len(pools), 1.0)     # one micro-batch per pool in flight
     try:
         costs = op_costs(model, pools, batch=micro, isl=float(k["isl"]), osl=float(k["osl"]),
                          weight_dtype=k["weight_dtype"], kv_dtype=k["kv_dtype"],
@@ -148,9 +165,9 @@ def _solve(key: tuple, settings: tuple) -> dict | str:
     except DSEError as exc:
         return f"placement: {str(exc).removeprefix('place: ')}"
     split = _split_stage_ms(costs, s["overlap"])
-    names = [k["attn_device"], k["ffn_device"]]
+    names = [k["attn_device"], k["ffn_device"], *(p.name for p in costs.pools[2:])]
     parts = []
-    for p in range(2):
+    for p in range(len(names)):
         ops = [f"{op} {n}" for op, n in _ops_on(costs, r, p).items() if n]
         ops += [x for x, q in (("embed", r.embed_pool), ("head", r.head_pool)) if q == p]
         if ops:

@@ -267,7 +267,7 @@ def check_config(**config: Any) -> None:
 
 # Rows are evaluated in chunks of this many: the model's ~2,000 array passes then work on
 # arrays that stay in the CPU's L2 cache (1M rows at once: ~1.5 s; in chunks of 32k: ~1.0 s).
-CHUNK_ROWS = 24576
+CHUNK_ROWS = 32_768
 
 
 def evaluate(*, strict: bool = True, **columns: Any) -> pd.DataFrame:
@@ -375,15 +375,17 @@ class _Pools:
     def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None) -> tuple[serving.Pool, dict]:
         c, model = self.c, self.model
         nw = len(self.wd_names)
-        code = np.asarray(device, dtype=np.int64) * nw + self.wd
-        pairs = np.flatnonzero(np.bincount(code))          # the (device, format) pairs present
+        # one code per (device, weight format, fp8 KV cache?) triple
+        code = (np.asarray(device, dtype=np.int64) * nw + self.wd) * 2 + (self.kv_bytes < 2.0)
+        pairs = np.flatnonzero(np.bincount(code))          # the triples present
         lut = np.zeros(pairs[-1] + 1, dtype=np.int64)
         lut[pairs] = np.arange(pairs.size)
         pair_idx = lut[code]
-        keys = tuple((str(self.vocab["device"][p // nw]), self.wd_names[p % nw]) for p in pairs)
+        keys = tuple((str(self.vocab["device"][p // 2 // nw]), self.wd_names[p // 2 % nw], bool(p % 2))
+                     for p in pairs)
         table = _spec_table(keys)
         hwc = table.gather(pair_idx)
-        hw = SpecTable.hw(hwc, kv_bytes=self.kv_bytes)
+        hw = SpecTable.hw(hwc)
         w_bytes = np.array([dtypes.BYTES[k[1]] for k in keys])[pair_idx]
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
@@ -413,7 +415,7 @@ class _Pools:
 
 
 @functools.lru_cache(maxsize=64)
-def _spec_table(pairs: tuple[tuple[str, str], ...]) -> SpecTable:
+def _spec_table(pairs: tuple[tuple[str, str, bool], ...]) -> SpecTable:
     return SpecTable(list(pairs))
 
 

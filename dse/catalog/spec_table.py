@@ -20,22 +20,22 @@ from dse.model.ops import Hw
 
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
 # Attention runs in the KV cache's format (an fp8 cache: fp8 FMHA math at the fp8 rate),
-# not in the weights'; its kernel figures are kept for both and picked per row.
+# not in the weights': a table row is a (device, weight format, fp8 KV cache?) triple.
 ATTENTION = ("context_attention", "generation_attention")
-ATTN_FORMATS = ("bf16", "fp8")
 
 
 @functools.lru_cache(maxsize=None)
-def _pair_row(device_id: str, w_dtype: str) -> dict:
-    """Hardware figures of one (device, weight format); cached: files are read once per process."""
+def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
+    """Hardware figures of one (device, weight format, KV format); cached: files are read
+    once per process."""
     dev = get_device(device_id)
     sys_ = get_system(dev.system)
     fmt = dev.compute_dtype(w_dtype)
+    attn_fmt = dev.compute_dtype("fp8" if kv_fp8 else "bf16")
     params = load_params(device_id)
     row = {
         "peak_gemm": dev.peak_tflops[fmt],
-        "peak_attn": dev.peak_tflops["bf16"],
-        "peak_attn_fp8": dev.peak_tflops[dev.compute_dtype("fp8")],
+        "peak_attn": dev.peak_tflops[attn_fmt],
         "peak_bf16": dev.peak_tflops["bf16"],
         "mem_tb_s": dev.memory_tb_s,
         "scaleup_gb_s": dev.scaleup_gb_s if dev.scaleup_gb_s > 0 else dev.scaleout_gb_s,
@@ -52,12 +52,7 @@ def _pair_row(device_id: str, w_dtype: str) -> dict:
     }
     for fam in FAMILIES:
         merged = {**kernels.DEFAULT_PARAMS.get(fam, {}), **params.get(fam, {})}
-        if fam in ATTENTION:
-            for afmt in ATTN_FORMATS:
-                for name, val in kernels.for_format(merged, dev.compute_dtype(afmt)).items():
-                    row[f"{fam}{'' if afmt == 'bf16' else '@' + afmt}:{name}"] = float(val)
-            continue
-        for name, val in kernels.for_format(merged, fmt).items():
+        for name, val in kernels.for_format(merged, attn_fmt if fam in ATTENTION else fmt).items():
             row[f"{fam}:{name}"] = float(val)
     return row
 
@@ -65,8 +60,9 @@ def _pair_row(device_id: str, w_dtype: str) -> dict:
 class SpecTable:
     """Gathers hardware figures for rows given by (device, weight dtype) codes."""
 
-    def __init__(self, pairs: list[tuple[str, str]]):
-        rows = [_pair_row(d, w) for d, w in pairs]
+    def __init__(self, pairs: list[tuple]):
+        """pairs: (device, weight format) or (device, weight format, fp8 KV cache?)."""
+        rows = [_pair_row(*p) for p in pairs]
         self.keys = sorted(set().union(*rows)) if rows else []
         # one row per figure, one column per pair: a gather is one 2-D take (~5x faster
         # than a take per figure) whose rows come out contiguous
@@ -77,22 +73,12 @@ class SpecTable:
         return dict(zip(self.keys, np.take(self.matrix, idx, axis=1) if self.keys else []))
 
     @staticmethod
-    def hw(cols: dict[str, np.ndarray], kv_bytes=2.0) -> Hw:
-        """Hardware arrays of the gathered rows; attention figures in the format of a
-        `kv_bytes`-byte KV cache (fp8 below 2 bytes)."""
+    def hw(cols: dict[str, np.ndarray]) -> Hw:
         params: dict[str, dict[str, np.ndarray]] = {f: {} for f in FAMILIES}
-        fp8: dict[str, dict[str, np.ndarray]] = {f: {} for f in ATTENTION}
         for key, val in cols.items():
             if ":" in key:
                 fam, name = key.split(":", 1)
-                fam, _, afmt = fam.partition("@")
-                (fp8 if afmt else params)[fam][name] = val
-        peak_attn = cols["peak_attn"]
-        fp8_kv = np.asarray(kv_bytes) < 2.0
-        if np.any(fp8_kv):
-            for fam in ATTENTION:
-                params[fam] = {k: np.where(fp8_kv, fp8[fam][k], v) for k, v in params[fam].items()}
-            peak_attn = np.where(fp8_kv, cols["peak_attn_fp8"], peak_attn)
-        return Hw(peak_gemm=cols["peak_gemm"], peak_attn=peak_attn, peak_bf16=cols["peak_bf16"],
+                params[fam][name] = val
+        return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
                   mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
                   scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params)

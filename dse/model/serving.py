@@ -44,6 +44,7 @@ afd: attention (with the KV cache) on one pool, FFN / experts on another. Per la
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -191,9 +192,28 @@ def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse
 
 
+class _Gathered(Mapping):
+    """src[k][idx] for each op k, gathered when first read: a prefill step's per-op arrays
+    are only read for a breakdown, so most evaluations never pay for the gather."""
+
+    def __init__(self, src: Mapping, idx):
+        self.src, self.idx, self.done = src, idx, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            self.done[k] = self.src[k][self.idx]
+        return self.done[k]
+
+    def __iter__(self):
+        return iter(self.src)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
 def _gather_step(step: Step, idx) -> Step:
-    return Step(time_ms={k: v[idx] for k, v in step.time_ms.items()}, flops={k: v[idx] for k, v in step.flops.items()},
-                bytes={k: v[idx] for k, v in step.bytes.items()})
+    return Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
+                bytes=_Gathered(step.bytes, idx))
 
 
 def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):

@@ -209,9 +209,9 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
     n_p = len(pools_r)
     wd = model.native_dtype if weight_dtype == "native" else dtypes.normalize(weight_dtype, field="weight_dtype")
     kv_b = dtypes.BYTES[dtypes.normalize(kv_dtype, field="kv_dtype")]
-    table = SpecTable([(p.device, wd) for p in pools_r])
+    table = SpecTable([(p.device, wd, kv_b < 2.0) for p in pools_r])
     hwc = table.gather(np.arange(n_p))
-    hw = SpecTable.hw(hwc, kv_bytes=kv_b)
+    hw = SpecTable.hw(hwc)
     w_bytes = np.full(n_p, dtypes.BYTES[wd])
     dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=np.full(n_p, kv_b))
     tp = np.array([p.tp for p in pools_r], dtype=float)

@@ -2,7 +2,9 @@
 find with 1 %, 5 % and 10 % of the evaluations (three seeds), on the quickstart scenario and
 on a space of 10.4 million configurations.
 
-    python bench/search_bench.py                 # everything (~8-10 min on 2 cores)
+    python bench/search_bench.py                 # everything: ~2-3 h, most of it Optuna's 1M-trial
+                                                 # runs (10 % of 10.4M), ~45 min per seed
+    python bench/search_bench.py --optuna-cap 110000   # Optuna at 1 % only: ~15 min
     python bench/search_bench.py --spaces quickstart --seeds 0
     python bench/search_bench.py --json bench.json
 

@@ -75,7 +75,8 @@ def settings_from(spec: Any, fail) -> dict:
         try:
             get_device(parse_pool(x).device)
         except DSEError as exc:
-            raise fail(f"placement.extra_pools[{i}]", str(exc).removeprefix("--pool ").removeprefix("device: ")) from None
+            msg = str(exc).removeprefix("--pool ").removeprefix("device: ")
+            raise fail(f"placement.extra_pools[{i}]", msg) from None
     if len(extra) > 3:
         raise fail("placement.extra_pools", f"at most 3 (5 pools in all), got {len(extra)}")
     out["extra_pools"] = tuple(extra)

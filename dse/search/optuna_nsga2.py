@@ -8,9 +8,11 @@ the same algorithm and the same storage records (generation numbers and parent i
 written exactly as the stock sampler writes them, so a study can be resumed by either)
 and only caches what the stock sampler recomputes:
 
-- the (highest generation, its count of complete trials) pair, updated in `after_trial`
-  and rebuilt from the storage by `refresh()` -- which the search loop calls before each
-  batch, so trials told by other processes sharing the storage are counted;
+- the complete trials of each generation, updated in `after_trial` and, after
+  `refresh()` (which the search loop calls before each batch, so that trials told by
+  other processes sharing the storage are counted), by a scan of the trials numbered from
+  a watermark below which every trial is finished and counted: O(new trials), where the
+  stock sampler scans the whole study several times per generation;
 - each generation's parent population, immutable once chosen (in trial order, as the
   stock sampler's own cache returns it);
 - the search space, fixed once the first trial completed (every trial of a dse study
@@ -20,6 +22,7 @@ With the same seed it asks exactly the trials the stock sampler asks (tested).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,36 +35,74 @@ from optuna.trial import FrozenTrial, TrialState
 class BatchedNSGAIISampler(NSGAIISampler):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._front: tuple[int, int] | None = None      # (max generation, complete trials in it)
+        self._members: dict[int, list[int]] = {}   # generation -> numbers of its complete trials
+        self._counted: set[int] = set()            # complete trials counted beyond the watermark
+        self._watermark = 0                        # every trial numbered below it is finished, counted
+        self._top = 0                              # highest generation with a complete trial
+        self._stale = True
         self._parents: dict[int, list[FrozenTrial]] = {}
         self._space: dict[str, BaseDistribution] | None = None
 
     def refresh(self) -> None:
-        """Forget the generation count; the next ask rebuilds it from the storage."""
-        self._front = None
+        """Count, at the next ask, the trials other processes told into the storage."""
+        self._stale = True
 
-    def _scan(self, study: Study) -> tuple[int, int]:
+    def n_complete(self, study: Study) -> int:
+        """Complete trials in the study, counting those other processes told."""
+        self._scan(study)
+        return sum(len(m) for m in self._members.values())
+
+    def _trials(self, study: Study) -> list[FrozenTrial] | None:
+        """All trials, indexed by number (None if the storage does not list them so)."""
+        trials = study._get_trials(deepcopy=False, use_cache=True)
+        return trials if not trials or trials[-1].number == len(trials) - 1 else None
+
+    def _count(self, g: int, number: int) -> None:
+        self._members.setdefault(g, []).append(number)
+        self._top = max(self._top, g)
+
+    def _scan(self, study: Study) -> None:
+        """Count the complete trials from the watermark on (O(new trials))."""
+        trials = self._trials(study)
+        if trials is None:               # cannot index by number: count everything again
+            trials = sorted(study._get_trials(deepcopy=False), key=lambda t: t.number)
+            self._members, self._counted, self._watermark, self._top = {}, set(), 0, 0
+            for t in trials:
+                if t.state == TrialState.COMPLETE:
+                    self._count(t.system_attrs.get(self._get_generation_key(), -1), t.number)
+                    self._counted.add(t.number)
+            self._stale = False
+            return
         key = self._get_generation_key()
-        top, count = 0, 0
-        for t in study._get_trials(deepcopy=False, states=[TrialState.COMPLETE], use_cache=True):
-            g = t.system_attrs.get(key, -1)
-            if g > top:
-                top, count = g, 1
-            elif g == top:
-                count += 1
-        return top, count
+        advancing = True
+        for t in itertools.islice(trials, self._watermark, None):
+            if t.state == TrialState.COMPLETE and t.number not in self._counted:
+                self._count(t.system_attrs.get(key, -1), t.number)
+                self._counted.add(t.number)
+            if advancing and t.state.is_finished():
+                self._watermark = t.number + 1
+                self._counted.discard(t.number)
+            else:
+                advancing = False
+        self._stale = False
 
     def get_trial_generation(self, study: Study, trial: FrozenTrial) -> int:
         key = self._get_generation_key()
         generation = trial.system_attrs.get(key, None)
         if generation is not None:
             return generation
-        if self._front is None:
-            self._front = self._scan(study)
-        top, count = self._front
-        generation = top if count < self._population_size else top + 1
+        if self._stale:
+            self._scan(study)
+        count = len(self._members.get(self._top, ()))
+        generation = self._top if count < self._population_size else self._top + 1
         study._storage.set_trial_system_attr(trial._trial_id, key, generation)
         return generation
+
+    def get_population(self, study: Study, generation: int) -> list[FrozenTrial]:
+        trials = self._trials(study)
+        if trials is None or self._stale:
+            return super().get_population(study, generation)
+        return [trials[n] for n in sorted(self._members.get(generation, ()))]
 
     def get_parent_population(self, study: Study, generation: int) -> list[FrozenTrial]:
         if generation in self._parents:
@@ -83,14 +124,11 @@ class BatchedNSGAIISampler(NSGAIISampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         super().after_trial(study, trial, state, values)
-        if state != TrialState.COMPLETE or self._front is None:
+        if state != TrialState.COMPLETE or trial.number in self._counted:
             return
         g = trial.system_attrs.get(self._get_generation_key(), None)
         if g is None:
-            self._front = None
+            self._stale = True
             return
-        top, count = self._front
-        if g > top:
-            self._front = (g, 1)
-        elif g == top:
-            self._front = (top, count + 1)
+        self._count(g, trial.number)
+        self._counted.add(trial.number)

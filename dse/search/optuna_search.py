@@ -113,17 +113,20 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
                                 directions=["maximize" if o.direction == "max" else "minimize"
                                             for o in space.objectives],
                                 sampler=_sampler(sampler, seed=seed, pop_size=pop_size, constraints=constraints))
-    refresh = getattr(study.sampler, "refresh", lambda: None)
+    def done() -> int:
+        """Complete trials (the batched sampler counts new ones only; others scan the study)."""
+        counter = getattr(study.sampler, "n_complete", None)
+        return counter(study) if counter else len(_complete(study))
+
     if not study.user_attrs.get("genes"):
         study.set_user_attr("genes", {labels[i]: list(space.genes[i].values) for i in active})
         study.set_user_attr("objectives", space.objective_names())
     names = space.objective_names()
-    n_done = len(_complete(study))
+    n_done = done()
     bar = Progress(budget, f"optuna-{sampler}", progress, start=n_done)
     t0 = time.perf_counter()
     try:
         while n_done < budget:
-            refresh()          # count trials other processes told into the shared storage
             gc.freeze()        # a study holds ~1e6 trial objects; spare them the cyclic collector
             batch = min(pop_size, budget - n_done)
             trials = [study.ask(dists) for _ in range(batch)]
@@ -131,8 +134,9 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
             try:
                 X = np.zeros((batch, len(space.genes)), dtype=np.int64)
                 for r, t in enumerate(trials):
+                    params = t.params          # a copy per access: take it once
                     for i in active:
-                        X[r, i] = t.params[labels[i]]
+                        X[r, i] = params[labels[i]]
                 df, G = evaluate_batch(space, space.index(X))
                 values = np.nan_to_num(df[names].to_numpy(dtype=float), nan=1e300, posinf=1e300, neginf=-1e300)
                 for r, t in enumerate(trials):
@@ -142,7 +146,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
             finally:
                 for t in trials[told:]:
                     study.tell(t, state=TrialState.FAIL)
-            n_done = len(_complete(study))
+            n_done = done()    # also counts trials other processes told into a shared storage
             bar.update(n_done)
     finally:
         gc.unfreeze()

@@ -158,7 +158,7 @@ def _take(x, idx, n):
     if isinstance(x, dict):
         return {k: _take(v, idx, n) for k, v in x.items()}
     if dataclasses.is_dataclass(x):
-        return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x)})
+        return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
 
 

@@ -58,7 +58,7 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
 
 
 class SpecTable:
-    """Gathers hardware figures for rows given by (device, weight dtype) codes."""
+    """Gathers hardware figures for rows given by (device, weight format, KV format) codes."""
 
     def __init__(self, pairs: list[tuple]):
         """pairs: (device, weight format) or (device, weight format, fp8 KV cache?)."""

@@ -67,7 +67,6 @@ class SpecTable:
         # one row per figure, one column per pair: a gather is one 2-D take (~5x faster
         # than a take per figure) whose rows come out contiguous
         self.matrix = np.array([[r.get(k, np.nan) for r in rows] for k in self.keys], dtype=float)
-        self.columns = dict(zip(self.keys, self.matrix))
 
     def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.keys, np.take(self.matrix, idx, axis=1) if self.keys else []))

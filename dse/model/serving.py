@@ -79,7 +79,7 @@ class Pool:
     idle_w: np.ndarray
     cap_w: np.ndarray              # power cap per GPU
     max_seqs: np.ndarray           # sequences one worker's KV memory holds
-    hw_key: np.ndarray | None = None   # one number per (device, weight format), if the caller has it
+    hw_key: np.ndarray             # one number per (device, weight format, KV format): dedupe key
 
     @property
     def gpus(self) -> np.ndarray:
@@ -228,11 +228,8 @@ def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):
     cached = np.floor(isl * prefix_hit)
     new = np.maximum(isl - cached, 1.0)
     skew = np.broadcast_to(np.asarray(skew, dtype=float), (n,))
-    hw_cols = ((pool.hw_key,) if pool.hw_key is not None else
-               (pool.hw.peak_gemm, pool.hw.mem_tb_s, pool.hw.scaleup_gb_s, pool.hw.scaleout_gb_s, pool.hw.domain,
-                pool.hw.params["gemm"]["eff_compute"], pool.dt.w_bytes, pool.tdp_w, pool.idle_w))
-    key_cols = (*hw_cols, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached, skew,
-                pool.cap_w)
+    key_cols = (pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached,
+                skew, pool.cap_w)
     first, inverse = _unique_rows(*key_cols)
     sub = _take(pool, first, n)
     step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp, q_len=new[first],

@@ -50,6 +50,8 @@ COLUMNS: dict[str, Any] = {
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
     "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
     "bench_rounds": np.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
+    "spec_tokens": 0,   # speculative decoding: tokens drafted per decode step (MTP / EAGLE; 0 = off)
+    "spec_acceptance": np.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
     # disagg: prefill and decode pools
     "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
     "prefill_workers": 1,
@@ -225,6 +227,12 @@ def _check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray])
     bad = (cols["prefix_hit"] < 0) | (cols["prefix_hit"] >= 1)
     if bad.any():
         raise DSEError("evaluate: prefix_hit must be in [0, 1)")
+    k = cols["spec_tokens"]
+    if np.any((k < 0) | (k != np.round(k))):
+        raise DSEError("evaluate: spec_tokens must hold integers >= 0 (0 = no speculative decoding)")
+    acc = cols["spec_acceptance"]
+    if np.any((acc < 0) | (acc > 1)):
+        raise DSEError("evaluate: spec_acceptance must be in [0, 1] (nan = the runtime.yaml default)")
     if np.any(cols["power_cap"] <= 0) or np.any(cols["power_cap"] > 1):
         raise DSEError("evaluate: power_cap is a fraction of TDP in (0, 1]")
 
@@ -419,6 +427,14 @@ def _spec_table(pairs: tuple[tuple[str, str, bool], ...]) -> SpecTable:
     return SpecTable(list(pairs))
 
 
+def _spec(c: dict[str, np.ndarray]) -> serving.Spec | None:
+    """Speculative decoding of the rows, or None when no row drafts (the plain decode path)."""
+    if not np.any(c["spec_tokens"] > 0):
+        return None
+    acc = np.asarray(c["spec_acceptance"], dtype=float)
+    return serving.Spec(tokens=c["spec_tokens"], accept=np.where(np.isnan(acc), _runtime()["spec_acceptance"], acc))
+
+
 def _role(c, name, generic):
     return np.where(c[name] > 0, c[name], c[generic]) if name in c else c[generic]
 
@@ -441,7 +457,8 @@ def _evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.
     no_dev = _code(vocab, "device", "")
     skew, coeffs = c["routing_skew"], _power_coeffs()
     rt = _runtime_arrays(c, vocab)
-    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs, rt=rt)
+    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=coeffs, rt=rt,
+                  spec=_spec(c))
     if mode == "agg":
         pool, hwc = pools.make(c["device"], c["tp"], c["dp"], c["ep"], c["pp"])
         res = serving.agg(model, pool, concurrency=c["batch_size"], **common)

@@ -22,6 +22,9 @@ Mapping rules (checked against the file; see `row_config`):
     fp8 when the weights are fp8 or fp4.
   * backend: the row's serving framework selects its runtime constants; the benchmark is
     a closed loop of `bench_rounds` requests per user (hardware/serving_runtime.yaml).
+  * speculative decoding: off (the file does not record it). `repeats` counts rows whose
+    identical recorded inputs measured TPOTs far apart; `speculative_check` tests whether
+    those groups look like drafting switched on in some runs. Neither changes a prediction.
 """
 from __future__ import annotations
 
@@ -226,6 +229,15 @@ def validate_measurements(path: str | Path, *, bench_rounds: float | None = None
                          f"{REPEAT_SPREAD:g}x (a setting the file does not record differs):\n"
                          + "\n".join(f"  {k:<32} {v['n']:>5} of {v['of']}  (up to {v['max_spread']:.2f}x)"
                                       for k, v in rep.items()))
+        spec = speculative_check(df, configs)
+        out["speculative_check"] = spec
+        if spec["groups"]:
+            out["table"] += (f"\n  {spec['groups']} such groups; {spec['mtp_model_groups']} are of models whose "
+                             f"checkpoint ships MTP heads (of {spec['plain_groups']} repeated-input groups of models "
+                             f"without, {spec['plain_groups_over']} differ); in "
+                             f"{spec['within']} the measured slow/fast TPOT ratio lies within "
+                             f"{SPEC_TOLERANCE:g}x of the model's speculative-decoding speed-up "
+                             f"(drafts {SPEC_DRAFTS[0]}-{SPEC_DRAFTS[-1]}, default acceptance)")
     return out
 
 
@@ -238,13 +250,7 @@ def repeats(df: pd.DataFrame) -> dict:
     id, provenance and measurements; concurrency from the provenance where it is kept
     there) whose measured TPOT spreads more than REPEAT_SPREAD. No model of these
     columns can be right on all of them: it is the floor of any validation on the file."""
-    inputs = df.drop(columns=[c for c in MEASURED if c in df.columns]).astype(str)
-    if "silicon_data_source" in df.columns:
-        inputs["concurrency"] = df["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
-    key = pd.factorize(pd.MultiIndex.from_frame(inputs.fillna("")))[0]
-    tpot = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce")
-    g = tpot.groupby(key)
-    spread = (g.transform("max") / g.transform("min")).to_numpy()
+    _, spread = _repeat_keys(df)
     out = {}
     for (system, mode), idx in df.groupby(["system", "mode"]).groups.items():
         sp = spread[df.index.get_indexer(idx)]
@@ -252,6 +258,62 @@ def repeats(df: pd.DataFrame) -> dict:
         if bad.any():
             out[f"{system}/{mode}"] = {"n": int(bad.sum()), "of": int(len(idx)), "max_spread": float(np.nanmax(sp))}
     return out
+
+
+SPEC_DRAFTS = (1, 2, 3)
+SPEC_TOLERANCE = 1.2
+
+
+def _repeat_keys(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(group key per row, max/min measured TPOT of the row's group)."""
+    inputs = df.drop(columns=[c for c in MEASURED if c in df.columns]).astype(str)
+    if "silicon_data_source" in df.columns:
+        inputs["concurrency"] = df["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
+    key = pd.factorize(pd.MultiIndex.from_frame(inputs.fillna("")))[0]
+    tpot = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce")
+    g = tpot.groupby(key)
+    return key, (g.transform("max") / g.transform("min")).to_numpy()
+
+
+def speculative_check(df: pd.DataFrame, configs: list) -> dict:
+    """Whether the repeat groups look like speculative decoding switched on in some runs:
+    for each group, the measured slow/fast TPOT ratio against the model's predicted
+    speed-up of drafting SPEC_DRAFTS tokens (spec off / spec on, at the default
+    acceptance), and whether the model's checkpoint ships MTP heads. A diagnostic of the
+    file, never used to pick a prediction."""
+    from dse import api
+
+    key, spread = _repeat_keys(df)
+    heads = {}
+    for m in df["model_path"].astype(str).unique():
+        try:
+            heads[m] = get_model(m).mtp_heads
+        except DSEError:
+            heads[m] = 0
+    multi = pd.DataFrame({"key": key, "mtp": df["model_path"].astype(str).map(heads).to_numpy() > 0,
+                          "over": spread > REPEAT_SPREAD})
+    multi = multi[multi.groupby("key").key.transform("size") > 1].groupby("key").first()
+    plain = multi[~multi.mtp]
+    base = {"plain_groups": int(len(plain)), "plain_groups_over": int(plain.over.sum())}
+    first: dict[int, dict] = {}
+    for i, cfg, _ in configs:
+        if spread[i] > REPEAT_SPREAD and key[i] not in first:
+            first[key[i]] = cfg
+    if not first:
+        return {"groups": 0, "mtp_model_groups": 0, "within": 0, "rows": [], **base}
+    cfgs = [{**c, "spec_tokens": k} for c in first.values() for k in (0, *SPEC_DRAFTS)]
+    cols = {k: [c.get(k, api.COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
+    tpot = api.evaluate(strict=False, **cols).tpot_ms.to_numpy().reshape(len(first), 1 + len(SPEC_DRAFTS))
+    meas = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce").groupby(key).agg(["min", "max"])
+    out = []
+    for (k, cfg), t in zip(first.items(), tpot):
+        ratio = float(meas.loc[k, "max"] / meas.loc[k, "min"])
+        lo, hi = float(t[0] / t[1]), float(t[0] / t[-1])
+        out.append({"model": cfg["model"], "mode": cfg["mode"], "mtp_heads": get_model(cfg["model"]).mtp_heads,
+                    "measured_ratio": ratio, "predicted_ratio_min": lo, "predicted_ratio_max": hi,
+                    "within": bool(lo / SPEC_TOLERANCE <= ratio <= hi * SPEC_TOLERANCE)})
+    return {"groups": len(out), "mtp_model_groups": sum(r["mtp_heads"] > 0 for r in out),
+            "within": sum(r["within"] for r in out), "rows": out, **base}
 
 
 def summarize(res: pd.DataFrame) -> dict:

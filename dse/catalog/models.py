@@ -122,6 +122,7 @@ class Model:
     native_dtype: str         # dtype of the published checkpoint's large weights
     model_type: str
     source: str
+    mtp_heads: int = 0        # multi-token-prediction layers the checkpoint ships (draft heads for speculative decoding)
 
     @property
     def num_layers(self) -> int:
@@ -338,4 +339,6 @@ def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Mod
     groups = tuple(LayerGroup(count=n, attention=a, ffn=f) for (a, f), n in counts.items())
     return Model(id=model_id, hidden=hidden, vocab=need("vocab_size"), groups=groups,
                  tie_embeddings=bool(cfg.get("tie_word_embeddings", top.get("tie_word_embeddings", False))),
-                 native_dtype=_native_dtype(top, model_id), model_type=mtype, source=source)
+                 native_dtype=_native_dtype(top, model_id), model_type=mtype, source=source,
+                 mtp_heads=opt("num_nextn_predict_layers", "mtp_num_hidden_layers")
+                 or (opt("num_mtp_modules") if cfg.get("use_mtp") else 0))

@@ -132,9 +132,14 @@ def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None):
 
 
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
-            skew=0.0, lm_head: bool = True) -> Step:
+            skew=0.0, lm_head: bool = True, verify: bool = False) -> Step:
     """One forward step of `batch` sequences with `q_len` new tokens each, attending to
-    `ctx` tokens (ctx includes the new tokens). Returns per-GPU time, FLOPs and bytes."""
+    `ctx` tokens (ctx includes the new tokens). Returns per-GPU time, FLOPs and bytes.
+
+    verify=True is a speculative-decoding verification step: the q_len tokens of a
+    sequence (its last token and the drafts) go through the decode attention kernels as
+    q_len times the query heads over one read of the KV cache (as TensorRT-LLM's XQA and
+    FlashMLA treat draft tokens), and every one of them gets logits."""
     batch = np.asarray(batch, dtype=float)
     q_len = np.asarray(q_len, dtype=float)
     ctx = np.asarray(ctx, dtype=float)
@@ -143,7 +148,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     b_rank = np.maximum(batch / dp, 1.0)          # sequences on one attention rank
     t_rank = b_rank * q_len                        # tokens on one attention rank
     t_all = batch * q_len                          # tokens entering the MoE layer group
-    prefill = q_len > 1
+    prefill = (q_len > 1) if not verify else np.zeros(q_len.shape, dtype=bool)
     zero = np.zeros(np.broadcast(batch, q_len, ctx, tp).shape)
     time: dict = {}
     flops: dict = {}
@@ -166,6 +171,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         add("attn_proj", n, _gemm(t_rank, width, h, hw, dt))
         # --- attention core
         heads = np.ceil(a.num_heads / tp)
+        q_heads = heads * q_len if verify else heads   # query rows of the decode kernels
         if a.kind == "linear":
             # gated delta-net: state read+write per token step (fp32), chunked matmuls in prefill
             state = a.state_elems() / tp
@@ -187,8 +193,8 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
                 # decode: absorbed MQA over the latent; prefill: decompressed MHA
                 kv_tok = a.kv_lora_rank + a.rope_dim
                 if not all_pre:
-                    dec = _mla_decode_ms(b_rank, kv_len, heads, a, hw, dt)
-                    f_dec = 2.0 * b_rank * heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
+                    dec = _mla_decode_ms(b_rank, kv_len, q_heads, a, hw, dt)
+                    f_dec = 2.0 * b_rank * q_heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
                 if some_pre:
                     pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim,
                                                   heads * (a.qk_dim + a.v_dim), a.window, prefix_len=ctx - q_len,
@@ -199,9 +205,9 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
             else:
                 kv_heads = np.ceil(a.num_kv_heads / tp)
                 kv_tok = kv_heads * (a.qk_dim + a.v_dim)
-                f_dec = 2.0 * b_rank * heads * kv_len * (a.qk_dim + a.v_dim)
+                f_dec = 2.0 * b_rank * q_heads * kv_len * (a.qk_dim + a.v_dim)
                 if not all_pre:
-                    dec = kernels.attn_decode_ms(b_rank, kv_len, heads, a.qk_dim, a.v_dim, kv_tok,
+                    dec = kernels.attn_decode_ms(b_rank, kv_len, q_heads, a.qk_dim, a.v_dim, kv_tok,
                                                  peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
                                                  kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
                 if some_pre:
@@ -262,6 +268,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + 0.01)
     add("pp_comm", 1.0, (t_pp, zero, (pp - 1) * pp_bytes))
     if lm_head:
-        add("lm_head", 1.0, _gemm(b_rank, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
+        rows = b_rank * q_len if verify else b_rank
+        add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
     order = {op: zero for op in OPS}                 # every op present, in OPS order
     return Step(time_ms={**order, **time}, flops={**order, **flops}, bytes={**order, **byts})

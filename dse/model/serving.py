@@ -40,6 +40,12 @@ afd: attention (with the KV cache) on one pool, FFN / experts on another. Per la
     per micro-batch, so m (1 = the pools take turns, 2 or 3) is whichever is fastest.
     Prefill runs through the same pools (chunked, as in agg), or on separate prefill
     workers that hand the KV cache to the attention pool (prefill_device given).
+
+Speculative decoding (`Spec`, any mode): a decode step drafts k tokens per sequence
+(MTP heads, EAGLE: one draft layer and the LM head per token) and verifies them with
+the sequence's last token in one step of k + 1 query tokens. Each draft is kept with
+probability a if every draft before it was, so a step yields E = (1 - a^(k+1)) / (1 - a)
+tokens (Leviathan et al., ICML 2023) and TPOT = (verify + drafting + step_ms) / E.
 """
 from __future__ import annotations
 
@@ -67,6 +73,31 @@ class Runtime:
     step_ms: np.ndarray
     max_tokens: np.ndarray
     rounds: np.ndarray         # requests per user of a closed-loop benchmark (inf = steady state)
+
+
+@dataclasses.dataclass
+class Spec:
+    """Speculative decoding per row: `tokens` drafted per step (0 = off) and `accept`,
+    the probability that a draft is kept given the ones before it were."""
+    tokens: np.ndarray
+    accept: np.ndarray
+
+    def per_step(self) -> np.ndarray:
+        """Expected tokens a sequence gains per decode step."""
+        a = np.minimum(np.asarray(self.accept, dtype=float), 1.0 - 1e-9)
+        return (1.0 - a ** (np.asarray(self.tokens, dtype=float) + 1.0)) / (1.0 - a)
+
+    def active(self) -> bool:
+        return bool(np.any(np.asarray(self.tokens) > 0))
+
+
+def draft_ms(model: Model, verify: Step, tokens) -> np.ndarray:
+    """Drafting `tokens` tokens: one pass each through a one-layer draft head (DeepSeek's
+    MTP module, an EAGLE head) and the LM head, at the cost of one average layer of the
+    verification step (an upper bound: that step carries k + 1 tokens per sequence)."""
+    head = verify.time_ms["lm_head"]
+    layer = (verify.total_ms - head - verify.time_ms["pp_comm"]) / float(model.num_layers)
+    return np.asarray(tokens, dtype=float) * (layer + head)
 
 
 @dataclasses.dataclass
@@ -240,12 +271,28 @@ def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):
     return _gather_step(step, inverse), t_pre[inverse], p_pre[inverse], p1[inverse]
 
 
-def _decode_step(model: Model, pool: Pool, batch, ctx, skew) -> Step:
+def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None = None) -> Step:
     """One decode step of `batch` sequences, pipelined over pp stages as pp micro-batches:
-    a token's step crosses every stage once, so TPOT is one micro-batch through all layers."""
+    a token's step crosses every stage once, so TPOT is one micro-batch through all layers.
+    With speculative decoding it is the verification step of 1 + k tokens per sequence."""
     micro = np.maximum(np.asarray(batch, dtype=float) / pool.par.pp, 1.0)
-    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=np.ones_like(micro),
-                       ctx=ctx, skew=skew)
+    if spec is None:
+        return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=np.ones_like(micro),
+                           ctx=ctx, skew=skew)
+    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=1.0 + spec.tokens + 0 * micro,
+                       ctx=ctx, skew=skew, verify=True)
+
+
+def _decode(model: Model, pool: Pool, batch, st: dict):
+    """A decode step of `batch` sequences on `pool`: (its time with step_ms and drafting,
+    tokens per sequence it yields, its Step, power per GPU)."""
+    spec = st.get("spec")
+    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec)
+    p_dec, s_dec = _phase_power(pool, dec, dec.total_ms, st["coeffs"])
+    d = dec.total_ms * s_dec + st["rt"].step_ms
+    if spec is None:
+        return d, 1.0, dec, p_dec
+    return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec
 
 
 def marginal_prefill_ms(step: Step, hw: Hw, time_ms) -> np.ndarray:
@@ -261,16 +308,17 @@ def new_tokens(isl, prefix_hit) -> np.ndarray:
     return np.maximum(isl - np.floor(isl * prefix_hit), 1.0)
 
 
-def chunked_latency(*, n, running, d, p1, isl_new, osl, rt: Runtime):
+def chunked_latency(*, n, running, d, p1, isl_new, osl, rt: Runtime, per_step=1.0):
     """TTFT and TPOT of one attention rank under continuous batching with chunked prefill.
 
     n users on the rank, `running` of them hold a KV slot; d = decode step (with the
-    framework's step cost), p1 = marginal prefill of one prompt. See the module docstring."""
+    framework's step cost), p1 = marginal prefill of one prompt, per_step = tokens a
+    sequence gains per decode step (speculative decoding). See the module docstring."""
     osl1 = np.maximum(np.asarray(osl, dtype=float) - 1.0, 1.0)
     group = np.clip(rt.max_tokens / isl_new, 1.0, running)
     chunks = np.maximum(isl_new / rt.max_tokens, 1.0)
     ttft = rt.request_ms + chunks * d + group * p1
-    tpot = d + np.maximum(running - group, 0.0) * p1 / osl1
+    tpot = d / per_step + np.maximum(running - group, 0.0) * p1 / osl1
     steps_first = np.maximum(running * isl_new / rt.max_tokens, 1.0)
     first = rt.request_ms + (steps_first + 1.0) / 2.0 * (d + running * p1 / steps_first)
     ttft = ttft + np.maximum(first - ttft, 0.0) / rt.rounds
@@ -279,12 +327,13 @@ def chunked_latency(*, n, running, d, p1, isl_new, osl, rt: Runtime):
     return ttft, tpot
 
 
-def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs, rt: Runtime) -> ModeResult:
+def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs, rt: Runtime,
+        spec: Spec | None = None) -> ModeResult:
     conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
     osl = np.asarray(osl, dtype=float)
     pre, _, p_pre, p1 = prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)
     st = dict(pool=pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, isl_new=new_tokens(isl, prefix_hit),
-              ctx=np.asarray(isl, dtype=float) + osl / 2.0, p1=p1)
+              ctx=np.asarray(isl, dtype=float) + osl / 2.0, p1=p1, spec=spec)
     ttft, tpot, x, d, dec, p_dec = _agg_at(model, st, conc, keep=True)
     share = np.minimum(x / pool.par.dp * st["p1"], 1.0)               # prefill share of GPU time
     gpu_w = share * p_pre + (1.0 - share) * p_dec
@@ -300,10 +349,9 @@ def _agg_at(model: Model, st: dict, c, *, keep=False):
     dp = pool.par.dp
     n = np.maximum(c / dp, 1.0)
     running = np.minimum(n, np.maximum(pool.max_seqs / dp, 1.0))
-    dec = _decode_step(model, pool, running * dp, st["ctx"], st["skew"])
-    p_dec, s_dec = _phase_power(pool, dec, dec.total_ms, st["coeffs"])
-    d = dec.total_ms * s_dec + rt.step_ms
-    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt)
+    d, per_step, dec, p_dec = _decode(model, pool, running * dp, st)
+    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt,
+                                 per_step=per_step)
     x = c / (ttft + np.maximum(osl - 1.0, 0.0) * tpot)                # requests per ms, whole replica
     if not keep:
         return ttft, tpot, x * osl * 1e3
@@ -323,7 +371,7 @@ def kv_transfer_ms(model: Model, *, isl, kv_bytes, same_domain, src: Pool, dst: 
 
 
 def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, decode_workers, concurrency,
-           isl, osl, prefix_hit, skew, coeffs, same_domain, rt: Runtime) -> ModeResult:
+           isl, osl, prefix_hit, skew, coeffs, same_domain, rt: Runtime, spec: Spec | None = None) -> ModeResult:
     """Prefill workers run batches of whole prompts (up to max_tokens) and hand each KV
     cache to a decode worker; decode steps carry no prefill. Closed loop over both."""
     osl = np.asarray(osl, dtype=float)
@@ -333,7 +381,7 @@ def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, dec
                                          skew=skew, coeffs=coeffs, same_domain=same_domain, rt=rt)
     t_pre, xfer = st["t_pre"], st["xfer"]
     st.update(dec_pool=dec_pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, ctx=np.asarray(isl, dtype=float) + osl / 2.0,
-              d_ranks=dw * dec_pool.par.dp)
+              d_ranks=dw * dec_pool.par.dp, spec=spec)
     conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
     ttft, tpot, x, dec, p_dec = _disagg_at(model, st, conc, keep=True)
     util_pre = np.minimum(x / st["pre_rate"], 1.0)
@@ -353,9 +401,8 @@ def _disagg_at(model: Model, st: dict, c, *, keep=False):
     running = np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0))
 
     def decode(batch):
-        dec = _decode_step(model, pool, batch * pool.par.dp, st["ctx"], st["skew"])
-        p_dec, s_dec = _phase_power(pool, dec, dec.total_ms, st["coeffs"])
-        return dec.total_ms * s_dec + rt.step_ms, dec, p_dec
+        d, per_step, dec, p_dec = _decode(model, pool, batch * pool.par.dp, st)
+        return d / per_step, dec, p_dec
 
     ttft, tpot, x, (_, dec, p_dec) = _pd_loop(st, c, running, decode)
     if not keep:
@@ -378,8 +425,9 @@ def _prefill_pool_state(model: Model, pre_pool: Pool, dst: Pool, *, prefill_work
 
 
 def _pd_loop(st: dict, c, running, decode):
-    """Closed loop over a prefill pool and decode ranks whose step at a given batch per rank
-    is decode(batch)[0]: (TTFT, TPOT, requests per ms, decode(...) at the served load)."""
+    """Closed loop over a prefill pool and decode ranks whose time per output token at a
+    given batch per rank is decode(batch)[0]: (TTFT, TPOT, requests per ms, decode(...) at
+    the served load)."""
     rt, osl = st["rt"], st["osl"]
     osl1 = np.maximum(osl - 1.0, 0.0)
     p_ranks, d_ranks, full, p1, t_pre = st["p_ranks"], st["d_ranks"], st["full"], st["p1"], st["t_pre"]
@@ -417,7 +465,7 @@ def _sum_ops(step: Step, names) -> np.ndarray:
 
 def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs,
         same_domain, rt: Runtime, pre_pool: Pool | None = None, prefill_workers=1,
-        pre_same_domain=False) -> ModeResult:
+        pre_same_domain=False, spec: Spec | None = None) -> ModeResult:
     """Attention/FFN disaggregation: per layer, each micro-batch runs attention on the
     attention pool, ships its activations to the FFN pool and back. With m micro-batches
     in flight the pools overlap: a layer costs max(m t_a, m t_f, m t_x) plus one
@@ -441,7 +489,7 @@ def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl,
     else:
         copies = np.ones_like(np.asarray(ffn_pool.gpus, dtype=float))
     st = dict(attn_pool=attn_pool, ffn_pool=ffn_pool, link=link, rt=rt, skew=skew, coeffs=coeffs, osl=osl,
-              isl_new=new_tokens(isl, prefix_hit), ctx=isl + osl / 2.0, copies=copies)
+              isl_new=new_tokens(isl, prefix_hit), ctx=isl + osl / 2.0, copies=copies, spec=spec)
     dp = attn_pool.par.dp
     pools = []
     if pre_pool is not None:
@@ -482,7 +530,7 @@ def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl,
                       load_fn=_afd_at, load_state=st, model=model)
 
 
-def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro):
+def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro, verify: bool = False):
     """One step of `batch` sequences through both pools in `micro` micro-batches:
     (step time, attention busy, FFN busy, transfer busy, attention Step, FFN Step).
 
@@ -490,8 +538,10 @@ def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro):
     its experts (the dispatch replaces the expert-parallel all-to-all) and gets the
     weighted sum back: a token crosses to every distinct FFN GPU among its top-k experts."""
     ap, fp = st["attn_pool"], st["ffn_pool"]
-    sa = ops.forward(model, hw=ap.hw, par=ap.par, dt=ap.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"])
-    sf = ops.forward(model, hw=fp.hw, par=fp.par, dt=fp.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"])
+    sa = ops.forward(model, hw=ap.hw, par=ap.par, dt=ap.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"],
+                     verify=verify)
+    sf = ops.forward(model, hw=fp.hw, par=fp.par, dt=fp.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"],
+                     verify=verify)
     ta, tf = _sum_ops(sa, ATTN_OPS), _sum_ops(sf, FFN_OPS)
     tokens = batch / micro * q_len
     per_gpu = tokens * st["copies"] * float(model.hidden) / np.minimum(ap.gpus, fp.gpus)
@@ -515,28 +565,43 @@ def _afd_at(model: Model, st: dict, c, *, keep=False):
     n = np.maximum(c / dp, 1.0)
     running = np.minimum(n, np.maximum(ap.max_seqs / dp, 1.0))
     if st.get("pd"):
-        ttft, tpot, x, (d, da, df, tx, dec_a, dec_f, micro) = _pd_loop(st, c, running,
-                                                                      lambda b: _afd_step(model, st, b))
+        ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = _pd_loop(st, c, running,
+                                                                         lambda b: _afd_token(model, st, b))
         if not keep:
             return ttft, tpot, x * osl * 1e3
         return ttft, tpot, x, d, da, df, tx, dec_a, dec_f, micro
     d, da, df, tx, dec_a, dec_f, micro = _afd_step(model, st, running)
-    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt)
+    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt,
+                                 per_step=_per_step(st))
     x = c / (ttft + np.maximum(osl - 1.0, 0.0) * tpot)
     if not keep:
         return ttft, tpot, x * osl * 1e3
     return ttft, tpot, x, d, da, df, tx, dec_a, dec_f, micro
 
 
+def _per_step(st: dict):
+    spec = st.get("spec")
+    return 1.0 if spec is None else spec.per_step()
+
+
+def _afd_token(model: Model, st: dict, running):
+    """_afd_step with the time per output token in front (for _pd_loop)."""
+    out = _afd_step(model, st, running)
+    return (out[0] / _per_step(st),) + out
+
+
 def _afd_step(model: Model, st: dict, running):
     """The best of 1-3 micro-batches for a decode step of `running` sequences per
-    attention rank: (step incl. step_ms, attn busy, FFN busy, transfer, Steps, micro)."""
+    attention rank: (step incl. step_ms and drafting, attn busy, FFN busy, transfer,
+    Steps, micro)."""
     ap = st["attn_pool"]
     dp = ap.par.dp
+    spec = st.get("spec")
+    q = np.ones_like(running) if spec is None else 1.0 + spec.tokens + 0 * running
     best = None
     for m in AFD_MICROBATCHES:
         micro = np.minimum(float(m), np.maximum(running * dp, 1.0))
-        out = _pingpong(model, st, running * dp, np.ones_like(running), st["ctx"], micro)
+        out = _pingpong(model, st, running * dp, q, st["ctx"], micro, verify=spec is not None)
         if best is None:
             best = list(out) + [micro]
             continue
@@ -545,6 +610,8 @@ def _afd_step(model: Model, st: dict, running):
         best[4], best[5] = (_where_step(better, out[4], best[4]), _where_step(better, out[5], best[5]))
         best[6] = np.where(better, micro, best[6])
     best[0] = best[0] + st["rt"].step_ms
+    if spec is not None:   # the draft head (attention and FFN of one layer) runs on the attention pool
+        best[0] = best[0] + draft_ms(model, best[4], spec.tokens)
     return tuple(best)
 
 

@@ -87,9 +87,6 @@ class Spec:
         a = np.minimum(np.asarray(self.accept, dtype=float), 1.0 - 1e-9)
         return (1.0 - a ** (np.asarray(self.tokens, dtype=float) + 1.0)) / (1.0 - a)
 
-    def active(self) -> bool:
-        return bool(np.any(np.asarray(self.tokens) > 0))
-
 
 def draft_ms(model: Model, verify: Step, tokens) -> np.ndarray:
     """Drafting `tokens` tokens: one pass each through a one-layer draft head (DeepSeek's
@@ -279,8 +276,9 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
     if spec is None:
         return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=np.ones_like(micro),
                            ctx=ctx, skew=skew)
-    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=1.0 + spec.tokens + 0 * micro,
-                       ctx=ctx, skew=skew, verify=True)
+    q = (1.0 + spec.tokens) * np.ones_like(micro)
+    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=q, ctx=ctx, skew=skew,
+                       verify=True)
 
 
 def _decode(model: Model, pool: Pool, batch, st: dict):
@@ -397,7 +395,7 @@ def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, dec
 
 
 def _disagg_at(model: Model, st: dict, c, *, keep=False):
-    pool, rt = st["dec_pool"], st["rt"]
+    pool = st["dec_pool"]
     running = np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0))
 
     def decode(batch):
@@ -597,7 +595,7 @@ def _afd_step(model: Model, st: dict, running):
     ap = st["attn_pool"]
     dp = ap.par.dp
     spec = st.get("spec")
-    q = np.ones_like(running) if spec is None else 1.0 + spec.tokens + 0 * running
+    q = np.ones_like(running) if spec is None else (1.0 + spec.tokens) * np.ones_like(running)
     best = None
     for m in AFD_MICROBATCHES:
         micro = np.minimum(float(m), np.maximum(running * dp, 1.0))

@@ -86,3 +86,10 @@ def test_goodput_under_a_tight_tpot_slo_counts_the_drafted_tokens():
     g = r.goodput_tokens_per_s.to_numpy()
     assert not r.meets_slo.any()                  # at 512 users neither meets 12 ms: goodput is searched
     assert g[1] > 2 * g[0] > 0 and g[3] > 2 * g[2] > 0
+
+
+def test_draft_heads_take_memory_next_to_the_attention():
+    r = api.evaluate(**DSV3, ep=8, batch_size=16, spec_tokens=[0, 2])
+    per_layer = 671e9 / 61 / 8 / 1e9              # fp8 bytes of one average layer on each of 8 GPUs
+    grew = r.memory_gb_per_gpu.iloc[1] - r.memory_gb_per_gpu.iloc[0]
+    assert 0.8 * per_layer < grew < 1.2 * per_layer

@@ -400,11 +400,12 @@ class _Pools:
         _structure_errors(model, self.reasons, tp, dp, ep, holds)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         attn_w, ffn_w = memory.weight_bytes_split(model, par, w_bytes)
-        weights = {"all": memory.weight_bytes_per_gpu(model, par, w_bytes), "attn": attn_w, "ffn": ffn_w}[holds]
+        total_w = memory.weight_bytes_per_gpu(model, par, w_bytes, split=(attn_w, ffn_w))
+        weights = {"all": total_w, "attn": attn_w, "ffn": ffn_w}[holds]
         if holds != "ffn" and np.any(c["spec_tokens"] > 0):
             # the draft heads (the checkpoint's MTP layers, else one EAGLE-style layer) sit with
             # the attention: each about one average layer of the whole model
-            layer = memory.weight_bytes_per_gpu(model, par, w_bytes) / model.num_layers
+            layer = total_w / model.num_layers
             weights = weights + np.where(c["spec_tokens"] > 0, layer * max(model.mtp_heads, 1), 0.0)
         seqs_rank = np.maximum((c["batch_size"] if running is None else running) / dp, 1.0)
         act = memory.activation_bytes(model, np.maximum(c["isl"], seqs_rank))

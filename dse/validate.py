@@ -222,14 +222,15 @@ def validate_measurements(path: str | Path, *, bench_rounds: float | None = None
         for (i, _, _), ttft, tpot in zip(configs, pred.ttft_ms, pred.tpot_ms):
             rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True)
     out = summarize(pd.DataFrame(rows))
-    rep = repeats(df)
+    groups = _repeat_keys(df)
+    rep = repeats(df, groups)
     out["repeats"] = rep
     if rep:
         out["table"] += ("\nrows whose recorded inputs repeat with measured TPOT differing more than "
                          f"{REPEAT_SPREAD:g}x (a setting the file does not record differs):\n"
                          + "\n".join(f"  {k:<32} {v['n']:>5} of {v['of']}  (up to {v['max_spread']:.2f}x)"
                                       for k, v in rep.items()))
-        spec = speculative_check(df, configs)
+        spec = speculative_check(df, configs, groups)
         out["speculative_check"] = spec
         if spec["groups"]:
             out["table"] += (f"\n  {spec['groups']} such groups; {spec['mtp_model_groups']} are of models whose "
@@ -245,12 +246,13 @@ REPEAT_SPREAD = 1.3
 MEASURED = ("id", "silicon_data_source", "backend_version", "silicon_ttft_ms", "silicon_tpot_ms")
 
 
-def repeats(df: pd.DataFrame) -> dict:
+def repeats(df: pd.DataFrame, groups=None) -> dict:
     """Per system/mode: rows in groups of identical recorded inputs (every column but the
     id, provenance and measurements; concurrency from the provenance where it is kept
     there) whose measured TPOT spreads more than REPEAT_SPREAD. No model of these
-    columns can be right on all of them: it is the floor of any validation on the file."""
-    _, spread = _repeat_keys(df)
+    columns can be right on all of them: it is the floor of any validation on the file.
+    `groups`: _repeat_keys(df), when the caller has it already."""
+    _, spread = _repeat_keys(df) if groups is None else groups
     out = {}
     for (system, mode), idx in df.groupby(["system", "mode"]).groups.items():
         sp = spread[df.index.get_indexer(idx)]
@@ -275,15 +277,15 @@ def _repeat_keys(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return key, (g.transform("max") / g.transform("min")).to_numpy()
 
 
-def speculative_check(df: pd.DataFrame, configs: list) -> dict:
+def speculative_check(df: pd.DataFrame, configs: list, groups=None) -> dict:
     """Whether the repeat groups look like speculative decoding switched on in some runs:
     for each group, the measured slow/fast TPOT ratio against the model's predicted
     speed-up of drafting SPEC_DRAFTS tokens (spec off / spec on, at the default
     acceptance), and whether the model's checkpoint ships MTP heads. A diagnostic of the
-    file, never used to pick a prediction."""
+    file, never used to pick a prediction. `groups` as in `repeats`."""
     from dse import api
 
-    key, spread = _repeat_keys(df)
+    key, spread = _repeat_keys(df) if groups is None else groups
     heads = {}
     for m in df["model_path"].astype(str).unique():
         try:

@@ -15,10 +15,11 @@ from dse.model.ops import Parallel
 GB = 1e9
 
 
-def weight_bytes_per_gpu(model: Model, par: Parallel, w_bytes) -> np.ndarray:
+def weight_bytes_per_gpu(model: Model, par: Parallel, w_bytes, split=None) -> np.ndarray:
     """Weights one GPU holds: its attention and FFN/expert shards plus embeddings (on the
-    first and last pipeline stage, so at most one table per stage)."""
-    attn, ffn = weight_bytes_split(model, par, w_bytes)
+    first and last pipeline stage, so at most one table per stage). `split`: the
+    weight_bytes_split of the same arguments, when the caller has it already."""
+    attn, ffn = weight_bytes_split(model, par, w_bytes) if split is None else split
     embed = model.embedding_params() * 2.0 / par.tp
     return attn - embed + ffn + embed / np.minimum(par.pp, 2)
 

@@ -273,12 +273,9 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
     a token's step crosses every stage once, so TPOT is one micro-batch through all layers.
     With speculative decoding it is the verification step of 1 + k tokens per sequence."""
     micro = np.maximum(np.asarray(batch, dtype=float) / pool.par.pp, 1.0)
-    if spec is None:
-        return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=np.ones_like(micro),
-                           ctx=ctx, skew=skew)
-    q = (1.0 + spec.tokens) * np.ones_like(micro)
+    q = np.ones_like(micro) if spec is None else (1.0 + spec.tokens) * np.ones_like(micro)
     return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=q, ctx=ctx, skew=skew,
-                       verify=True)
+                       verify=spec is not None)
 
 
 def _decode(model: Model, pool: Pool, batch, st: dict):

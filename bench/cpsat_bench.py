@@ -16,9 +16,9 @@ from pathlib import Path
 
 from dse.catalog.models import get_model
 from dse.errors import DSEError
-from dse.search import sizing
-from dse.search.opcost import op_costs, parse_pool
-from dse.search.placement import place
+from dse.solvers import sizing
+from dse.deploy.opcost import op_costs, parse_pool
+from dse.solvers.placement import place
 
 ROOT = Path(__file__).resolve().parents[1]
 THREE_POOLS = (["h20:16", "h100_sxm:8", "b200_sxm:8"], ["h20:8", "h200_sxm:8", "mi300x:8"],

@@ -14,7 +14,7 @@ LLAMA70 = "meta-llama/Llama-3.1-70B"
 
 
 def _hw(n=1, bw=3.35):
-    from dse.catalog.spec_table import SpecTable
+    from dse.deploy.spec_table import SpecTable
     t = SpecTable([("h100_sxm", "bf16")])
     cols = t.gather(np.zeros(n, dtype=int))
     cols["mem_tb_s"] = np.full(n, bw)
@@ -72,7 +72,8 @@ def test_throughput_grows_with_batch_until_memory_runs_out():
 def test_energy_is_power_times_time():
     df = dse.evaluate(model=LLAMA70, device=["h100_sxm", "b200_sxm"], tp=4, batch_size=[8, 64],
                       weight_dtype="fp8", power_cap=[1.0, 0.7])
-    fac_pue = dse.api.get_facility().pue
+    from dse.catalog.facility import get_facility
+    fac_pue = get_facility().pue
     assert np.allclose(df.joules_per_token, df.power_w * fac_pue / df.tokens_per_s)
     # usd per million tokens is the hourly cost spread over the hour's tokens
     assert np.allclose(df.usd_per_mtok, df.usd_per_hour / (df.tokens_per_s * 3600) * 1e6)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from dse import calibrate
+from dse.fit import calibrate
 from dse.catalog.devices import get_device
 from dse.model import kernels as K
-from dse.validate_kernels import validate
+from dse.fit.validate_kernels import validate
 
 KERNELS = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "kernels"
 DEVICES = ("h100_sxm", "b200_sxm")

@@ -11,8 +11,8 @@ import pytest
 from dse.catalog.models import LayerGroup, get_model
 from dse.errors import DSEError
 from dse.model import memory, ops
-from dse.search import placement as pl
-from dse.search.opcost import (
+from dse.solvers import placement as pl
+from dse.deploy.opcost import (
     GroupCost,
     OpCosts,
     Pool,
@@ -241,7 +241,7 @@ def test_op_costs_add_up_to_the_engine():
     model = get_model(MOE)
     c = op_costs(model, [parse_pool("h100_sxm:8"), parse_pool("b200_sxm:4")], batch=16)
     from dse.catalog import dtypes
-    from dse.catalog.spec_table import SpecTable
+    from dse.deploy.spec_table import SpecTable
 
     wd = model.native_dtype
     t = SpecTable([(p.device, wd) for p in c.pools])
@@ -260,7 +260,7 @@ def test_op_costs_add_up_to_the_engine():
 
 
 def pl_kv_fraction() -> float:
-    from dse.search.opcost import _runtime
+    from dse.deploy.opcost import _runtime
 
     return _runtime()["kv_memory_fraction"]
 
@@ -302,7 +302,7 @@ def test_pool_parsing_and_resolution():
 def _cli(argv):
     import argparse
 
-    from dse.search import cli_cpsat
+    from dse.cli import cpsat as cli_cpsat
 
     p = argparse.ArgumentParser(prog="dse")
     cli_cpsat.add_parsers(p.add_subparsers(dest="cmd", required=True))

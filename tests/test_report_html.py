@@ -14,7 +14,7 @@ import time
 import pytest
 
 from dse.errors import DSEError
-from dse.report import cli as report_cli
+from dse.cli import report as report_cli
 from dse.report.html import write_report
 from test_report_data import OBJECTIVES, quickstart_grid, write_results_dir
 

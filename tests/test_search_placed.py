@@ -8,9 +8,9 @@ import yaml
 
 from dse import cli
 from dse.catalog.models import get_model
-from dse.search.opcost import Pool, op_costs
+from dse.deploy.opcost import Pool, op_costs
 from dse.search.pareto import pareto_mask
-from dse.search.placement import evaluate_sequence, place
+from dse.solvers.placement import evaluate_sequence, place
 from dse.search.run import sweep
 
 MODEL = "Qwen/Qwen3-235B-A22B"
@@ -103,8 +103,9 @@ def test_bad_placement_sections(tmp_path, capsys, change, words):
 
 
 def test_report_treats_placed_figures_as_metrics_and_shows_the_placement(run):
-    from dse.report.figdata import METRIC_LABELS, load_run, point_sets
-    from dse.search import placed
+    from dse.report.figdata import load_run, point_sets
+    from dse.schema import METRIC_INFO as METRIC_LABELS
+    from dse.solvers import placed
 
     assert set(placed.METRICS) <= set(METRIC_LABELS)
     rd = load_run(run.run_dir)

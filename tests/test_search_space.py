@@ -115,8 +115,31 @@ def test_facility_overrides_recorded(tmp_path):
     space = load_space(write(tmp_path, data))
     assert dict(space.facility) == {"pue": 1.1, "usd_per_kwh": 0.05}
     assert space.resolved["facility"]["overrides"] == {"pue": 1.1, "usd_per_kwh": 0.05}
-    # applied only once evaluate() takes them as columns
-    assert space.facility_applied == all(k in api.COLUMNS for k in ("pue", "usd_per_kwh"))
+    assert space.facility_overrides().pue == 1.1
+
+
+def test_facility_overrides_apply_in_the_sweep(tmp_path):
+    """A higher $/kWh raises an owned deployment's usd_per_mtok by exactly the energy it buys:
+    power x PUE x the price step, per token; a rented one does not move."""
+    from dse.catalog.facility import get_facility
+    from dse.search.evaluation import evaluate_batch
+
+    base = with_("constraints.own", True)
+    cheap = load_space(write(tmp_path, base, "cheap.yaml"))
+    dear = load_space(write(tmp_path, with_("constraints.facility", {"usd_per_kwh": 0.30}, base), "dear.yaml"))
+    idx = np.arange(cheap.size)
+    a, _ = evaluate_batch(cheap, idx)
+    b, _ = evaluate_batch(dear, idx)
+    step = 0.30 - get_facility().usd_per_kwh
+    ok = a.feasible.to_numpy()
+    assert ok.sum() > 5
+    want = a.power_w / 1e3 * get_facility().pue * step / (a.tokens_per_s * 3600.0) * 1e6
+    got = b.usd_per_mtok - a.usd_per_mtok
+    assert np.allclose(got[ok], want[ok], rtol=1e-9) and (want[ok] > 0).all()
+    rented = load_space(write(tmp_path, with_("constraints.facility", {"usd_per_kwh": 0.30},
+                                              with_("constraints.own", False)), "rent.yaml"))
+    r0 = load_space(write(tmp_path, with_("constraints.own", False), "rent0.yaml"))
+    assert np.array_equal(evaluate_batch(rented, idx)[0].usd_per_mtok, evaluate_batch(r0, idx)[0].usd_per_mtok)
 
 
 def test_fingerprint_tracks_what_changes_results(tmp_path):

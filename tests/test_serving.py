@@ -133,7 +133,8 @@ def test_prefill_sharing_steps_stretches_tpot_in_agg_only():
 def test_backend_constants_and_benchmark_rounds():
     cfg = dict(model=LLAMA70, device="b200_sxm", tp=4, batch_size=32, weight_dtype="fp8", isl=2048, osl=512)
     df = dse.evaluate(**cfg, backend=["trtllm", "vllm", "sglang", ""])
-    rt = api.serving_runtime()["backends"]
+    from dse.catalog.runtime import serving_runtime
+    rt = serving_runtime()["backends"]
     assert set(rt) >= {"default", "trtllm", "vllm", "sglang"}
     order = np.argsort([rt[b]["request_ms"] for b in ("trtllm", "vllm", "sglang")])
     assert (np.diff(df.ttft_ms.to_numpy()[:3][order]) > 0).all()   # more per-request cost, later first token

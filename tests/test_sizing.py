@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dse.errors import DSEError
-from dse.search import sizing as sz
-from dse.search.sizing import DemandClass, Deployment, Limits, SizingProblem
+from dse.solvers import sizing as sz
+from dse.solvers.sizing import DemandClass, Deployment, Limits, SizingProblem
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "search_spaces" / "sizing_example.yaml"
 DEVICES = ("h100_sxm", "b200_sxm", "mi300x")
@@ -261,7 +261,7 @@ def test_yaml_errors_name_file_and_key(tmp_path):
 def test_cli_size(capsys):
     import argparse
 
-    from dse.search import cli_cpsat
+    from dse.cli import cpsat as cli_cpsat
 
     p = argparse.ArgumentParser(prog="dse")
     cli_cpsat.add_parsers(p.add_subparsers(dest="cmd", required=True))

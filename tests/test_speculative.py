@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dse import api, validate
+from dse import api
+from dse.fit import validate
 from dse.errors import DSEError
 from dse.model.serving import Spec
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dse import validate
+from dse.fit import validate
 from dse.cli import main
 from dse.errors import DSEError
 
@@ -112,7 +112,7 @@ def test_shipped_serving_constants_have_provenance():
     for c in doc["backends"].values():
         assert c["request_ms"] >= 0 and c["step_ms"] >= 0 and 512 <= c["max_tokens"] <= 65536
     assert doc["benchmark"]["rounds"] >= 1
-    assert "python -m dse.fit_serving" in doc["source"]["command"] and doc["source"]["date"]
+    assert "python -m dse.fit.serving" in doc["source"]["command"] and doc["source"]["date"]
     assert {"fit_h100_sxm_score_b200_sxm", "fit_b200_sxm_score_h100_sxm"} <= set(doc["cross_system"])
 
 

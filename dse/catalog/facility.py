@@ -41,10 +41,6 @@ class Facility:
     notes: str = ""
     path: str = ""
 
-    @property
-    def amortization_hours(self) -> float:
-        return self.amortization_years * 365.25 * 24
-
 
 def _default_path() -> Path:
     return Path(str(resources.files("dse.hardware"))) / "facility.yaml"

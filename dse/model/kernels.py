@@ -6,7 +6,7 @@ call can price N rows on N different devices. Times are in milliseconds; peaks i
 TFLOPS, memory bandwidth in TB/s, link bandwidth in GB/s (one direction, per GPU).
 
 The parameters are few, dimensionless or in physical units, and fitted by
-`dse.calibrate` from measured kernel tables:
+`dse.fit.calibrate` from measured kernel tables:
   eff_*        fraction of a spec peak (FLOPs or bytes/s) that a large, well-shaped
                kernel reaches: an efficiency ceiling;
   *_half       the size at which a fixed per-tile cost equals the useful work

@@ -6,7 +6,7 @@ load: `concurrency` users each keep one request in flight, so throughput X and r
 lifetime L obey L = concurrency / X (TTFT + (osl - 1) TPOT = L).
 
 The serving framework is a few measured constants (`Runtime`, one set per backend,
-fitted by `python -m dse.fit_serving` from measured deployments):
+fitted by `python -m dse.fit.serving` from measured deployments):
   request_ms   per-request latency outside the GPU (HTTP, tokenisation, admission,
                first-token delivery): added to TTFT, overlaps with other work;
   step_ms      per-iteration cost the kernels do not show (scheduler, sampling,

@@ -10,7 +10,7 @@ text, parallel-coordinates dimensions, table rows and the run facts. `dse.report
 only draws them.
 
 It relies on nothing but the results-directory contract: configuration columns are
-every column that is not a metric (`dse.api.METRICS`) nor `is_pareto`; objectives come
+every column that is not a metric (`dse.schema.METRICS`) nor `is_pareto`; objectives come
 from `run.json` as `[{"name": METRIC, "direction": "min"|"max"}]`.
 """
 from __future__ import annotations
@@ -26,37 +26,14 @@ import numpy as np
 import pandas as pd
 
 from dse.errors import DSEError
+from dse.schema import METRIC_INFO, METRICS, direction, metric_label
 
 RUN_JSON, PARETO_CSV, CONFIGS_PARQUET, VALIDATION_JSON = "run.json", "pareto.csv", "configs.parquet", "validation.json"
 
-# metric -> (short label, unit); the names are the contract of the design notes
-METRIC_LABELS: dict[str, tuple[str, str]] = {
-    "ttft_ms": ("TTFT", "ms"),
-    "tpot_ms": ("TPOT", "ms"),
-    "e2e_ms": ("end-to-end", "ms"),
-    "tokens_per_s": ("throughput", "tok/s"),
-    "tokens_per_s_per_gpu": ("throughput per GPU", "tok/s/GPU"),
-    "tokens_per_s_per_user": ("speed per user", "tok/s/user"),
-    "goodput_tokens_per_s": ("goodput", "tok/s"),
-    "power_w": ("power", "W"),
-    "joules_per_token": ("energy", "J/token"),
-    "usd_per_mtok": ("cost", "$/Mtok"),
-    "usd_per_hour": ("cost rate", "$/h"),
-    "capex_usd": ("capex", "$"),
-    "num_gpus": ("GPUs", ""),
-    "memory_gb_per_gpu": ("memory per GPU", "GB"),
-    # afd candidates at their optimal op placement (scenarios with a `placement:` section)
-    "placed_tokens_per_s": ("placed throughput", "tok/s"),
-    "placed_tpot_ms": ("placed TPOT", "ms"),
-    "placed_usd_per_mtok": ("placed cost", "$/Mtok"),
-    "placed_bottleneck_ms": ("placed bottleneck stage", "ms"),
-    "placed_num_gpus": ("placed GPUs", ""),
-    "placed_gain": ("placement gain over the split", "x"),
-}
 # metrics shown on hover and in the table, in this order, after the objectives
 KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "tokens_per_s",
                "usd_per_mtok", "joules_per_token", "power_w", "usd_per_hour", "memory_gb_per_gpu")
-NON_CONFIG = frozenset({"feasible", "infeasible_reason", "is_pareto", "bottleneck", "meets_slo", "config_id",
+NON_CONFIG = frozenset({"feasible", "infeasible_reason", "infeasible_code", "is_pareto", "bottleneck", "meets_slo", "config_id",
                         "eval_index"})
 # configuration columns shown on hover for every point, whether they vary or not
 CORE_CONFIG = ("device", "mode", "tp", "pp", "ep", "dp", "weight_dtype", "kv_dtype", "batch_size")
@@ -75,9 +52,7 @@ MAX_GROUPS = 10         # colours; a finer grouping with more is coarsened (see 
 
 
 def _metrics() -> frozenset[str]:
-    from dse.api import METRICS  # report -> api is the allowed direction
-
-    return frozenset(METRICS) | frozenset(METRIC_LABELS)
+    return frozenset(METRICS) | frozenset(METRIC_INFO)
 
 
 @dataclass(frozen=True)
@@ -172,9 +147,6 @@ class TableData:
 
 # ----------------------------------------------------------------------------- loading
 
-def metric_label(name: str, *, unit: bool = True) -> str:
-    short, u = METRIC_LABELS.get(name, (name, ""))
-    return f"{short} ({u})" if unit and u else short
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -622,7 +594,7 @@ def objective_pairs(objectives: list[Objective], available: Any = None) -> list[
                  and (available is None or m in available)]
         if not cands:
             return []
-        return [(objectives[0], Objective(cands[0], "max" if cands[0].startswith("tokens") else "min"))]
+        return [(objectives[0], Objective(cands[0], direction(cands[0])))]
     return list(itertools.combinations(objectives, 2))
 
 
@@ -696,7 +668,7 @@ def parcoords_data(rd: RunData) -> ParcoordsData:
             and _role_mask(df, c).all()]  # a role column is a line only where every row has that role
     for c in cols + [o.name for o in rd.objectives]:
         s = df[c]
-        label = metric_label(c) if c in METRIC_LABELS else c
+        label = metric_label(c) if c in METRIC_INFO else c
         if c in [o.name for o in rd.objectives]:
             o = next(o for o in rd.objectives if o.name == c)
             label = f"{metric_label(c)} {o.arrow}"
@@ -739,7 +711,7 @@ def table_data(rd: RunData, *, max_rows: int = MAX_TABLE_ROWS) -> TableData:
     show = cols + metrics + extra
     sub = df[show].head(max_rows)
     headers = [(f"{metric_label(c)} {next(o.arrow for o in rd.objectives if o.name == c)}" if c in obj else
-                metric_label(c) if c in METRIC_LABELS else c) for c in show]
+                metric_label(c) if c in METRIC_INFO else c) for c in show]
     numeric = [pd.api.types.is_numeric_dtype(sub[c]) and not pd.api.types.is_bool_dtype(sub[c]) for c in show]
     head = df.head(max_rows)
     sub = sub.astype(object).copy()

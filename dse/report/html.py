@@ -22,6 +22,7 @@ import numpy as np
 
 from dse.io import write_text
 from dse.report import figdata as fd
+from dse.schema import METRIC_INFO
 
 REPORT_HTML = "report.html"
 GL_THRESHOLD = 1000   # a trace with more points than this is drawn with WebGL
@@ -48,7 +49,8 @@ def _palette(n: int) -> list[str]:
 def _hovertemplate(metrics: list[str]) -> str:
     lines = ["%{text}"]
     for i, m in enumerate(metrics):
-        short, unit = fd.METRIC_LABELS.get(m, (m, ""))
+        info = METRIC_INFO.get(m)
+        short, unit = (info.label, info.unit) if info else (m, "")
         lines.append(f"{short}: %{{customdata[{i}]:,.4~r}}{(' ' + unit) if unit else ''}")
     return "<br>".join(lines)
 

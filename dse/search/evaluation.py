@@ -13,18 +13,18 @@ import numpy as np
 import pandas as pd
 
 from dse.search.space import Space
+from dse.deploy.evaluate import evaluate
 
 
 def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows for `indices` (config_id first, then evaluate's columns) and the n x (1 + c)
     violation matrix: column 0 is 1 for a configuration the model rejects, then one column
     per constraint holding (value - limit) / |limit| for an upper limit (> 0 = violated)."""
-    from dse import api
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    df = api.evaluate(strict=False, **space.columns(idx))
+    df = evaluate(strict=False, facility=space.facility_overrides(), **space.columns(idx))
     if space.placement:
-        from dse.search import placed
+        from dse.solvers import placed
         df = placed.add_metrics(df, dict(space.placement))
     df.insert(0, "config_id", idx)
     model_ok = df["feasible"].to_numpy(dtype=bool)

@@ -31,6 +31,7 @@ from dse import io
 from dse.search.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
 from dse.search.space import Space
 from dse.search.store import RunStore
+from dse.schema import METRICS
 
 HV_TRANSFORM = "asinh(value / 1e-6) (max objectives negated); volume divided by the ideal..reference box"
 
@@ -113,11 +114,10 @@ def _front(store: RunStore, space: Space) -> tuple[np.ndarray, np.ndarray, int, 
 
 
 def _order_columns(df: pd.DataFrame, space: Space) -> pd.DataFrame:
-    from dse import api
 
     names = space.objective_names()
     axes = [c for c in space.axis_names if c in df.columns]
-    metrics = [m for m in api.METRICS if m in df.columns and m not in names
+    metrics = [m for m in METRICS if m in df.columns and m not in names
                and m not in ("feasible", "infeasible_reason")]
     first = ["config_id", *axes, *names, *metrics]
     rest = [c for c in df.columns if c not in first and c not in ("feasible", "infeasible_reason", "is_pareto")]

@@ -8,7 +8,7 @@ to the same integers, and results of different strategies can be joined row by r
 A space is a union of serving modes. Each mode is the cartesian product of the common
 `axes:` and its own axes under `modes: {MODE: {axis: values}}` (a mode's axis replaces a
 common one of the same name), so per-role axes of `disagg`/`afd` never multiply the
-`agg` configurations. Axis names are whatever `dse.api.COLUMNS` accepts at run time.
+`agg` configurations. Axis names are whatever `dse.schema.COLUMNS` accepts at run time.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ import pandas as pd
 import yaml
 
 from dse.errors import DSEError
+from dse.schema import direction
+from dse import schema
+from dse.deploy.evaluate import evaluate
 
 NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck")
 # Latency objective: e2e_ms (time to the whole answer) rather than tpot_ms, because it
@@ -92,8 +95,7 @@ class Space:
     fixed: tuple[tuple[str, Any], ...]          # columns held constant
     modes: tuple[Mode, ...]
     genes: tuple[Axis, ...]                     # integer genes of the optimizers
-    facility: tuple[tuple[str, float], ...] = ()
-    facility_applied: bool = False
+    facility: tuple[tuple[str, float], ...] = ()   # constraints.facility: overrides of facility.yaml
     reference_point: tuple[float, ...] | None = None
     search: tuple[tuple[str, Any], ...] = ()
     placement: tuple[tuple[str, Any], ...] = ()   # afd rows also scored at their optimal placement
@@ -163,8 +165,15 @@ class Space:
             out[name] = col
         return out
 
+    def facility_overrides(self):
+        """The Facility this scenario evaluates under (None: the shipped default)."""
+        if not self.facility:
+            return None
+        from dse.catalog.facility import get_facility
+        return get_facility(**dict(self.facility))
+
     def columns(self, indices: Any) -> dict[str, Any]:
-        """Keyword columns for `dse.api.evaluate`: decoded axes plus the fixed columns."""
+        """Keyword columns for `dse.evaluate`: decoded axes plus the fixed columns."""
         return {**dict(self.fixed), **self.decode(indices)}
 
     def encode(self, columns: Mapping[str, Any]) -> np.ndarray:
@@ -259,7 +268,6 @@ def load_space(path: str | Path) -> Space:
 
 def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str = "scenario") -> Space:
     """Validate an already-parsed scenario mapping (see `load_space`)."""
-    from dse import api
     from dse.catalog.models import get_model
 
     def fail(key: str, msg: str) -> DSEError:
@@ -292,11 +300,11 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         raise fail("model", _strip(str(exc), "model")) from None
     model_id = model_ref if is_path else model.id
 
-    columns = dict(api.COLUMNS)
-    metrics = [m for m in api.METRICS if m not in NON_NUMERIC_METRICS]
+    columns = dict(schema.COLUMNS)
+    metrics = [m for m in schema.METRICS if m not in NON_NUMERIC_METRICS]
     placement: dict = {}
     if "placement" in data:
-        from dse.search import placed
+        from dse.solvers import placed
         placement = placed.settings_from(data["placement"], fail)
         metrics += list(placed.METRICS)
 
@@ -387,37 +395,32 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         except DSEError as exc:
             raise fail("constraints.facility", _strip(str(exc), "facility")) from None
         facility = {k: float(v) for k, v in fac.items()}
-    facility_applied = all(k in columns for k in facility)
-    for k, v in facility.items():
-        if k in columns:
-            fixed[k] = v
-            fixed_keys[k] = f"constraints.facility.{k}"
 
     # -- axes and modes ---------------------------------------------------------------
     common = _read_axes(data.get("axes", {}), "axes", columns, fixed, fail)
     raw_modes = data.get("modes", ["agg"])
     if isinstance(raw_modes, list):
         if not raw_modes:
-            raise fail("modes", f"empty: list at least one of {', '.join(api.MODES)}")
+            raise fail("modes", f"empty: list at least one of {', '.join(schema.MODES)}")
         mode_specs: dict[str, Any] = {}
         for i, m in enumerate(raw_modes):
             if not isinstance(m, str):
                 raise fail(f"modes[{i}]", f"expected a mode name, got {m!r}")
-            if m not in api.MODES:
-                raise fail(f"modes[{i}]", f"unknown mode {m!r}; allowed: {', '.join(api.MODES)}")
+            if m not in schema.MODES:
+                raise fail(f"modes[{i}]", f"unknown mode {m!r}; allowed: {', '.join(schema.MODES)}")
             if m in mode_specs:
                 raise fail(f"modes[{i}]", f"mode {m!r} listed twice")
             mode_specs[m] = {}
     elif isinstance(raw_modes, dict):
         if not raw_modes:
-            raise fail("modes", f"empty: give at least one of {', '.join(api.MODES)}")
+            raise fail("modes", f"empty: give at least one of {', '.join(schema.MODES)}")
         mode_specs = raw_modes
     else:
         raise fail("modes", f"expected a list of modes or a mapping mode -> axes, got {raw_modes!r}")
     per_mode: dict[str, dict[str, Axis]] = {}
     for m, spec in mode_specs.items():
-        if m not in api.MODES:
-            raise fail(f"modes.{m}", f"unknown mode; allowed: {', '.join(api.MODES)}")
+        if m not in schema.MODES:
+            raise fail(f"modes.{m}", f"unknown mode; allowed: {', '.join(schema.MODES)}")
         own_axes = _read_axes(spec if spec is not None else {}, f"modes.{m}", columns, fixed, fail)
         merged = dict(common)
         merged.update(own_axes)
@@ -497,7 +500,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         "fixed": {k: v for k, v in fixed.items()},
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "constraints": [{"metric": c.metric, "bound": c.bound, "limit": c.limit, "key": c.key} for c in constraints],
-        "facility": {"overrides": facility, "applied": facility_applied},
+        "facility": {"overrides": facility},
         "axes": {a: list(ax.values) for a, ax in common.items()},
         "modes": {m.name: {a.name: list(a.values) for a in m.axes if a.name not in common or a != common[a.name]}
                   for m in modes},
@@ -508,7 +511,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
     }
     space = Space(name=name, path=where, model=model_id, objectives=tuple(objectives),
                   constraints=tuple(constraints), fixed=tuple(fixed.items()), modes=tuple(modes),
-                  genes=tuple(genes), facility=tuple(facility.items()), facility_applied=facility_applied,
+                  genes=tuple(genes), facility=tuple(facility.items()),
                   reference_point=reference, search=tuple(search.items()), placement=tuple(placement.items()),
                   resolved=resolved)
     sample = _dry_run(space, fixed_keys, fail)
@@ -555,19 +558,17 @@ def _positive(val: Any, key: str, fail, *, integer: bool = False) -> float:
 
 
 def _default_direction(metric: str) -> str:
-    return ("max" if metric.startswith(("tokens_per_s", "placed_tokens_per_s", "placed_gain")) or "goodput" in metric
-            else "min")
+    return direction(metric)
 
 
 def _kind(col: str) -> str:
     """'str' | 'bool' | 'int' | 'float' for a column, from the API's declarations at run time."""
-    from dse import api
-    default = api.COLUMNS.get(col)
-    if col in getattr(api, "STRING_COLUMNS", ()) or isinstance(default, str):
+    default = schema.COLUMNS.get(col)
+    if col in schema.STRING_COLUMNS or isinstance(default, str):
         return "str"
     if isinstance(default, bool):
         return "bool"
-    if col in getattr(api, "INT_COLUMNS", ()) or isinstance(default, int):
+    if col in schema.INT_COLUMNS or isinstance(default, int):
         return "int"
     if default is None:
         return "str"
@@ -575,8 +576,7 @@ def _kind(col: str) -> str:
 
 
 def _column_default(col: str) -> Any:
-    from dse import api
-    return api.COLUMNS.get(col)
+    return schema.COLUMNS.get(col)
 
 
 def _as_array(col: str, values: tuple | list) -> np.ndarray:
@@ -703,14 +703,13 @@ def _read_axes(spec: Any, where_key: str, columns: dict, fixed: dict, fail) -> d
 def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
     """Evaluate every axis value once so that bad values fail at load time, with their key;
     returns one evaluated row (its dtypes tell which metrics are numbers)."""
-    from dse import api
 
     sample = None
     for m in space.modes:
         base = {a.name: a.values[0] for a in m.axes}
         base["mode"] = m.name
         try:
-            sample = api.evaluate(strict=False, **dict(space.fixed), **base)
+            sample = evaluate(strict=False, **dict(space.fixed), **base)
         except DSEError as exc:  # the mode itself, or a fixed (workload) value
             msg = str(exc)
             key = next((k for c, k in fixed_keys.items() if f"{c}" in msg and c != "model"), f"modes.{m.name}")
@@ -720,7 +719,7 @@ def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
                 continue
             cols = {**dict(space.fixed), **base, a.name: list(a.values)}
             try:
-                api.evaluate(strict=False, **cols)
+                evaluate(strict=False, **cols)
             except DSEError as exc:
                 raise fail(a.key, str(exc)) from None
     return sample

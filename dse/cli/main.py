@@ -63,7 +63,7 @@ def _cmd_hardware(a: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
-    from dse import calibrate
+    from dse.fit import calibrate
 
     params = calibrate.fit(a.kernels, a.device)
     path = calibrate.write(params, a.device, out_dir=a.out)
@@ -77,14 +77,14 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     if a.kernels:
         if not a.device:
             raise DSEError("validate: --kernels needs --device ID")
-        from dse.validate_kernels import validate
+        from dse.fit.validate_kernels import validate
 
         res = validate(a.kernels, a.device)
         print(f"{'family':<22} {'n':>6} {'median APE %':>13} {'MAPE %':>8}")
         for fam, r in res["families"].items():
             print(f"{fam:<22} {r['n']:>6} {r['median_ape']:>13.1f} {r['mape']:>8.1f}")
     else:
-        from dse.validate import validate_measurements
+        from dse.fit.validate import validate_measurements
 
         res = validate_measurements(a.measurements)
         print(res["table"])
@@ -98,7 +98,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dse import api
+    from dse import schema as api
 
     p = argparse.ArgumentParser(prog="dse", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--json", help="write the figures to this JSON file")
     val.set_defaults(func=_cmd_validate)
 
-    from dse.report.cli import add_parser as add_report
-    from dse.search import cli_cpsat
-    from dse.search.cli import add_parser as add_sweep
+    from dse.cli.report import add_parser as add_report
+    from dse.cli import cpsat as cli_cpsat
+    from dse.cli.sweep import add_parser as add_sweep
     add_sweep(sub)
     add_report(sub)
     cli_cpsat.add_parsers(sub)

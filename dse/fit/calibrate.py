@@ -8,7 +8,7 @@ kernels the model does not describe cannot drag the common case) over a handful 
 physically meaningful parameters per family, with a deterministic Nelder-Mead in
 bounded coordinates (numpy only; discrete choices such as tile sizes by grid).
 
-    python -m dse.calibrate ../shared/calibration/kernels/h100_sxm h100_sxm
+    python -m dse.fit.calibrate ../shared/calibration/kernels/h100_sxm h100_sxm
 `write` stores the result with its provenance as hardware/calibration/<device>.yaml;
 `load_params` reads it back, falling back to the device's `calibration_from` and then
 to `kernels.DEFAULT_PARAMS`.
@@ -438,10 +438,10 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m dse.calibrate KERNELS_DIR DEVICE [--out DIR]: fit and write the YAML."""
+    """python -m dse.fit.calibrate KERNELS_DIR DEVICE [--out DIR]: fit and write the YAML."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m dse.calibrate", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dse.fit.calibrate", description=main.__doc__)
     ap.add_argument("kernels_dir")
     ap.add_argument("device")
     ap.add_argument("--out", default=None, help="output directory (default: the package's "

@@ -5,8 +5,8 @@ with the device's calibrated parameters (or `params`, e.g. another device's, to 
 how the rules carry to hardware they were not fitted on) and the device's spec
 sheet, and reports the error per family:
 
-    python -m dse.validate_kernels ../shared/calibration/kernels            # all devices
-    python -m dse.validate_kernels ../shared/calibration/kernels --cross    # + fit on one, predict the other
+    python -m dse.fit.validate_kernels ../shared/calibration/kernels            # all devices
+    python -m dse.fit.validate_kernels ../shared/calibration/kernels --cross    # + fit on one, predict the other
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dse.calibrate import error_summary, load_params, predict, read_tables
+from dse.fit.calibrate import error_summary, load_params, predict, read_tables
 from dse.catalog.devices import get_device
 
 __all__ = ["validate", "main"]
@@ -45,7 +45,7 @@ def _table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dse.validate_kernels", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dse.fit.validate_kernels", description=__doc__.split("\n")[0])
     ap.add_argument("kernels_root", help="directory holding one sub-directory of tables per device")
     ap.add_argument("--devices", nargs="*", help="device ids (default: every sub-directory)")
     ap.add_argument("--cross", action="store_true",

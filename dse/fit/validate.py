@@ -37,7 +37,11 @@ import pandas as pd
 from dse.catalog import dtypes
 from dse.catalog.devices import device_ids
 from dse.catalog.models import get_model
+from dse.catalog.runtime import serving_runtime
+from dse.deploy.evaluate import evaluate
+from dse.deploy.explain import check_config
 from dse.errors import DSEError
+from dse.schema import COLUMNS
 
 REQUIRED = ("id", "model_path", "system", "mode", "isl", "osl", "batch_size", "tp_size",
             "silicon_ttft_ms", "silicon_tpot_ms")
@@ -161,9 +165,8 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
 
 def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[list[dict], list[tuple[int, dict]]]:
     """Per-row records and the (row, configuration) pairs that can be modelled."""
-    from dse import api
 
-    rounds = api.serving_runtime()["rounds"] if bench_rounds is None else bench_rounds
+    rounds = serving_runtime()["rounds"] if bench_rounds is None else bench_rounds
     rows, configs = [], []
     for i, (_, r) in enumerate(df.iterrows()):
         rec = {"id": str(r["id"]), "system": str(r["system"]), "mode": str(r["mode"]),
@@ -174,7 +177,7 @@ def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[li
             if not (rec["ttft_ms_meas"] > 0 and rec["tpot_ms_meas"] > 0):
                 raise DSEError("no measured TTFT/TPOT")
             cfg, assumed = row_config(r)
-            api.check_config(**cfg)          # structure only: layout divides the model, ids known
+            check_config(**cfg)          # structure only: layout divides the model, ids known
             cfg["bench_rounds"] = rounds
             rec["assumed"] = ",".join(assumed)
             configs.append((i, cfg, r))
@@ -184,16 +187,15 @@ def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[li
     return rows, configs
 
 
-def predict(configs: list, df_rows=None) -> "pd.DataFrame":
+def predict(configs: list, df_rows=None, *, serving: dict | None = None) -> "pd.DataFrame":
     """Evaluate the mapped configurations in one vectorized call; product-encoded layouts
     whose weights would not fit fall back to the literal reading of the row."""
-    from dse import api
 
     cfgs = [c for _, c, _ in configs]
     keys = sorted({k for c in cfgs for k in c})
-    cols = {k: [c.get(k, api.COLUMNS[k]) for c in cfgs] for k in keys}
-    pred = api.evaluate(strict=False, **cols)
-    bad = pred.infeasible_reason.astype(str).str.startswith("memory: weights").to_numpy()
+    cols = {k: [c.get(k, COLUMNS[k]) for c in cfgs] for k in keys}
+    pred = evaluate(strict=False, serving_runtime=serving, **cols)
+    bad = (pred.infeasible_code == "memory").to_numpy()
     if bad.any():
         redo = []
         for j in np.nonzero(bad)[0]:
@@ -203,9 +205,9 @@ def predict(configs: list, df_rows=None) -> "pd.DataFrame":
                 redo.append((j, {**lit, "bench_rounds": cfg["bench_rounds"]}))
         if redo:
             keys2 = sorted({k for _, c in redo for k in c})
-            cols2 = {k: [c.get(k, api.COLUMNS[k]) for _, c in redo] for k in keys2}
-            p2 = api.evaluate(strict=False, **cols2)
-            ok = ~p2.infeasible_reason.astype(str).str.startswith("memory: weights").to_numpy()
+            cols2 = {k: [c.get(k, COLUMNS[k]) for _, c in redo] for k in keys2}
+            p2 = evaluate(strict=False, serving_runtime=serving, **cols2)
+            ok = (p2.infeasible_code != "memory").to_numpy()
             for (j, _), good, (_, row) in zip(redo, ok, p2.iterrows()):
                 if good:
                     pred.loc[j, ["ttft_ms", "tpot_ms", "infeasible_reason"]] = row[["ttft_ms", "tpot_ms",
@@ -283,7 +285,6 @@ def speculative_check(df: pd.DataFrame, configs: list, groups=None) -> dict:
     speed-up of drafting SPEC_DRAFTS tokens (spec off / spec on, at the default
     acceptance), and whether the model's checkpoint ships MTP heads. A diagnostic of the
     file, never used to pick a prediction. `groups` as in `repeats`."""
-    from dse import api
 
     key, spread = _repeat_keys(df) if groups is None else groups
     heads = {}
@@ -304,8 +305,8 @@ def speculative_check(df: pd.DataFrame, configs: list, groups=None) -> dict:
     if not first:
         return {"groups": 0, "mtp_model_groups": 0, "within": 0, "rows": [], **base}
     cfgs = [{**c, "spec_tokens": k} for c in first.values() for k in (0, *SPEC_DRAFTS)]
-    cols = {k: [c.get(k, api.COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
-    tpot = api.evaluate(strict=False, **cols).tpot_ms.to_numpy().reshape(len(first), 1 + len(SPEC_DRAFTS))
+    cols = {k: [c.get(k, COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
+    tpot = evaluate(strict=False, **cols).tpot_ms.to_numpy().reshape(len(first), 1 + len(SPEC_DRAFTS))
     meas = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce").groupby(key).agg(["min", "max"])
     out = []
     for (k, cfg), t in zip(first.items(), tpot):

@@ -35,7 +35,7 @@ from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.models import LayerGroup, Model
-from dse.catalog.spec_table import SpecTable
+from dse.deploy.spec_table import SpecTable
 from dse.catalog.systems import get_system
 from dse.errors import DSEError
 from dse.model import cost, memory, ops
@@ -266,8 +266,8 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
 
     fac = get_facility()
     nameplate = n_gpus * (hwc["tdp_w"] + hwc["host_w_per_gpu"])
-    usd = cost.usd_per_hour(num_gpus=n_gpus, own=own, gpu_price_usd=hwc["price_usd"],
-                            host_price_per_gpu=hwc["host_usd_per_gpu"], rent_usd_per_hour=hwc["rent_usd_per_hour"],
+    usd = cost.usd_per_hour(own=own, capex_usd=n_gpus * (hwc["price_usd"] + hwc["host_usd_per_gpu"]),
+                            rent_usd_per_hour=n_gpus * hwc["rent_usd_per_hour"],
                             power_w=nameplate, provisioned_w=nameplate, pue=fac.pue, usd_per_kwh=fac.usd_per_kwh,
                             amortization_years=fac.amortization_years,
                             facility_usd_per_kw_month=fac.facility_usd_per_kw_month)

@@ -4,7 +4,7 @@ The model says P = idle + (TDP - idle) x min(1, c_compute x u_compute + c_memory
 where u are the utilisations of the math units and of memory bandwidth over a step.
 Each observation in hardware/power_observations.yaml is replayed through the engine to
 get its u's; the two coefficients are then the least-squares solution of
-c_compute u_c + c_memory u_m = (P - idle) / (TDP - idle). Run `python -m dse.fit_power`
+c_compute u_c + c_memory u_m = (P - idle) / (TDP - idle). Run `python -m dse.fit.power`
 to rewrite hardware/power.yaml.
 """
 from __future__ import annotations
@@ -22,12 +22,15 @@ HW = Path(str(resources.files("dse.hardware")))
 
 
 def utilisations(obs: dict) -> tuple[float, float]:
-    from dse import api
+    from dse.catalog.models import get_model
+    from dse.deploy.columns import broadcast
+    from dse.deploy.context import make_context
+    from dse.deploy.evaluate import evaluate_model
 
     setup = dict(obs["setup"])
     keep: dict = {}
-    cols, _, vocab = api._broadcast({"device": obs["device"], **setup})
-    api._evaluate_model(api.get_model(setup["model"]), dict(cols), vocab, strict=True, keep=keep)
+    cols, _, vocab = broadcast({"device": obs["device"], **setup})
+    evaluate_model(get_model(setup["model"]), dict(cols), vocab, make_context(), strict=True, keep=keep)
     step, hw = keep["result"].steps[obs["phase"]]
     t = float(step.total_ms[0]) * 1e-3
     u_c = float(step.total_flops()[0]) / (float(hw.peak_gemm[0]) * 1e12 * t)
@@ -56,7 +59,7 @@ def fit(path: Path | None = None) -> dict:
 
 def main() -> None:
     res = fit()
-    doc = {**res, "source": "fitted by `python -m dse.fit_power` from hardware/power_observations.yaml "
+    doc = {**res, "source": "fitted by `python -m dse.fit.power` from hardware/power_observations.yaml "
                             f"(Splitwise per-phase GPU power) on {datetime.date.today().isoformat()}"}
     write_text(HW / "power.yaml", "# Written by dse/fit_power.py; do not edit by hand.\n" + yaml.safe_dump(doc, sort_keys=False))
     print(yaml.safe_dump(doc, sort_keys=False))

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dse.deploy import roles
 from dse.errors import DSEError
+from dse.schema import direction
 
 METRICS = ("placed_tokens_per_s", "placed_tpot_ms", "placed_usd_per_mtok", "placed_bottleneck_ms",
            "placed_num_gpus", "placed_gain")
-DIRECTIONS = {"placed_tokens_per_s": "max", "placed_gain": "max"}
 DEFAULTS = {"objective": "bottleneck", "overlap": True, "time_limit_s": 10.0, "extra_pools": ()}
 SPLIT_REASONS = ("memory", "kv_capacity")   # engine verdicts that only hold for its fixed split
 KEY_COLUMNS = ("model", "attn_device", "attn_gpus", "attn_tp", "ffn_device", "ffn_gpus", "batch_size", "isl",
@@ -57,7 +58,7 @@ def settings_from(spec: Any, fail) -> dict:
     if unknown:
         raise fail(f"placement.{unknown[0]}", f"unknown key; allowed: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **spec}
-    from dse.search.placement import OBJECTIVES
+    from dse.solvers.placement import OBJECTIVES
     if out["objective"] not in OBJECTIVES:
         raise fail("placement.objective", f"expected one of {', '.join(OBJECTIVES)}, got {out['objective']!r}")
     if not isinstance(out["overlap"], bool):
@@ -69,7 +70,7 @@ def settings_from(spec: Any, fail) -> dict:
     extra = out["extra_pools"]
     if not isinstance(extra, (list, tuple)) or not all(isinstance(x, str) for x in extra):
         raise fail("placement.extra_pools", f"expected a list of DEVICE:COUNT[,tp=N] pools, got {extra!r}")
-    from dse.search.opcost import parse_pool
+    from dse.deploy.opcost import parse_pool
     from dse.catalog.devices import get_device
     for i, x in enumerate(extra):
         try:
@@ -91,6 +92,7 @@ def add_metrics(df: pd.DataFrame, settings: dict) -> pd.DataFrame:
     text = np.full(n, "", dtype=object)
     feasible = df["feasible"].to_numpy(dtype=bool).copy()
     reason = df["infeasible_reason"].astype(str).to_numpy(dtype=object)
+    code = df["infeasible_code"].astype(str).to_numpy(dtype=object)
     rows = np.flatnonzero((df["mode"].astype(str) == "afd").to_numpy())
     if rows.size:
         keys = pd.DataFrame({c: _resolved(df, c).iloc[rows].to_numpy() for c in KEY_COLUMNS})
@@ -98,11 +100,12 @@ def add_metrics(df: pd.DataFrame, settings: dict) -> pd.DataFrame:
         for u, key in enumerate(uniq):
             res = _solve(tuple(_plain(v) for v in key), tuple(sorted(settings.items())))
             sel = rows[codes == u]
-            engine_says = np.array([not r.startswith(SPLIT_REASONS) for r in reason[sel]], dtype=bool) & ~feasible[sel]
+            engine_says = ~np.isin(code[sel], SPLIT_REASONS) & ~feasible[sel]
             if isinstance(res, str):
                 for m in METRICS:
-                    out[m][sel] = np.inf if m not in DIRECTIONS else 0.0
+                    out[m][sel] = np.inf if direction(m) == "min" else 0.0
                 reason[sel] = np.where(engine_says, reason[sel], res)   # structural errors first
+                code[sel] = np.where(engine_says, code[sel], "placement")
                 feasible[sel] = False
                 continue
             for m in METRICS:
@@ -112,12 +115,14 @@ def add_metrics(df: pd.DataFrame, settings: dict) -> pd.DataFrame:
             split_only = ~feasible[sel] & ~engine_says
             feasible[sel[split_only]] = True
             reason[sel[split_only]] = ""
+            code[sel[split_only]] = ""
     df = df.copy()
     for m in METRICS:
         df[m] = out[m]
     df["placement"] = text
     df["feasible"] = feasible
     df["infeasible_reason"] = reason.astype(str)
+    df["infeasible_code"] = code.astype(str)
     return df
 
 
@@ -129,12 +134,11 @@ def _resolved(df: pd.DataFrame, col: str) -> pd.Series:
     """afd's defaults as the engine applies them: a role's device '' = `device`, attn_gpus
     0 = tp x dp, ffn_gpus 0 = max(ep, tp), kv_dtype '' = bf16."""
     if col in ("attn_device", "ffn_device"):
-        own = df[col].astype(str)
-        return own.where(own != "", df["device"].astype(str))
-    if col == "attn_gpus":
-        return df[col].where(df[col] > 0, df["tp"] * df["dp"])
-    if col == "ffn_gpus":
-        return df[col].where(df[col] > 0, np.maximum(df["ep"], df["tp"]))
+        c = {k: df[k].astype(str).to_numpy() for k in (col, "device")}
+        return pd.Series(roles.device(c, col.split("_")[0]), index=df.index)
+    if col in ("attn_gpus", "ffn_gpus"):
+        attn, ffn = roles.afd_gpus(df)
+        return pd.Series(attn if col == "attn_gpus" else ffn, index=df.index)
     if col == "kv_dtype":
         kv = df[col].astype(str)
         return kv.where(kv != "", "bf16")
@@ -146,14 +150,14 @@ def _resolved(df: pd.DataFrame, col: str) -> pd.Series:
 @functools.lru_cache(maxsize=100_000)
 def _solve(key: tuple, settings: tuple) -> dict | str:
     from dse.catalog.models import get_model
-    from dse.search.opcost import Pool, op_costs
-    from dse.search.placement import place
+    from dse.deploy.opcost import Pool, op_costs
+    from dse.solvers.placement import place
 
     k = dict(zip(KEY_COLUMNS, key))
     s = dict(settings)
     model = get_model(k["model"])
     agpus, ffn_gpus = int(k["attn_gpus"]), int(k["ffn_gpus"])
-    from dse.search.opcost import parse_pool
+    from dse.deploy.opcost import parse_pool
 
     pools = [Pool(k["attn_device"], agpus, tp=int(min(k["attn_tp"], agpus)), name="attn_pool"),
              Pool(k["ffn_device"], ffn_gpus, name="ffn_pool"), *(parse_pool(x) for x in s["extra_pools"])]
@@ -195,7 +199,7 @@ def _split_stage_ms(costs, overlap: bool) -> float:
     """Bottleneck of the engine's split (every attention on pool 0, every FFN / expert
     block on pool 1; embedding and head wherever best) in the placement's cost model;
     NaN when that split does not fit the pools' memory."""
-    from dse.search.placement import evaluate_sequence
+    from dse.solvers.placement import evaluate_sequence
 
     layers = [(gc.index, 0, 1) for gc in costs.groups for _ in range(gc.count)]
     runs = [evaluate_sequence(costs, layers, e, h, overlap=overlap) for e in (0, 1) for h in (0, 1)]

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from dse.calibrate import load_params
+from dse.fit.calibrate import load_params
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.systems import get_system

@@ -15,7 +15,7 @@ error of TTFT and TPOT (robust to rows the model cannot know about, e.g. specula
 decoding) over the measured rows that record their deployment in full (disagg rows
 without worker counts are scored, not fitted), backend by backend, with the engine itself.
 
-`python -m dse.fit_serving [--measurements FILE]` refits on every row, writes
+`python -m dse.fit.serving [--measurements FILE]` refits on every row, writes
 hardware/serving_runtime.yaml with its provenance, and records the cross-system check:
 constants fitted on the h100_sxm rows scored on the b200_sxm rows and vice versa.
 """
@@ -34,7 +34,7 @@ import yaml
 from dse.io import write_text
 
 HW = Path(str(resources.files("dse.hardware")))
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
 BACKENDS = ("trtllm", "vllm", "sglang")
 START = {"request_ms": 50.0, "step_ms": 0.5, "max_tokens": 4096.0}
 ROUNDS_GRID = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, np.inf)
@@ -46,7 +46,7 @@ class Data:
     """Measured rows mapped to configurations (once), evaluated under any constants."""
 
     def __init__(self, path: Path):
-        from dse import validate
+        from dse.fit import validate
 
         df = validate.read_measurements(path)
         rows, configs = validate.map_rows(df, bench_rounds=1.0)
@@ -69,7 +69,7 @@ class Data:
         return m
 
     def predict(self, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        from dse import api, validate
+        from dse.fit import validate
 
         sel = []
         for j in np.nonzero(mask)[0]:
@@ -78,8 +78,7 @@ class Data:
             if pooled:
                 cfg["backend"] = ""
             sel.append((i, cfg, r))
-        with api.override_serving_runtime(runtime):
-            pred = validate.predict(sel)
+        pred = validate.predict(sel, serving=runtime)
         return pred.ttft_ms.to_numpy(float), pred.tpot_ms.to_numpy(float)
 
 
@@ -153,7 +152,7 @@ def _yaml_runtime(runtime: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m dse.fit_serving", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m dse.fit.serving", description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(DEFAULT_DATA), help="measured deployments (silicon CSV)")
     ap.add_argument("--out", default=str(HW / "serving_runtime.yaml"))
     ap.add_argument("--no-cross", action="store_true", help="skip the cross-system check")
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fitted on the rows that record their deployment in full, scored on all:\n{table(errs)}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     doc = {**_yaml_runtime(runtime),
-           "source": {"command": "python -m dse.fit_serving" + (f" --measurements {a.measurements}"
+           "source": {"command": "python -m dse.fit.serving" + (f" --measurements {a.measurements}"
                                                                  if a.measurements != str(DEFAULT_DATA) else ""),
                       "data": f"{path.name} (sha256 {digest}..., {data.n_rows} rows, {len(data.meta)} modelled); "
                               "measured by NVIDIA AIConfigurator, aiconfigurator-core 0.12.0, Apache-2.0",

@@ -51,6 +51,9 @@ from dse.catalog.facility import get_facility
 from dse.catalog.systems import get_system
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
+from dse.deploy.evaluate import evaluate
+from dse.deploy.explain import explain
+from dse.schema import COLUMNS
 
 GOODPUT_SCALE = 10_000     # integer goodput / demand units per req/s
 COST_SCALE = 10_000        # integer cost units per $/hour
@@ -646,9 +649,8 @@ def _gpus_by_device(cfg: dict, num_gpus: int) -> dict:
     roles = {k: cfg.get(k) for k in ("prefill_device", "decode_device", "attn_device", "ffn_device") if cfg.get(k)}
     if cfg.get("mode", "agg") == "agg" or all(v == cfg["device"] for v in roles.values()):
         return {cfg["device"]: int(num_gpus)}
-    from dse import api
 
-    _, _, pools = api.explain(**cfg)
+    _, _, pools = explain(**cfg)
     role_dev = {"prefill": cfg.get("prefill_device") or cfg["device"], "decode": cfg.get("decode_device") or cfg["device"],
                 "attn": cfg.get("attn_device") or cfg["device"], "ffn": cfg.get("ffn_device") or cfg["device"]}
     raw: dict[str, float] = {}
@@ -661,7 +663,6 @@ def _gpus_by_device(cfg: dict, num_gpus: int) -> dict:
 
 def build_problem(scn: dict) -> SizingProblem:
     """Deployments from the scenario's candidates, each scored per class by the engine."""
-    from dse import api
     from dse.catalog.models import get_model
 
     model = get_model(scn["model"])
@@ -690,11 +691,11 @@ def build_problem(scn: dict) -> SizingProblem:
                     cols.setdefault(key, [None] * (len(index) - 1)).append(row.get(key))
     # fill missing columns with evaluate defaults
     for key, vals in cols.items():
-        default = api.COLUMNS.get(key)
-        if key not in api.COLUMNS:
+        default = COLUMNS.get(key)
+        if key not in COLUMNS:
             raise DSEError(f"{scn['path']}: deployments: unknown column {key!r}")
         cols[key] = [default if v is None else v for v in vals]
-    df = api.evaluate(**common, **cols, strict=False)
+    df = evaluate(**common, **cols, strict=False)
     idx = np.array(index)
     deployments = []
     for ci, cfg in enumerate(configs):

@@ -75,8 +75,8 @@ def _ranges(layers) -> list[tuple[int, int, tuple]]:
 
 def cmd_place(a: argparse.Namespace) -> int:
     from dse.catalog.models import get_model
-    from dse.search.opcost import op_costs, parse_pool
-    from dse.search.placement import SCALE, place
+    from dse.deploy.opcost import op_costs, parse_pool
+    from dse.solvers.placement import SCALE, place
 
     model = get_model(a.model)
     pools = [parse_pool(p) for p in a.pool]
@@ -134,7 +134,7 @@ def cmd_place(a: argparse.Namespace) -> int:
 def cmd_size(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from dse.search import sizing
+    from dse.solvers import sizing
 
     scn = sizing.load_sizing(a.space)
     prob = sizing.build_problem(scn)

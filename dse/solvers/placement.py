@@ -74,7 +74,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from dse.errors import DSEError
-from dse.search.opcost import OpCosts
+from dse.deploy.opcost import OpCosts
 
 SCALE = 1_000_000      # integer time units per ms
 MEM_UNIT = 1_000.0     # bytes per integer memory unit
@@ -754,7 +754,7 @@ def explain_infeasible(costs: OpCosts, pins: dict) -> str:
 
 def score(model, pools, *, objective: str = "bottleneck", time_limit: float = 10.0, **kw) -> dict:
     """Metrics of a multi-pool candidate at its optimal placement (for the search)."""
-    from dse.search.opcost import op_costs
+    from dse.deploy.opcost import op_costs
 
     costs = op_costs(model, pools, **kw)
     r = place(costs, objective=objective, time_limit=time_limit)

@@ -1,7 +1,7 @@
 """`dse sweep SPACE.yaml`: parse, call `sweep`, print where the results are and the Pareto set.
 
 `add_parser(subparsers)` registers the command on the main `dse` parser; `main(argv)`
-runs it standalone (tests, `python -m dse.search.cli`).
+runs it standalone (tests, `python -m dse.cli.sweep`).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m dse.report.cli DIR`) until the main CLI wires it in."""
+    """Stand-alone entry (`python -m dse.cli.report DIR`) until the main CLI wires it in."""
     import sys
 
     from dse.errors import DSEError

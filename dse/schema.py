@@ -1,0 +1,121 @@
+"""The contract every layer shares: configuration columns, metrics (unit, label, direction),
+serving modes, bottlenecks and infeasibility reason codes.
+
+Nothing here computes; it names. The engine writes these columns, the search optimises
+them, the report labels them, and a results directory is read back by them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["COLUMNS", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS", "DEVICE_COLUMNS", "METRICS",
+           "METRIC_INFO", "Metric", "MODES", "BOTTLENECKS", "REASON_CODES", "NON_NUMERIC_METRICS",
+           "direction", "metric_label"]
+
+MODES = ("agg", "disagg", "afd")
+
+# column -> default (None = required). Role columns left at "" / 0 inherit the generic one
+# (prefill_device "" -> device, decode_tp 0 -> tp, ...), so one axis can drive every role.
+COLUMNS: dict[str, Any] = {
+    "model": None,
+    "device": None,
+    "mode": "agg",
+    "tp": 1,            # attention tensor parallel
+    "pp": 1,            # pipeline stages
+    "dp": 1,            # attention data-parallel ranks inside one worker
+    "ep": 1,            # expert parallel (MoE tensor parallel = tp*dp/ep)
+    "replicas": 1,      # identical copies of the whole deployment unit
+    "weight_dtype": "native",
+    "kv_dtype": "bf16",
+    "batch_size": 1,    # concurrent requests per replica (agg, afd); decode batch default (disagg)
+    "isl": 1024,
+    "osl": 256,
+    "prefix_hit": 0.0,  # fraction of prompt tokens served from the prefix cache
+    "routing_skew": 0.0,  # power-law exponent of expert popularity (0 = balanced)
+    "power_cap": 1.0,   # fraction of TDP
+    "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
+    "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
+    "bench_rounds": np.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
+    "spec_tokens": 0,   # speculative decoding: tokens drafted per decode step (MTP / EAGLE; 0 = off)
+    "spec_acceptance": np.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
+    # disagg: prefill and decode pools
+    "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
+    "prefill_workers": 1,
+    "decode_device": "", "decode_tp": 0, "decode_dp": 0, "decode_ep": 0, "decode_pp": 0,
+    "decode_workers": 1, "decode_batch_size": 0,
+    # afd: attention pool (attn_gpus GPUs, attention TP attn_tp, the rest data-parallel)
+    # and FFN pool (ffn_gpus GPUs: expert parallel for MoE, tensor parallel for dense)
+    "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
+    # service-level objectives (inf = none)
+    "ttft_slo_ms": np.inf, "tpot_slo_ms": np.inf,
+}
+STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
+                  "attn_device", "ffn_device", "backend")
+INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "prefill_workers",
+               "decode_workers", "attn_tp")
+ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
+                    "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus")
+DEVICE_COLUMNS = ("device", "prefill_device", "decode_device", "attn_device", "ffn_device")
+
+# the engine's output columns, in this order
+METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
+           "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
+           "capex_usd", "meets_slo", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "feasible", "infeasible_reason",
+           "bottleneck")
+NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck", "meets_slo")
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str          # short human label
+    unit: str           # "" for a count or a ratio
+    direction: str      # "min" or "max": which way is better
+
+
+METRIC_INFO: dict[str, Metric] = {
+    "ttft_ms": Metric("TTFT", "ms", "min"),
+    "tpot_ms": Metric("TPOT", "ms", "min"),
+    "e2e_ms": Metric("end-to-end", "ms", "min"),
+    "tokens_per_s": Metric("throughput", "tok/s", "max"),
+    "tokens_per_s_per_gpu": Metric("throughput per GPU", "tok/s/GPU", "max"),
+    "tokens_per_s_per_user": Metric("speed per user", "tok/s/user", "max"),
+    "goodput_tokens_per_s": Metric("goodput", "tok/s", "max"),
+    "power_w": Metric("power", "W", "min"),
+    "joules_per_token": Metric("energy", "J/token", "min"),
+    "usd_per_mtok": Metric("cost", "$/Mtok", "min"),
+    "usd_per_mtok_at_slo": Metric("cost at the SLO", "$/Mtok", "min"),
+    "usd_per_hour": Metric("cost rate", "$/h", "min"),
+    "capex_usd": Metric("capex", "$", "min"),
+    "num_gpus": Metric("GPUs", "", "min"),
+    "memory_gb_per_gpu": Metric("memory per GPU", "GB", "min"),
+    # afd candidates at their optimal op placement (scenarios with a `placement:` section)
+    "placed_tokens_per_s": Metric("placed throughput", "tok/s", "max"),
+    "placed_tpot_ms": Metric("placed TPOT", "ms", "min"),
+    "placed_usd_per_mtok": Metric("placed cost", "$/Mtok", "min"),
+    "placed_bottleneck_ms": Metric("placed bottleneck stage", "ms", "min"),
+    "placed_num_gpus": Metric("placed GPUs", "", "min"),
+    "placed_gain": Metric("placement gain over the split", "x", "max"),
+}
+
+# what binds the decode step (the `bottleneck` column's categories, in code order)
+BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]
+
+# why a row is infeasible: the code is the first word of its text ("memory: weights do not fit")
+# and is what code branches on; the text says the rest
+REASON_CODES = ("memory", "kv_capacity", "structure", "placement", "constraint")
+
+
+def direction(metric: str) -> str:
+    """'min' or 'max' for a metric; unknown metrics are minimised."""
+    info = METRIC_INFO.get(metric)
+    return info.direction if info else "min"
+
+
+def metric_label(name: str, *, unit: bool = True) -> str:
+    info = METRIC_INFO.get(name)
+    if info is None:
+        return name
+    return f"{info.label} ({info.unit})" if unit and info.unit else info.label

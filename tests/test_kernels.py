@@ -222,7 +222,7 @@ def test_experts_hit_grows_with_tokens_and_is_bounded_by_the_local_experts():
 # ------------------------------------------------------------- calibration files
 def test_shipped_calibrations_carry_provenance():
     for dev in DEVICES:
-        path = Path(str(calibrate._calibration_dir())) / f"{dev}.yaml"
+        path = Path(str(calibrate.calibration_dir())) / f"{dev}.yaml"
         doc = yaml.safe_load(path.read_text())
         prov = doc["provenance"]
         assert prov["tool"] == "dse calibrate" and "AIConfigurator" in prov["attribution"]
@@ -238,7 +238,8 @@ def test_write_then_load_roundtrip(tmp_path, monkeypatch):
                                    "rows": 3}}}
     path = calibrate.write(result, "h100_sxm", tmp_path)
     assert path.name == "h100_sxm.yaml" and not list(tmp_path.glob(".*tmp"))
-    monkeypatch.setattr(calibrate, "_calibration_dir", lambda: tmp_path)
+    from dse.deploy import kernel_params
+    monkeypatch.setattr(kernel_params, "calibration_dir", lambda: tmp_path)
     loaded = calibrate.load_params("h100_sxm")
     assert loaded["nccl"]["base_us"] == 1.0
     assert loaded["gemm"] == K.DEFAULT_PARAMS["gemm"]          # missing family -> defaults

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dse.search.pareto import (_nondominated_numpy, hypervolume, log_inverse, log_transform, normalized_hypervolume,
+from dse.pareto import (_nondominated_numpy, hypervolume, log_inverse, log_transform, normalized_hypervolume,
                                pareto_mask, reference_box)
 
 

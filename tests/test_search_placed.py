@@ -9,7 +9,7 @@ import yaml
 from dse import cli
 from dse.catalog.models import get_model
 from dse.deploy.opcost import Pool, op_costs
-from dse.search.pareto import pareto_mask
+from dse.pareto import pareto_mask
 from dse.solvers.placement import evaluate_sequence, place
 from dse.search.run import sweep
 

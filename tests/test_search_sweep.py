@@ -12,7 +12,7 @@ import yaml
 from dse.errors import DSEError
 from dse import cli
 from dse.search import nsga2
-from dse.search.pareto import pareto_mask
+from dse.pareto import pareto_mask
 from dse.search.results import hypervolume_against, load_result
 from dse.search.run import sweep
 from dse.search.space import load_space

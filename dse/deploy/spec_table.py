@@ -11,10 +11,10 @@ import functools
 
 import numpy as np
 
-from dse.fit.calibrate import load_params
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.systems import get_system
+from dse.deploy.kernel_params import load_params
 from dse.model import kernels
 from dse.model.ops import Hw
 

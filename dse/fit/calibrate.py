@@ -31,6 +31,7 @@ import yaml
 
 from dse.catalog import dtypes
 from dse.catalog.devices import Device, get_device
+from dse.deploy.kernel_params import calibration_dir, load_params
 from dse.model import kernels as K
 
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
@@ -380,10 +381,6 @@ def fit(kernels_dir: str | Path, device_id: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ storage
-def _calibration_dir() -> Path:
-    return Path(str(resources.files("dse.hardware"))) / "calibration"
-
-
 def _short_path(path: str) -> str:
     """'.../shared/calibration/kernels/x/gemm.csv.gz' -> 'shared/calibration/kernels/x/gemm.csv.gz'."""
     parts = Path(path).parts
@@ -392,7 +389,7 @@ def _short_path(path: str) -> str:
 
 def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None = None) -> Path:
     """Write a `fit` result as <out_dir>/<device>.yaml atomically, with provenance."""
-    out = Path(out_dir) if out_dir is not None else _calibration_dir()
+    out = Path(out_dir) if out_dir is not None else calibration_dir()
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "device": device_id,
@@ -419,22 +416,6 @@ def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None 
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
-
-
-def load_params(device_id: str) -> dict[str, dict[str, float]]:
-    """Fitted kernel parameters of a device: its own calibration, else that of its
-    `calibration_from` device, else DEFAULT_PARAMS; families missing from a file are
-    filled from DEFAULT_PARAMS."""
-    device = get_device(device_id)
-    params = {fam: dict(vals) for fam, vals in K.DEFAULT_PARAMS.items()}
-    for ref in (device.id, device.calibration_from):
-        path = _calibration_dir() / f"{ref}.yaml"
-        if ref and path.is_file():
-            doc = yaml.safe_load(path.read_text()) or {}
-            for fam, vals in (doc.get("params") or {}).items():
-                params[fam] = {k: float(v) for k, v in vals.items()}
-            break
-    return params
 
 
 def main(argv: list[str] | None = None) -> int:

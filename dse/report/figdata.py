@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dse.errors import DSEError
+from dse.pareto import pareto_mask
 from dse.schema import METRIC_INFO, METRICS, direction, metric_label
 
 RUN_JSON, PARETO_CSV, CONFIGS_PARQUET, VALIDATION_JSON = "run.json", "pareto.csv", "configs.parquet", "validation.json"
@@ -600,28 +601,8 @@ def objective_pairs(objectives: list[Objective], available: Any = None) -> list[
 
 def nondominated_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     """True where a row of `values` (n, k) is not dominated by another row."""
-    v = np.asarray(values, dtype=float) * np.array([1.0 if d == "min" else -1.0 for d in directions])
-    n = v.shape[0]
-    keep = np.ones(n, dtype=bool)
-    if n == 0:
-        return keep
-    if v.shape[1] == 2:  # sort sweep: O(n log n)
-        order = np.lexsort((v[:, 1], v[:, 0]))
-        best = np.inf
-        prev = None
-        for i in order:
-            x, y = v[i]
-            if y < best:
-                best, prev = y, (x, y)
-            elif not (prev is not None and x == prev[0] and y == prev[1]):
-                keep[i] = False
-        return keep
-    for s in range(0, n, 512):
-        blk = v[s:s + 512]
-        le = (v[None, :, :] <= blk[:, None, :]).all(axis=2)
-        lt = (v[None, :, :] < blk[:, None, :]).any(axis=2)
-        keep[s:s + 512] = ~(le & lt).any(axis=1)
-    return keep
+    sign = np.array([1.0 if d == "min" else -1.0 for d in directions])
+    return pareto_mask(np.asarray(values, dtype=float) * sign)
 
 
 def _use_log(*arrays: np.ndarray) -> bool:

@@ -32,7 +32,7 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.operators.sampling.rnd import IntegerRandomSampling
 
 from dse.search.evaluation import evaluate_batch
-from dse.search.pareto import log_transform
+from dse.pareto import log_transform
 from dse.search.progress import Progress, ProgressArg
 from dse.search.space import Space
 from dse.search.store import RunStore
@@ -133,7 +133,7 @@ class _Convergence:
 
     def update(self, F: np.ndarray, G: np.ndarray, n: int) -> bool:
         """Add a generation's new rows; True when converged."""
-        from dse.search.pareto import normalized_hypervolume, pareto_mask, reference_box
+        from dse.pareto import normalized_hypervolume, pareto_mask, reference_box
 
         ok = (G <= 0).all(axis=1)
         if ok.any():

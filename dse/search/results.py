@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dse import io
-from dse.search.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
+from dse.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
 from dse.search.space import Space
 from dse.search.store import RunStore
 from dse.schema import METRICS

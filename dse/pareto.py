@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["pareto_mask", "log_transform", "log_inverse", "hypervolume", "reference_box",
+           "normalized_hypervolume"]
+
 # A log-like scale defined for every real value: asinh(v / 1e-6) = ln(2e6 v) for positive
 # values well above 1e-6 (every metric of interest), monotone through zero and negatives.
 LOG_SCALE = 1e-6

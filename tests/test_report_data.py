@@ -18,6 +18,7 @@ import pytest
 import dse
 from dse.errors import DSEError
 from dse.report import figdata as fd
+from dse.report import rundata
 
 MODEL = "meta-llama/Llama-3.1-70B"
 OBJECTIVES = [{"name": "tpot_ms", "direction": "min"}, {"name": "usd_per_mtok", "direction": "min"},
@@ -126,7 +127,7 @@ def run_dir(tmp_path, grid_df) -> Path:
 # ----------------------------------------------------------------------------- tests
 
 def test_load_run_reads_pareto_whole_and_counts(run_dir, grid_df):
-    rd = fd.load_run(run_dir)
+    rd = rundata.load_run(run_dir)
     pareto = pd.read_csv(run_dir / "pareto.csv")
     assert len(rd.pareto) == len(pareto) > 3
     assert [o.name for o in rd.objectives] == ["tpot_ms", "usd_per_mtok", "joules_per_token"]
@@ -145,8 +146,8 @@ def test_load_run_reads_pareto_whole_and_counts(run_dir, grid_df):
 
 
 def test_sample_is_bounded_stratified_and_deterministic(run_dir, grid_df):
-    a = fd.load_run(run_dir, max_dominated=60, max_infeasible=10)
-    b = fd.load_run(run_dir, max_dominated=60, max_infeasible=10)
+    a = rundata.load_run(run_dir, max_dominated=60, max_infeasible=10)
+    b = rundata.load_run(run_dir, max_dominated=60, max_infeasible=10)
     feas = a.background["feasible"].astype(bool)
     assert feas.sum() == 60 and (~feas).sum() == 10
     pd.testing.assert_frame_equal(a.background, b.background)
@@ -158,9 +159,9 @@ def test_sample_is_bounded_stratified_and_deterministic(run_dir, grid_df):
 
 
 def test_allocate_water_filling():
-    assert fd.allocate(np.array([5, 100, 100]), 65).tolist() == [5, 30, 30]
-    assert fd.allocate(np.array([3, 3]), 100).tolist() == [3, 3]
-    q = fd.allocate(np.array([10, 10, 10]), 7)
+    assert rundata.allocate(np.array([5, 100, 100]), 65).tolist() == [5, 30, 30]
+    assert rundata.allocate(np.array([3, 3]), 100).tolist() == [3, 3]
+    q = rundata.allocate(np.array([10, 10, 10]), 7)
     assert q.sum() == 7 and q.max() - q.min() <= 1
 
 
@@ -173,7 +174,7 @@ def test_nondominated_mask_matches_brute_force():
 
 
 def test_point_sets_and_scatter_series(run_dir):
-    rd = fd.load_run(run_dir)
+    rd = rundata.load_run(run_dir)
     pairs = fd.objective_pairs(rd.objectives)
     assert [(a.name, b.name) for a, b in pairs] == [("tpot_ms", "usd_per_mtok"), ("tpot_ms", "joules_per_token"),
                                                     ("usd_per_mtok", "joules_per_token")]
@@ -214,13 +215,13 @@ def test_groups_coarsen_to_at_most_ten_colours():
             for a in devs for b in devs] + [dict(device=a, mode="agg", prefill_device="", decode_device="",
                                                   feasible=True) for a in devs]
     df = pd.DataFrame(rows)
-    p, b = fd.choose_groups(df.iloc[:3], df)
+    p, b = rundata.choose_groups(df.iloc[:3], df)
     assert len(set(p) | set(b)) <= 10
     assert set(b) == {f"d{i}" for i in range(6)}  # 42 role pairs x modes -> device
-    p, b = fd.choose_groups(df.iloc[36:38], df.iloc[36:])  # agg only: devices, no mode suffix
+    p, b = rundata.choose_groups(df.iloc[36:38], df.iloc[36:])  # agg only: devices, no mode suffix
     assert list(p) == ["d0", "d1"] and list(b) == devs
     small = df.iloc[[1, 40]]
-    p, _ = fd.choose_groups(small, small.iloc[:0].assign(feasible=pd.Series(dtype=bool)))
+    p, _ = rundata.choose_groups(small, small.iloc[:0].assign(feasible=pd.Series(dtype=bool)))
     assert list(p) == ["d0+d1 · disagg", "d4 · agg"]
 
 
@@ -243,14 +244,14 @@ def test_hover_text_configuration_roles_and_binding():
     assert "prefill: h200_sxm · tp 8 · workers 2" in t[1] and "decode: b200_sxm" in t[1]  # blank: inherits
     assert "attn: mi355x · gpus 8" in t[2] and "ffn: b200_sxm" in t[2]
     assert "infeasible: kv_capacity" in t[2]
-    assert fd.group_labels(df).tolist() == ["b200_sxm", "h200_sxm+b200_sxm", "mi355x+b200_sxm"]
+    assert rundata.group_labels(df).tolist() == ["b200_sxm", "h200_sxm+b200_sxm", "mi355x+b200_sxm"]
 
 
 def test_parcoords_categories_become_labelled_codes(tmp_path, grid_df):
     # with the hourly cost as an objective every device has Pareto-optimal configurations
     objs = [{"name": "tpot_ms", "direction": "min"}, {"name": "usd_per_mtok", "direction": "min"},
             {"name": "usd_per_hour", "direction": "min"}]
-    rd = fd.load_run(write_results_dir(tmp_path / "r", grid_df, objectives=objs))
+    rd = rundata.load_run(write_results_dir(tmp_path / "r", grid_df, objectives=objs))
     pc = fd.parcoords_data(rd)
     labels = [d.label for d in pc.dims]
     for label, want in zip(labels[-3:], ["TPOT (ms) ↓", "cost ($/Mtok) ↓", "cost rate ($/h) ↓"]):
@@ -264,7 +265,7 @@ def test_parcoords_categories_become_labelled_codes(tmp_path, grid_df):
 
 
 def test_table_rows_sorted_by_first_objective(run_dir):
-    rd = fd.load_run(run_dir)
+    rd = rundata.load_run(run_dir)
     td = fd.table_data(rd)
     assert td.n_total == len(rd.pareto) == len(td.rows)
     i = td.columns.index("TPOT (ms) ↓")
@@ -275,7 +276,7 @@ def test_table_rows_sorted_by_first_objective(run_dir):
 
 
 def test_facts_scenario_run_and_validation(run_dir):
-    f = fd.facts(fd.load_run(run_dir))
+    f = fd.facts(rundata.load_run(run_dir))
     assert f["scenario"]["model"] == MODEL and f["scenario"]["slos"]["tpot_ms"] == 100
     assert f["run"]["strategy"] == "grid" and f["run"]["hypervolume"] == 0.4321
     assert "TPOT (ms) ↓" in f["run"]["objectives"]
@@ -285,7 +286,7 @@ def test_facts_scenario_run_and_validation(run_dir):
 def test_max_objective_direction(tmp_path, grid_df):
     objs = [{"name": "tokens_per_s_per_user", "direction": "max"}, {"name": "usd_per_mtok", "direction": "min"}]
     d = write_results_dir(tmp_path / "r", grid_df, objectives=objs)
-    rd = fd.load_run(d)
+    rd = rundata.load_run(d)
     (pair,) = fd.objective_pairs(rd.objectives)
     sd = fd.scatter_data(rd, pair)
     (front,) = [s for s in sd.series if s.role == "front"]
@@ -295,36 +296,36 @@ def test_max_objective_direction(tmp_path, grid_df):
 
 def test_missing_or_bad_files_raise_one_line_errors(tmp_path, run_dir):
     with pytest.raises(DSEError, match="not a directory"):
-        fd.load_run(tmp_path / "nope")
+        rundata.load_run(tmp_path / "nope")
     (run_dir / "pareto.csv").unlink()
     with pytest.raises(DSEError, match="pareto.csv: not found"):
-        fd.load_run(run_dir)
+        rundata.load_run(run_dir)
     (run_dir / "run.json").write_text("{not json")
     with pytest.raises(DSEError, match=r"run.json: not valid JSON"):
-        fd.load_run(run_dir)
+        rundata.load_run(run_dir)
     (run_dir / "run.json").write_text(json.dumps({"objectives": [{"name": "tpot_ms", "direction": "down"}]}))
     with pytest.raises(DSEError, match=r"objectives\[0\].direction"):
-        fd.load_run(run_dir)
+        rundata.load_run(run_dir)
 
 
 def test_single_objective_and_empty_pareto_set(tmp_path, grid_df):
     from dse.report.html import write_report
 
     d = write_results_dir(tmp_path / "one", grid_df, objectives=[{"name": "usd_per_mtok", "direction": "min"}])
-    rd = fd.load_run(d)
+    rd = rundata.load_run(d)
     (pair,) = fd.objective_pairs(rd.objectives, rd.pareto.columns)
     assert [o.name for o in pair] == ["usd_per_mtok", "tokens_per_s_per_gpu"]
     assert 'id="pair-0"' in write_report(d).read_text()
 
     d = write_results_dir(tmp_path / "none", grid_df[~grid_df["feasible"]])  # nothing feasible
-    rd = fd.load_run(d)
+    rd = rundata.load_run(d)
     assert len(rd.pareto) == 0 and rd.n_feasible == 0 and len(rd.background) == len(grid_df[~grid_df["feasible"]])
     page = write_report(d).read_text()
     assert 'id="pair-0"' in page and 'id="parcoords"' not in page
 
 
 def test_hover_text_budget_thins_only_the_background(run_dir):
-    rd = fd.load_run(run_dir)
+    rd = rundata.load_run(run_dir)
     full = fd.point_sets(rd)
     total = sum(len(t.encode()) for ps in full for t in ps.text)
     pareto = sum(len(t.encode()) for ps in full if ps.role == "pareto" for t in ps.text)

@@ -103,7 +103,8 @@ def test_bad_placement_sections(tmp_path, capsys, change, words):
 
 
 def test_report_treats_placed_figures_as_metrics_and_shows_the_placement(run):
-    from dse.report.figdata import load_run, point_sets
+    from dse.report.figdata import point_sets
+    from dse.report.rundata import load_run
     from dse.schema import METRIC_INFO as METRIC_LABELS
     from dse.solvers import placed
 

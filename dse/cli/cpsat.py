@@ -10,6 +10,8 @@ import math
 
 from dse.errors import DSEError
 
+__all__ = ["add_parsers", "cmd_place", "cmd_size"]
+
 
 def add_parsers(sub) -> None:
     """Register `place` and `size` on an argparse subparsers object."""

@@ -8,6 +8,8 @@ import sys
 
 from dse.errors import DSEError
 
+__all__ = ["build_parser", "main"]
+
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from dse import api

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+__all__ = ["factorize"]
+
 
 def factorize(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(codes, uniques) in order of first appearance, as `pd.factorize` returns them."""

@@ -22,7 +22,10 @@ import numpy as np
 
 from dse.io import write_text
 from dse.report import figdata as fd
+from dse.report import rundata
 from dse.schema import METRIC_INFO
+
+__all__ = ["write_report", "scatter_figure", "parcoords_figure", "store_script", "render"]
 
 REPORT_HTML = "report.html"
 GL_THRESHOLD = 1000   # a trace with more points than this is drawn with WebGL
@@ -31,7 +34,7 @@ FIG_CONFIG = {"displaylogo": False, "responsive": True}
 
 def write_report(run_dir: str | Path, *, out: str | Path | None = None, **load_kw: Any) -> Path:
     """Build the report of a results directory; returns the path written (atomically)."""
-    rd = fd.load_run(run_dir, **load_kw)
+    rd = rundata.load_run(run_dir, **load_kw)
     page = render(rd)
     return write_text(Path(out) if out is not None else Path(run_dir) / REPORT_HTML, page)
 

@@ -7,12 +7,12 @@ from dse.errors import DSEError
 
 __version__ = "0.1.0"
 
-__all__ = ["DSEError", "evaluate", "evaluate_mix", "explain", "sweep", "load_scenario", "load_space", "__version__"]
+__all__ = ["DSEError", "evaluate", "evaluate_mix", "explain", "grid", "sweep", "load_scenario", "load_space", "__version__"]
 
 
 def __getattr__(name: str):
     # Lazy so that `import dse` stays cheap and the model never imports the search stack.
-    if name in ("evaluate", "evaluate_mix", "explain", "sweep", "load_scenario", "load_space"):
+    if name in ("evaluate", "evaluate_mix", "explain", "grid", "sweep", "load_scenario", "load_space"):
         from dse import api
 
         return getattr(api, name)

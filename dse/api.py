@@ -3,7 +3,8 @@ that own them.
 
 `evaluate(model=..., device=..., tp=[1, 2, 4], ...)` takes scalars or equal-length
 sequences (paired element-wise, not crossed), broadcasts them and returns one DataFrame
-row per configuration with the metric columns of dse.schema. Infeasible rows stay, flagged
+row per configuration with the metric columns of dse.schema; `grid(**axes)` builds the
+product of axes instead. Infeasible rows stay, flagged
 with a reason. `sweep` searches a scenario file and writes its results and report.
 """
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Any
 
 from dse.deploy.evaluate import evaluate
 from dse.deploy.explain import check_config, explain
+from dse.deploy.grid import grid
 from dse.deploy.mix import evaluate_mix
 from dse.schema import COLUMNS, INT_COLUMNS, METRICS, MODES, ROLE_INT_COLUMNS, STRING_COLUMNS
 
-__all__ = ["evaluate", "evaluate_mix", "explain", "check_config", "sweep", "load_scenario", "load_space",
+__all__ = ["evaluate", "evaluate_mix", "explain", "check_config", "grid", "sweep", "load_scenario", "load_space",
            "COLUMNS", "METRICS", "MODES", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS"]
 
 

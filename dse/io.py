@@ -6,12 +6,13 @@ stays intact until the new one is complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_text", "write_json"]
+__all__ = ["atomic_write", "write_text", "write_json", "to_json", "jsonable"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -41,12 +42,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    return write_text(path, to_json(data) + "\n")
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+def to_json(data: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity tokens): NaN becomes null and an infinite
+    value the string "inf" / "-inf" (an SLO or limit of inf means "none")."""
+    return json.dumps(jsonable(data), indent=indent, allow_nan=False)
+
+
+def jsonable(obj: Any) -> Any:
+    """obj with numpy scalars and arrays as Python values and non-finite floats replaced."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return jsonable(obj.tolist())          # numpy arrays and scalars (item() for 0-d)
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
     return str(obj)

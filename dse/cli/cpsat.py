@@ -5,10 +5,9 @@ Wired into dse/cli.py with one line: `cli_cpsat.add_parsers(sub)`.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
 from dse.errors import DSEError
+from dse.io import to_json
 
 __all__ = ["add_parsers", "cmd_place", "cmd_size"]
 
@@ -86,7 +85,7 @@ def cmd_place(a: argparse.Namespace) -> int:
                      weight_dtype=a.weight_dtype, kv_dtype=a.kv_dtype, routing_skew=a.routing_skew, own=a.own)
     r = place(costs, objective=a.objective, pins=_pins(a.pin), overlap=a.overlap, time_limit=a.time_limit)
     if a.json:
-        print(json.dumps(r.as_dict(), indent=2, default=float))
+        print(to_json(r.as_dict()))
         return 0
     names = r.pools
     ctx = f"isl {a.isl:g}" + (f" + osl {a.osl:g}" if a.phase == "decode" else "")
@@ -152,7 +151,7 @@ def cmd_size(a: argparse.Namespace) -> int:
             alt = over["resolved_measured"]
             over = {**over, "resolved_measured": alt if isinstance(alt, str) else alt.as_dict()}
             out["power_oversubscription"] = over
-        print(json.dumps(out, indent=2, default=lambda x: None if isinstance(x, float) and math.isinf(x) else str(x)))
+        print(to_json(out))
         return 0
     by = {d.name: d for d in prob.deployments}
     print(f"{scn['name']}: {scn['model']}, {len(prob.deployments)} candidate deployments, objective {prob.objective} "

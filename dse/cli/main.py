@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from dse.errors import DSEError
+from dse.io import to_json
 
 __all__ = ["build_parser", "main"]
 
@@ -17,9 +17,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     cfg = {k: v for k, v in vars(a).items() if k in api.COLUMNS and v is not None}
     row, ops, pools = api.explain(**cfg)
     if a.json:
-        print(json.dumps({"metrics": {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-                          "pools": pools.to_dict(orient="records"),
-                          "ops": ops.to_dict(orient="records")}, indent=2, default=str))
+        print(to_json({"metrics": dict(row.items()), "pools": pools.to_dict(orient="records"),
+                       "ops": ops.to_dict(orient="records")}))
         return 0
     print(f"{row['model']} on {row['num_gpus']} x {row['device']}  mode={row['mode']} tp={row['tp']:.0f} "
           f"pp={row['pp']:.0f} dp={row['dp']:.0f} ep={row['ep']:.0f} batch={row['batch_size']:.0f} "

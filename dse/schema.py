@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import math
 
 __all__ = ["COLUMNS", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS", "DEVICE_COLUMNS", "METRICS",
            "METRIC_INFO", "Metric", "MODES", "BOTTLENECKS", "REASON_CODES", "NON_NUMERIC_METRICS",
@@ -38,9 +38,9 @@ COLUMNS: dict[str, Any] = {
     "power_cap": 1.0,   # fraction of TDP
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
     "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
-    "bench_rounds": np.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
+    "bench_rounds": math.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
     "spec_tokens": 0,   # speculative decoding: tokens drafted per decode step (MTP / EAGLE; 0 = off)
-    "spec_acceptance": np.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
+    "spec_acceptance": math.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
     # disagg: prefill and decode pools
     "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
     "prefill_workers": 1,
@@ -50,7 +50,7 @@ COLUMNS: dict[str, Any] = {
     # and FFN pool (ffn_gpus GPUs: expert parallel for MoE, tensor parallel for dense)
     "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
     # service-level objectives (inf = none)
-    "ttft_slo_ms": np.inf, "tpot_slo_ms": np.inf,
+    "ttft_slo_ms": math.inf, "tpot_slo_ms": math.inf,
 }
 STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
                   "attn_device", "ffn_device", "backend")

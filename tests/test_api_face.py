@@ -64,3 +64,18 @@ def test_validate_json_is_strict(tmp_path):
     out = tmp_path / "v.json"
     assert main(["validate", "--measurements", str(src), "--json", str(out)]) == 0
     _strict_loads(out.read_text())
+
+
+def test_version_and_catalog_show(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"dse {dse.__version__}"
+    assert main(["hardware", "show", "h100_sxm"]) == 0
+    out = capsys.readouterr().out
+    mem = next(line for line in out.splitlines() if line.strip().startswith("memory_tb_s"))
+    assert "3.35" in mem and "hardware_specs.csv" in mem          # the figure beside its source
+    assert main(["models", "show", "deepseek-ai/DeepSeek-V3"]) == 0
+    out = capsys.readouterr().out
+    assert "256 experts, top-8" in out and "mla" in out and "Apache-2.0" in out
+    assert main(["models", "show"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give an id" in err

@@ -35,9 +35,21 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _show(a: argparse.Namespace, what: str) -> int:
+    from dse.cli import show
+
+    if not a.id:
+        raise DSEError(f"{what} show: give an id, e.g. `dse {what} show " +
+                       ("h100_sxm`" if what == "hardware" else "meta-llama/Llama-3.1-70B`"))
+    print(show.show_device(a.id) if what == "hardware" else show.show_model(a.id))
+    return 0
+
+
 def _cmd_models(a: argparse.Namespace) -> int:
     from dse.catalog.models import get_model, model_ids
 
+    if a.action == "show":
+        return _show(a, "models")
     for mid in model_ids():
         try:
             m = get_model(mid)
@@ -53,6 +65,8 @@ def _cmd_models(a: argparse.Namespace) -> int:
 def _cmd_hardware(a: argparse.Namespace) -> int:
     from dse.catalog.devices import all_devices
 
+    if a.action == "show":
+        return _show(a, "hardware")
     print(f"{'id':<13} {'bf16':>6} {'fp8':>6} {'fp4':>6} {'GB':>5} {'TB/s':>5} {'up GB/s':>7} {'TDP W':>6} "
           f"{'$':>7} {'$/h':>5}  system")
     for d in all_devices():
@@ -102,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dse import schema as api
 
     p = argparse.ArgumentParser(prog="dse", description=__doc__)
+    p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     ev = sub.add_parser("evaluate", help="metrics and per-operator breakdown of one configuration")
@@ -117,11 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ev.set_defaults(func=_cmd_evaluate)
 
-    models = sub.add_parser("models", help="model catalog")
-    models.add_argument("action", choices=["list"])
+    models = sub.add_parser("models", help="model catalog: list, or show one with its source")
+    models.add_argument("action", choices=["list", "show"])
+    models.add_argument("id", nargs="?", help="model id (Hugging Face name) for `show`")
     models.set_defaults(func=_cmd_models)
-    hw = sub.add_parser("hardware", help="device catalog")
-    hw.add_argument("action", choices=["list"])
+    hw = sub.add_parser("hardware", help="device catalog: list, or show one with every figure's source")
+    hw.add_argument("action", choices=["list", "show"])
+    hw.add_argument("id", nargs="?", help="device id or YAML path for `show`")
     hw.set_defaults(func=_cmd_hardware)
 
     cal = sub.add_parser("calibrate", help="fit kernel efficiencies from measured kernel tables")
@@ -147,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):       # answered before anything heavy is imported
+        from dse import __version__
+        print(f"dse {__version__}")
+        return 0
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -222,7 +222,14 @@ def test_groups_coarsen_to_at_most_ten_colours():
     assert list(p) == ["d0", "d1"] and list(b) == devs
     small = df.iloc[[1, 40]]
     p, _ = rundata.choose_groups(small, small.iloc[:0].assign(feasible=pd.Series(dtype=bool)))
-    assert list(p) == ["d0+d1 · disagg", "d4 · agg"]
+    assert list(p) == ["d0→d1 · disagg", "d4 · agg"]
+    # a split mode's placeholder `device` never names a group: the device serving its tokens does
+    hetero = pd.DataFrame([dict(device="h200_sxm", mode="disagg", prefill_device="b200_sxm", decode_device="gb200",
+                                attn_device="", ffn_device="", feasible=True),
+                           dict(device="h20", mode="afd", prefill_device="", decode_device="", attn_device="mi300x",
+                                ffn_device="b200_sxm", feasible=True)])
+    assert rundata.group_labels(hetero, "device").tolist() == ["gb200", "mi300x"]
+    assert rundata.group_labels(hetero, "roles").tolist() == ["b200_sxm→gb200", "mi300x+b200_sxm"]
 
 
 def test_hover_text_configuration_roles_and_binding():
@@ -244,7 +251,7 @@ def test_hover_text_configuration_roles_and_binding():
     assert "prefill: h200_sxm · tp 8 · workers 2" in t[1] and "decode: b200_sxm" in t[1]  # blank: inherits
     assert "attn: mi355x · gpus 8" in t[2] and "ffn: b200_sxm" in t[2]
     assert "infeasible: kv_capacity" in t[2]
-    assert rundata.group_labels(df).tolist() == ["b200_sxm", "h200_sxm+b200_sxm", "mi355x+b200_sxm"]
+    assert rundata.group_labels(df).tolist() == ["b200_sxm", "h200_sxm→b200_sxm", "mi355x+b200_sxm"]
 
 
 def test_parcoords_categories_become_labelled_codes(tmp_path, grid_df):

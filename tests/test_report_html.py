@@ -44,9 +44,15 @@ def test_quickstart_report_is_self_contained_and_under_10_mb(tmp_path, quickstar
     size = path.stat().st_size
     print(f"quickstart-size report: {len(quickstart_df):,} configurations -> {size / MB:.2f} MB in {took:.1f} s")
     assert size < 10 * MB
-    for div in ("pair-0", "pair-1", "pair-2", "view-3d", "parcoords", "pareto-table"):
+    for div in ("recommended", "standard-0", "pair-0", "pair-1", "pair-2", "why-infeasible", "model-accuracy",
+                "question", "parcoords", "pareto-table", "run"):
         assert f'id="{div}"' in page
-    assert "Model error against measurements" in page and "tpot_mape" in page
+    assert 'id="view-3d"' not in page                       # the 3-D scatter is gone
+    # sections in the planner's order: decision first, the run's facts last
+    order = [page.index(f'id="{s}"') for s in ("recommended", "standard-view", "objective-pairs", "why-infeasible",
+                                               "model-accuracy", "question", "run")]
+    assert order == sorted(order)
+    assert "This run's validation file" in page and "tpot_mape" in page
     assert "test-70b" in page and "hypervolume" in page and "strategy" in page
     assert '"bdata"' in page  # numeric arrays travel as typed base64, not JSON number lists
 

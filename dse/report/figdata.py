@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,12 +15,14 @@ import pandas as pd
 
 from dse.pareto import pareto_mask
 from dse.report.rundata import (
-    Objective, RunData, _config_order, _role_mask, _is_blank, _is_number, _py, ROLE_MODES, KEY_METRICS, CORE_CONFIG, SCENARIO_KEYS, RUN_KEYS, MAX_TABLE_ROWS, TEXT_BUDGET)
+    Objective, RunData, _config_order, _role_mask, _is_blank, _is_number, _py, ROLE_MODES, KEY_METRICS,
+    CORE_CONFIG, SCENARIO_KEYS, RUN_KEYS, MAX_TABLE_ROWS, TEXT_BUDGET)
 from dse.schema import METRIC_INFO, direction, metric_label
 
-__all__ = ["PointSet", "Series", "ScatterData", "ParcoordsDim", "ParcoordsData", "TableData", "fmt_value",
-           "hover_text", "hover_metrics", "point_sets", "objective_pairs", "nondominated_mask",
-           "scatter_data", "parcoords_data", "table_data", "facts"]
+__all__ = ["axis_ticks", "tick_label", "PointSet", "Series", "ScatterData", "ParcoordsDim", "ParcoordsData",
+           "TableData", "fmt_value", "hover_text", "hover_metrics", "point_sets", "objective_pairs",
+           "nondominated_mask", "scatter_data", "parcoords_data", "table_data", "facts", "STANDARD_VIEW",
+           "standard_view_available", "question", "why_infeasible"]
 
 @dataclass
 class PointSet:
@@ -51,6 +53,7 @@ class ScatterData:
     axes: list[Objective]         # 2 or 3
     log: list[bool]               # log axis per objective
     series: list[Series]
+    ticks: list[dict] = field(default_factory=list)   # per axis: range, and tick values and labels on a log axis
 
     @property
     def title(self) -> str:
@@ -260,8 +263,49 @@ def scatter_data(rd: RunData, axes: tuple[Objective, ...] | list[Objective],
         out.append(Series(role="front", group="", key=None, x=front[names[0]].to_numpy(np.float32),
                           y=front[names[1]].to_numpy(np.float32)))
     bg = rd.background
-    logs = [_use_log(par[m].to_numpy(float), bg[m].to_numpy(float) if len(bg) else np.empty(0)) for m in names]
-    return ScatterData(axes=axes, log=logs, series=out)
+    feas = bg[bg["feasible"].astype(bool)] if len(bg) else bg      # infeasible points start hidden
+    cols = [[par[m].to_numpy(float), feas[m].to_numpy(float) if len(feas) else np.empty(0)] for m in names]
+    logs = [_use_log(*c) for c in cols]
+    ticks = [axis_ticks(np.concatenate(c), log, METRIC_INFO[m].unit if m in METRIC_INFO else "")
+             for c, log, m in zip(cols, logs, names)]
+    return ScatterData(axes=axes, log=logs, series=out, ticks=ticks)
+
+
+def tick_label(v: float, unit: str = "") -> str:
+    """A tick value in full (20, 500, 2k, 0.05), never a bare mantissa, with its unit."""
+    a = abs(v)
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= scale:
+            text = f"{v / scale:g}{suffix}"
+            break
+    else:
+        text = f"{v:g}"
+    return f"{text} {unit}" if unit else text
+
+
+def axis_ticks(values: np.ndarray, log: bool, unit: str = "") -> dict:
+    """The axis range (log10 units on a log axis) and, on a log axis, ticks at 1-2-5 of
+    every decade (decades only when that would crowd the axis), each labelled in full.
+    A single value still gets a readable span around it."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & ((v > 0) if log else True)]
+    if not v.size:
+        return {}
+    lo, hi = float(v.min()), float(v.max())
+    if not log:
+        if hi == lo:
+            pad = abs(lo) * 0.1 if lo else 1.0
+            return {"range": [lo - pad, hi + pad]}
+        pad = (hi - lo) * 0.05
+        return {"range": [lo - pad, hi + pad]}
+    if hi <= lo * 1.5:
+        lo, hi = lo / 2.0, hi * 2.0
+    lo, hi = lo / 1.15, hi * 1.15
+    mant = (1.0, 2.0, 5.0) if hi / lo <= 1e5 else (1.0,)
+    vals = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+            for m in mant if lo <= m * 10.0 ** k <= hi]
+    return {"range": [float(np.log10(lo)), float(np.log10(hi))], "tickvals": vals,
+            "ticktext": [tick_label(x, unit) for x in vals]}
 
 
 def parcoords_data(rd: RunData) -> ParcoordsData:
@@ -360,3 +404,63 @@ def facts(rd: RunData) -> dict[str, dict[str, Any]]:
     if rd.validation is not None:
         out["validation"] = rd.validation.get("summary", rd.validation)
     return out
+
+
+STANDARD_VIEW = (Objective("tokens_per_s_per_user", "max"), Objective("tokens_per_s_per_gpu", "max"))
+
+
+def standard_view_available(rd: RunData) -> bool:
+    """Throughput per GPU against speed per user (the industry's standard view) needs both."""
+    return all(o.name in rd.pareto.columns for o in STANDARD_VIEW)
+
+
+def _limit_text(c: dict) -> str:
+    m, lim = c.get("metric", ""), c.get("limit")
+    info = METRIC_INFO.get(m)
+    unit = f" {info.unit}" if info and info.unit else ""
+    return f"{metric_label(m, unit=False)} {'≤' if c.get('bound') == 'max' else '≥'} {_num(lim)}{unit}"
+
+
+def _num(v: Any) -> str:
+    return fmt_value(v) if isinstance(v, (int, float)) else str(v)
+
+
+def question(rd: RunData) -> list[tuple[str, str]]:
+    """The scenario as the question it asks: model, workload, SLOs, limits, what is searched."""
+    scen = rd.run.get("scenario") if isinstance(rd.run.get("scenario"), dict) else {}
+    fixed = scen.get("fixed", {})
+    out = [("Question", str(scen.get("description") or scen.get("name") or "")),
+           ("Model", str(scen.get("model", fixed.get("model", ""))))]
+    work = [f"{k} {_num(fixed[k])}" for k in ("isl", "osl", "prefix_hit") if k in fixed]
+    if work:
+        out.append(("Workload", ", ".join(work) + " tokens" if "prefix_hit" not in fixed else ", ".join(work)))
+    cons = scen.get("constraints") or rd.run.get("constraints") or []
+    if isinstance(cons, dict):          # a scenario as written rather than as resolved
+        cons = [{"key": f"constraints.{k}", "metric": k, "bound": "max", "limit": v} for k, v in cons.items()]
+    cons = [c for c in cons if isinstance(c, dict)]
+    slos = [_limit_text(c) for c in cons if str(c.get("key", "")).startswith("slo")]
+    slos += [f"{k} ≤ {_num(v)}" for k, v in (scen.get("slos") or {}).items() if not cons]
+    limits = [_limit_text(c) for c in cons if not str(c.get("key", "")).startswith("slo")]
+    out.append(("Service levels", "; ".join(slos) if slos else "none"))
+    if "own" in fixed:
+        limits.append("owned hardware (capex + energy + facility)" if fixed["own"] else "rented at $/GPU-hour")
+    fac = (scen.get("facility") or {}).get("overrides") or {}
+    limits += [f"facility {k} = {_num(v)}" for k, v in fac.items()]
+    out.append(("Limits", "; ".join(limits) if limits else "none"))
+    out.append(("Optimising", ", ".join(f"{o.label} {o.arrow}" for o in rd.objectives)))
+    axes = [f"{k} ({len(v)}: {', '.join(map(_num, v[:6]))}{', …' if len(v) > 6 else ''})"
+            for k, v in (scen.get("axes") or {}).items() if isinstance(v, list)]
+    if axes:
+        out.append(("Searched, every mode", "; ".join(axes)))
+    for mode, spec in (scen.get("modes") or {}).items():
+        items = [f"{k} ({len(v)})" if isinstance(v, list) else f"{k} = {_num(v)}" for k, v in (spec or {}).items()]
+        out.append((f"Mode {mode}", "; ".join(items) if items else "the shared axes"))
+    if scen.get("size"):
+        out.append(("Space", f"{int(scen['size']):,} configurations"))
+    return out
+
+
+def why_infeasible(rd: RunData) -> dict[str, list[tuple[str, int]]]:
+    """Infeasible configurations per reason code and the most frequent reasons in full."""
+    by_code = sorted((rd.reasons.get("by_code") or {}).items(), key=lambda kv: -kv[1])
+    return {"by_code": [(k, int(v)) for k, v in by_code], "by_text": list(rd.reasons.get("by_text") or [])}

@@ -23,6 +23,7 @@ import numpy as np
 from dse.io import write_text
 from dse.report import figdata as fd
 from dse.report import rundata
+from dse.schema import metric_label
 from dse.schema import METRIC_INFO
 
 __all__ = ["write_report", "scatter_figure", "parcoords_figure", "store_script", "render"]
@@ -129,13 +130,14 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
 
 
 def _axis_type(sd: fd.ScatterData, i: int) -> dict[str, Any]:
-    if not sd.log[i]:
-        return {"type": "linear"}
-    vals = np.concatenate([(s.x, s.y, s.z)[i] for s in sd.series if (s.x, s.y, s.z)[i] is not None])
-    vals = vals[np.isfinite(vals) & (vals > 0)]
-    wide = vals.size and vals.max() / vals.min() > 300
-    # a wide log axis labels decades only (plotly's default adds bare "2" and "5" between them)
-    return {"type": "log", "dtick": 1, "tickformat": "~g"} if wide else {"type": "log"}
+    """Log or linear, with the range and the 1-2-5 labelled ticks figdata computed."""
+    t = sd.ticks[i] if i < len(sd.ticks) else {}
+    out: dict[str, Any] = {"type": "log" if sd.log[i] else "linear"}
+    if "range" in t:
+        out["range"] = t["range"]
+    if t.get("tickvals"):
+        out.update(tickmode="array", tickvals=t["tickvals"], ticktext=t["ticktext"])
+    return out
 
 
 def parcoords_figure(pc: fd.ParcoordsData):
@@ -315,6 +317,80 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 """
 
 
+REC_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
+               "joules_per_token", "num_gpus")
+
+
+def _recommended_html(rd: fd.RunData) -> str:
+    rec = rd.recommendation
+    head = '<section id="recommended"><h2>Recommended</h2>'
+    if not rec:
+        return head + "<p class='note'>This run has no recommendation.json.</p></section>"
+    if not rec.get("best"):
+        return (head + "<p>Nothing meets the SLOs and limits: see <a href='#why-infeasible'>Why infeasible</a>."
+                "</p></section>")
+    picks = list(rec["best"].values()) + ([rec["balanced"]] if rec.get("balanced") else [])
+    rows = []
+    for p in picks:
+        c = p["configuration"]
+        pools = "<br>".join(_esc(_pool_line(x)) for x in c.get("pools", []))
+        knobs = ", ".join(f"{k} {_fmt(c[k])}" for k in ("weight_dtype", "kv_dtype", "batch_size", "power_cap")
+                          if k in c)
+        m = p.get("metrics", {})
+        figs = "<br>".join(f"{_esc(metric_label(k))}: {_esc(_fmt(v))}" for k, v in m.items()
+                           if v is not None and k in REC_METRICS)
+        eq = f" ({p['n_equivalent']} equivalent)" if p.get("n_equivalent", 1) > 1 else ""
+        binds = "<br>".join(_esc(b) for b in p.get("binds", []))
+        rows.append(f"<tr><th>{_esc(p['why'])}{_esc(eq)}</th><td><b>{_esc(c.get('mode', ''))}</b><br>{pools}"
+                    f"<br>{_esc(knobs)}</td><td>{figs}</td><td>{binds}</td></tr>")
+    return (head + f"<p class='note'>{rec.get('n_choices', 0):,} distinct choices on the front; per objective the best "
+            "of them, and the balanced one: nearest the ideal point once every objective is on a log scale and "
+            "normalised over the front. Configurations tying on every objective count as one (the simplest "
+            "shown).</p><table class='kv rec'><thead><tr><th>choice</th><th>configuration</th><th>metrics</th>"
+            "<th>what binds it</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
+
+
+def _pool_line(p: dict) -> str:
+    lay = " ".join(f"{k} {p[k]}" for k in ("tp", "pp", "dp", "ep") if k in p and p[k] != 1)
+    who = (f"{p['workers']} workers × {p['gpus_per_worker']} × {p['device']}" if p.get("workers", 1) != 1
+           else f"{p['gpus']} × {p['device']}")
+    return f"{p['role']}: {who}" + (f" ({lay})" if lay else "")
+
+
+def _infeasible_html(rd: fd.RunData) -> str:
+    why = fd.why_infeasible(rd)
+    head = '<section id="why-infeasible"><h2>Why infeasible</h2>'
+    if not why["by_code"]:
+        return head + f"<p class='note'>{rd.n_infeasible:,} infeasible configurations.</p></section>"
+    total = sum(n for _, n in why["by_code"]) or 1
+    codes = "".join(f"<tr><th>{_esc(k)}</th><td>{n:,}</td><td>{100 * n / total:.1f} %</td></tr>"
+                    for k, n in why["by_code"])
+    texts = "".join(f"<tr><td>{_esc(t)}</td><td>{n:,}</td></tr>" for t, n in why["by_text"])
+    return (head + f"<p class='note'>{rd.n_infeasible:,} of {rd.n_configs:,} configurations are infeasible; per "
+            "reason (memory: the weights do not fit; kv_capacity: the batch's KV cache does not; structure: the "
+            "layout cannot shard the model; constraint: an SLO or a scenario limit is missed).</p>"
+            f"<table class='kv' id='reason-codes'>{codes}</table><h3>Most frequent reasons</h3>"
+            f"<table class='kv' id='reason-texts'>{texts}</table></section>")
+
+
+def _accuracy_html(rd: fd.RunData, f: dict) -> str:
+    acc = rundata.shipped_accuracy()
+    modes = set(rd.pareto["mode"].astype(str)) if "mode" in rd.pareto.columns and len(rd.pareto) else {"agg"}
+    rows = "".join(f"<tr><th>{_esc(g)}</th><td>{e.get('n', '')}</td><td>{_fmt(e.get('ttft_median_ape'))} %</td>"
+                   f"<td>{_fmt(e.get('tpot_median_ape'))} %</td></tr>"
+                   for g, e in sorted(acc.items()) if g.split("/", 1)[1] in modes)
+    body = ("<p class='note'>How far the engine's TTFT and TPOT have been from measured deployments it was not fitted "
+            "on: the serving constants fitted on one system's measurements, scored on the other's (median absolute "
+            "percentage error; shared/calibration/silicon_h100_b200.csv.gz, measured by NVIDIA AIConfigurator). "
+            "Read a predicted figure as this far off, typically; modes without a row here are unvalidated.</p>"
+            "<table class='kv' id='accuracy'><thead><tr><th>system / mode</th><th>rows</th><th>TTFT</th>"
+            f"<th>TPOT</th></tr></thead><tbody>{rows}</tbody></table>") if rows else (
+            "<p class='note'>No validated error figures ship for the modes shown.</p>")
+    if "validation" in f:
+        body += "<h3>This run's validation file</h3>" + _render_value(f["validation"])
+    return '<section id="model-accuracy"><h2>Model accuracy</h2>' + body + "</section>"
+
+
 def render(rd: fd.RunData) -> str:
     """The whole page as a string."""
     from plotly.offline import get_plotlyjs
@@ -341,29 +417,33 @@ def render(rd: fd.RunData) -> str:
 
     sets = fd.point_sets(rd)
     hm = fd.hover_metrics(rd)
+    parts.append(_recommended_html(rd))
+    if fd.standard_view_available(rd):
+        sd = fd.scatter_data(rd, fd.STANDARD_VIEW, sets)
+        parts.append('<section id="standard-view"><h2>Throughput per GPU against speed per user</h2><p class="note">'
+                     "The industry's standard view: output tokens per second per GPU against tokens per second each "
+                     "user sees; up and to the right is better. Large markers: this run's Pareto set; faint: a sample "
+                     "of the other feasible configurations; dotted: the most throughput at each speed per user. "
+                     "Colours: the serving device (per role where a mode splits the work).</p>"
+                     + _fig_html(scatter_figure(sd, rd.groups, hm), "standard-0", "520px") + "</section>")
     figs = []
     for i, pair in enumerate(fd.objective_pairs(rd.objectives, rd.pareto.columns)):
         sd = fd.scatter_data(rd, pair, sets)
         figs.append(_fig_html(scatter_figure(sd, rd.groups, hm), f"pair-{i}", "470px"))
-    parts.append('<section><h2>Pareto fronts</h2><p class="note">Large markers: the Pareto-optimal configurations '
-                 '(all of them); faint: a sample of the dominated ones; dotted: the front of each pair. Hover a point '
-                 'for its configuration; click a legend entry to hide a group.</p><div class="grid">'
-                 + "".join(f"<div>{h}</div>" for h in figs) + "</div></section>")
-    if len(rd.objectives) >= 3:
-        sd3 = fd.scatter_data(rd, rd.objectives[:3], sets)
-        parts.append("<section><h2>Three objectives</h2>" + _fig_html(scatter_figure(sd3, rd.groups, hm), "view-3d",
-                                                                       "620px") + "</section>")
+    parts.append('<section id="objective-pairs"><h2>Pareto fronts</h2><p class="note">Large markers: the '
+                 'Pareto-optimal configurations (all of them); faint: a sample of the dominated ones; dotted: the '
+                 'front of each pair. Hover a point for its configuration; click a legend entry to hide a group.'
+                 '</p><div class="grid">' + "".join(f"<div>{h}</div>" for h in figs) + "</div></section>")
+    parts.append(_infeasible_html(rd))
+    parts.append(_accuracy_html(rd, f))
+    parts.append('<section id="question"><h2>The question</h2>' + _render_value(dict(fd.question(rd))) + "</section>")
     if len(rd.pareto):
         parts.append("<section><h2>Parallel coordinates</h2><p class='note'>The Pareto set over the axes that "
                      "vary in it and the objectives, coloured as above: drag along an axis to keep a range, "
                      "drag an axis title to reorder.</p>"
                      + _fig_html(parcoords_figure(fd.parcoords_data(rd)), "parcoords", "480px") + "</section>")
-    parts.append("<section><h2>Pareto set</h2>" + _table_html(fd.table_data(rd)) + "</section>")
-    if "validation" in f:
-        parts.append("<section><h2>Model error against measurements</h2>" + _render_value(f["validation"])
-                     + "</section>")
-    parts.append("<section><h2>Scenario</h2>" + _render_value(scen) + "</section>")
-    parts.append("<section><h2>Run</h2>" + _render_value(f["run"]) + "</section>")
+    parts.append('<section id="pareto-set"><h2>Pareto set</h2>' + _table_html(fd.table_data(rd)) + "</section>")
+    parts.append('<section id="run"><h2>Run</h2>' + _render_value(f["run"]) + "</section>")
     if "more" in f:
         parts.append("<section><details><summary>More from run.json</summary>" + _render_value(f["more"])
                      + "</details></section>")

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 
 from dse.errors import DSEError
+from dse.deploy import roles
 from dse.deploy.roles import ROLE_MODE as ROLE_MODES
 from dse.schema import METRIC_INFO, METRICS, metric_label
 
 __all__ = ["Objective", "RunData", "parse_objectives", "load_run", "stratified_sample", "allocate",
-           "group_labels", "choose_groups"]
+           "group_labels", "choose_groups", "shipped_accuracy"]
 
 RUN_JSON, PARETO_CSV, CONFIGS_PARQUET, VALIDATION_JSON = "run.json", "pareto.csv", "configs.parquet", "validation.json"
+RECOMMENDATION_JSON = "recommendation.json"
 
 # metrics shown on hover and in the table, in this order, after the objectives
 KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "tokens_per_s",
@@ -79,6 +81,8 @@ class RunData:
     constant_config: dict[str, Any]  # configuration columns that never vary in this run
     validation: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    reasons: dict[str, Any] = field(default_factory=dict)   # infeasible rows per reason code and text
+    recommendation: dict[str, Any] | None = None          # recommendation.json, when the run wrote one
 
 
 # ----------------------------------------------------------------------------- loading
@@ -150,7 +154,7 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
         notes.append(f"{CONFIGS_PARQUET} not found: only the Pareto set is shown")
         background = pareto.iloc[:0].copy()
         background["feasible"] = pd.Series(dtype=bool)
-        counts = {"n": 0, "feasible": len(pareto), "dominated": 0}
+        counts = {"n": 0, "feasible": len(pareto), "dominated": 0, "reasons": {}}
     n_configs = counts["n"]
     n_feasible = int(run.get("n_feasible", counts["feasible"])) if not n_configs else counts["feasible"]
     n_dominated = counts["dominated"]
@@ -178,15 +182,14 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
     feas_bg = background["group"][background["feasible"].astype(bool)] if len(background) else []
     groups = sorted(set(pareto["group"]) | set(feas_bg))
 
-    validation = None
-    vpath = run_dir / VALIDATION_JSON
-    if vpath.exists():
-        validation = _read_json(vpath)
+    validation = _read_json(run_dir / VALIDATION_JSON) if (run_dir / VALIDATION_JSON).exists() else None
+    rec = _read_json(run_dir / RECOMMENDATION_JSON) if (run_dir / RECOMMENDATION_JSON).exists() else None
 
     return RunData(run_dir=run_dir, run=run, objectives=objectives, pareto=pareto.reset_index(drop=True),
                    background=background.reset_index(drop=True), n_configs=n_configs, n_feasible=n_feasible,
                    n_dominated=n_dominated, n_infeasible=max(n_configs - counts["feasible"], 0), groups=groups,
-                   config_columns=config_cols, constant_config=constant, validation=validation, notes=notes)
+                   config_columns=config_cols, constant_config=constant, validation=validation, notes=notes,
+                   reasons=counts["reasons"], recommendation=rec)
 
 
 _ORDER = ("device", "mode", "num_gpus", "tp", "pp", "ep", "dp", "replicas", "weight_dtype", "kv_dtype", "batch_size")
@@ -248,7 +251,8 @@ def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, ma
         raise DSEError(f"{path}: no column for objective {missing[0]!r}")
     n = pf.metadata.num_rows
     strata_cols = [c for c in GROUP_COLUMNS if c in names]
-    light = pf.read(columns=[c for c in ("is_pareto", "feasible", *objectives, *strata_cols) if c in names])
+    light = pf.read(columns=[c for c in ("is_pareto", "feasible", *objectives, *strata_cols, *REASON_COLUMNS)
+                             if c in names])
 
     flags = {name: light.column(name).to_numpy(zero_copy_only=False).astype(bool) if name in light.column_names
              else np.full(n, default) for name, default in (("feasible", True), ("is_pareto", False))}
@@ -264,7 +268,8 @@ def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, ma
         enc = pc.dictionary_encode(col).combine_chunks()
         idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         codes = codes * (len(enc.dictionary) + 1) + idx
-    counts = {"n": n, "feasible": int(feasible.sum()), "dominated": int((feasible & ~is_pareto).sum())}
+    counts = {"n": n, "feasible": int(feasible.sum()), "dominated": int((feasible & ~is_pareto).sum()),
+              "reasons": _reason_counts(light, ~feasible)}
     del light
 
     rng = np.random.default_rng(seed)
@@ -289,6 +294,23 @@ def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, ma
         df["feasible"] = True
     df["feasible"] = df["feasible"].astype(bool)
     return df, counts
+
+
+REASON_COLUMNS = ("infeasible_code", "infeasible_reason")
+MAX_REASONS = 12
+
+
+def _reason_counts(light, infeasible: np.ndarray) -> dict[str, Any]:
+    """Infeasible rows counted per reason code and per reason text (the most frequent)."""
+    out: dict[str, Any] = {"by_code": {}, "by_text": []}
+    for col, key in (("infeasible_code", "by_code"), ("infeasible_reason", "by_text")):
+        if col not in light.column_names or not infeasible.any():
+            continue
+        vals = pd.Series(light.column(col).to_pandas().astype(str).to_numpy()[infeasible])
+        vc = vals.where(vals != "", "(unspecified)").value_counts()
+        out[key] = ({str(k): int(v) for k, v in vc.items()} if key == "by_code"
+                    else [(str(k), int(v)) for k, v in vc.head(MAX_REASONS).items()])
+    return out
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
@@ -338,11 +360,19 @@ def allocate(sizes: np.ndarray, cap: int) -> np.ndarray:
     return quota
 
 
+def _role_device(df: pd.DataFrame, role: str, dev: pd.Series) -> pd.Series:
+    """A role's device as the engine resolves it (blank = the generic device)."""
+    c = {f"{role}_device": _str(_col(df, f"{role}_device", "")).to_numpy(dtype=object),
+         "device": dev.to_numpy(dtype=object)}
+    return pd.Series(roles.device(c, role), index=df.index, dtype=object)
+
+
 def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
     """Colour group of each row at one level of detail: "roles" = its device, or its
-    role devices (prefill+decode, attn+ffn) when its mode splits the work over
-    different ones; "device" = its device column (else its first role device);
-    "mode" = its serving mode."""
+    role devices (prefill→decode, attn+ffn) when its mode splits the work over different
+    ones; "device" = the device that serves its tokens (decode pool for disagg, attention
+    pool for afd: never the placeholder `device` column of a split mode); "mode" = its
+    serving mode."""
     n = len(df)
     if not n:
         return np.empty(0, dtype=object)
@@ -355,15 +385,15 @@ def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
             dev = dev.where(dev != "", _str(df[c]))
     dev = dev.where(dev != "", "?")
     out = dev.copy()
-    if level == "roles":
-        for m, (a, b) in (("disagg", ("prefill_device", "decode_device")), ("afd", ("attn_device", "ffn_device"))):
-            if a not in df.columns and b not in df.columns:
-                continue
-            ra, rb = _str(_col(df, a, "")), _str(_col(df, b, ""))
-            ra = ra.where(ra != "", dev)
-            rb = rb.where(rb != "", dev)
-            split = (mode == m) & (ra != rb)
-            out = out.where(~split, ra + "+" + rb)
+    for m, (a, b), sep in (("disagg", ("prefill", "decode"), "→"), ("afd", ("attn", "ffn"), "+")):
+        if f"{a}_device" not in df.columns and f"{b}_device" not in df.columns:
+            continue
+        ra, rb = _role_device(df, a, dev), _role_device(df, b, dev)
+        here = mode == m
+        out = out.where(~here, ra if m == "afd" else rb)        # the device that serves the tokens
+        if level == "roles":
+            split = here & (ra != rb)
+            out = out.where(~split, ra + sep + rb)
     return out.to_numpy(dtype=object)
 
 
@@ -388,3 +418,24 @@ def choose_groups(pareto: pd.DataFrame, background: pd.DataFrame, max_groups: in
         if len(set(labels[0]) | set(labels[1][feas])) <= max_groups:
             break
     return best[0], best[1]
+
+
+def shipped_accuracy() -> dict[str, dict[str, Any]]:
+    """The engine's out-of-sample error against measured deployments, as the serving fit
+    recorded it (hardware/serving_runtime.yaml: fitted on one system, scored on the other),
+    keyed "<system>/<mode>" -> {n, ttft_median_ape, tpot_median_ape}."""
+    import yaml
+
+    from dse.catalog.runtime import hardware_dir
+
+    path = hardware_dir() / "serving_runtime.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    for run in (doc.get("cross_system") or {}).values():
+        for group, e in (run.get("errors") or {}).items():
+            if group.count("/") == 1 and isinstance(e, dict):
+                out[group] = {k: e.get(k) for k in ("n", "ttft_median_ape", "tpot_median_ape")}
+    return out

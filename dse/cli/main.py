@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dse.cli.report import add_parser as add_report
     from dse.cli import cpsat as cli_cpsat
     from dse.cli.sweep import add_parser as add_sweep
+    from dse.cli import decide
     add_sweep(sub)
     add_report(sub)
+    decide.add_parsers(sub)
     cli_cpsat.add_parsers(sub)
     return p
 

@@ -455,3 +455,65 @@ def render(rd: fd.RunData) -> str:
             f"<script>{_PLOT_JS}</script>{store_script(sets)}</head>"
             f"<body><header><h1>dse report: {_esc(title)}</h1><p>{sub}</p></header><main>"
             + "\n".join(parts) + f"</main><script>{_SORT_JS}</script></body></html>\n")
+
+
+def _frame_html(df, cols: list[str], rows: int = 200) -> str:
+    if not len(df):
+        return "<p class='note'>none</p>"
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
+                   for _, r in df.head(rows).iterrows())
+    return (f'<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
+
+
+def write_comparison(cmp: dict, out: str | Path) -> Path:
+    """An HTML page of `dse compare`: the moved recommendations, the fronts of both runs on
+    their first objective pair, and what entered and left the front."""
+    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
+
+    names = [o["name"] for o in cmp["objectives"]]
+    fig = go.Figure()
+    for label, df, colour in (("A: " + Path(cmp["run_a"]).name, cmp["left"], "#c0392b"),
+                              ("B: " + Path(cmp["run_b"]).name, cmp["entered"], "#2471a3")):
+        if len(df) and len(names) >= 2:
+            fig.add_trace(go.Scatter(x=df[names[0]], y=df[names[1]], mode="markers", name=label,
+                                     marker=dict(size=8, color=colour)))
+    if len(names) >= 2:
+        fig.update_layout(template="plotly_white", title="left the front (A) and entered it (B)",
+                          xaxis=dict(title=metric_label(names[0]), type="log"),
+                          yaxis=dict(title=metric_label(names[1]), type="log"))
+    rec_rows = []
+    for r in cmp["recommendations"]:
+        figs = "<br>".join(f"{_esc(metric_label(m))}: {_esc(_fmt(va))} → {_esc(_fmt(vb))} ({rel:+.1%})"
+                           for m, (va, vb, rel) in sorted(r["deltas"].items()))
+        rec_rows.append(f"<tr><th>{_esc(r['pick'])}</th><td>{'moved' if r['changed'] else 'same'}</td>"
+                        f"<td>{_esc(_cmp_pick(r['before']))}</td><td>{_esc(_cmp_pick(r['after']))}</td>"
+                        f"<td>{figs}</td></tr>")
+    show = [c for c in cmp["key_columns"] if any(len(d) and d[c].astype(str).nunique() > 1
+                                                 for d in (cmp["entered"], cmp["left"]))][:10] + names
+    hv_a, hv_b = cmp["hypervolume_common"]
+    body = (f"<section id='summary'><h2>Summary</h2><p>front {cmp['n_front'][0]} → {cmp['n_front'][1]} configurations: "
+            f"{len(cmp['entered'])} entered, {len(cmp['left'])} left, {cmp['n_stayed']} stayed. Hypervolume in one "
+            f"common box (both fronts' nadir + 10 %, log objectives): A {hv_a:.4f}, B {hv_b:.4f}.</p></section>"
+            "<section id='recommendations'><h2>Recommendations</h2><table class='kv'><thead><tr><th>pick</th>"
+            "<th></th><th>A</th><th>B</th><th>metrics A → B</th></tr></thead><tbody>" + "".join(rec_rows)
+            + "</tbody></table></section>"
+            + f"<section><h2>Fronts</h2>{_fig_html(fig, 'compare-0', '480px')}</section>"
+            + f"<section id='entered'><h2>Entered the front</h2>{_frame_html(cmp['entered'], show)}</section>"
+            + f"<section id='left'><h2>Left the front</h2>{_frame_html(cmp['left'], show)}</section>")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>dse compare</title>'
+            f"<style>{_CSS}</style><script type=\"text/javascript\">{get_plotlyjs()}</script>"
+            f"<script>{_PLOT_JS}</script></head><body><header><h1>dse compare</h1><p>B = {_esc(cmp['run_b'])} "
+            f"against A = {_esc(cmp['run_a'])}</p></header><main>{body}</main><script>{_SORT_JS}</script>"
+            "</body></html>\n")
+    return write_text(Path(out), page)
+
+
+def _cmp_pick(p: dict | None) -> str:
+    if not p:
+        return "(none)"
+    c = p["configuration"]
+    return f"{c.get('mode')}: " + "; ".join(_pool_line(x) for x in c.get("pools", [])) + \
+        f"; {c.get('weight_dtype')}/{c.get('kv_dtype')}, batch {c.get('batch_size')}"

@@ -89,7 +89,7 @@ class RunData:
 
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -124,7 +124,7 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DSEError(f"{run_dir}: not a directory (expected a dse results directory)")
-    run = _read_json(run_dir / RUN_JSON)
+    run = read_json(run_dir / RUN_JSON)
     objectives = parse_objectives(run, run_dir / RUN_JSON)
     obj_names = [o.name for o in objectives]
 
@@ -182,8 +182,8 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
     feas_bg = background["group"][background["feasible"].astype(bool)] if len(background) else []
     groups = sorted(set(pareto["group"]) | set(feas_bg))
 
-    validation = _read_json(run_dir / VALIDATION_JSON) if (run_dir / VALIDATION_JSON).exists() else None
-    rec = _read_json(run_dir / RECOMMENDATION_JSON) if (run_dir / RECOMMENDATION_JSON).exists() else None
+    validation = read_json(run_dir / VALIDATION_JSON) if (run_dir / VALIDATION_JSON).exists() else None
+    rec = read_json(run_dir / RECOMMENDATION_JSON) if (run_dir / RECOMMENDATION_JSON).exists() else None
 
     return RunData(run_dir=run_dir, run=run, objectives=objectives, pareto=pareto.reset_index(drop=True),
                    background=background.reset_index(drop=True), n_configs=n_configs, n_feasible=n_feasible,

@@ -130,3 +130,11 @@ def test_bad_file_gives_one_line_error(tmp_path, mutate, message):
         q.load_quality(path)
     text = str(err.value)
     assert message in text and path in text and "\n" not in text
+
+
+def test_an_upper_bound_counts_as_half_its_bound_and_sets_the_p90():
+    from dse.catalog.quality import Row, derive_rules
+    rows = [Row(id=f"r{i}", model="m", part="kv", format="fp8", params_b=30.0, moe=True, loss_pp=2.0,
+                baseline_format="bf16", source="s", bound="upper") for i in range(3)]
+    cell = derive_rules(rows)["kv"]["fp8"]["10-100B moe"]
+    assert cell["loss_pp"] == 1.0 and cell["p90_pp"] == 1.8

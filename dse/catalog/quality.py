@@ -57,6 +57,18 @@ class Row:
     baseline_format: str
     source: str
     checkpoint: str = ""
+    bound: str = ""          # "upper": the source only bounds the loss from above
+
+    @property
+    def expected(self) -> float:
+        """The loss to average: a bound b alone says the loss lies in [0, b]; with nothing
+        else known (a uniform prior) its expectation is b / 2."""
+        return self.loss_pp / 2.0 if self.bound == "upper" else self.loss_pp
+
+    @property
+    def high(self) -> float:
+        """The row's contribution to the p90: the 90th percentile of [0, b] for a bound."""
+        return 0.9 * self.loss_pp if self.bound == "upper" else self.loss_pp
 
     @property
     def cell(self) -> tuple[str, str]:
@@ -136,7 +148,13 @@ def _parse_row(where: str, raw: Any, sources: dict[str, Any]) -> Row:
         raise DSEError(f"{where}: missing field 'loss_pp' (or 'baseline' and 'quantized')")
     return Row(id=raw["id"], model=raw["model"], part=part, format=raw["format"], params_b=float(raw["params_b"]),
                moe=raw["moe"], loss_pp=loss, baseline_format=raw["baseline_format"], source=raw["source"],
-               checkpoint=raw.get("checkpoint", ""))
+               checkpoint=raw.get("checkpoint", ""), bound=_bound(where, raw.get("bound", "")))
+
+
+def _bound(where: str, val: Any) -> str:
+    if val not in ("", "upper"):
+        raise DSEError(f"{where}.bound: {val!r}; allowed: upper (the source bounds the loss from above)")
+    return val
 
 
 def _parse_sources(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
@@ -183,7 +201,8 @@ def _pool(rows: list[Row], size: str, arch: str) -> tuple[str, list[Row]]:
 
 
 def derive_rules(rows: tuple[Row, ...] | list[Row]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """Rule per part, format and size x arch cell: mean loss (>= 0) and p90 of the rows it pools.
+    """Rule per part, format and size x arch cell: mean loss (>= 0) and p90 of the rows it pools
+    (a row that only bounds the loss counts as half its bound, and as 0.9 of it for the p90).
 
     A cell with fewer than P90_MIN_ROWS rows takes the format-wide spread (p90 - mean of all
     that format's rows) on top of its own mean, so one lucky row does not claim certainty.
@@ -194,16 +213,17 @@ def derive_rules(rows: tuple[Row, ...] | list[Row]) -> dict[str, dict[str, dict[
             frows = [r for r in rows if r.part == part and r.format == fmt]
             if not frows:
                 continue
-            all_loss = np.array([r.loss_pp for r in frows])
+            all_loss = np.array([r.expected for r in frows])
             spread = float(np.percentile(all_loss, 90) - all_loss.mean()) if len(frows) >= P90_MIN_ROWS else \
                 float(all_loss.max() - all_loss.mean())
             cells = {}
             for size in SIZES:
                 for arch in ARCHS:
                     label, pooled = _pool(frows, size, arch)
-                    loss_arr = np.array([r.loss_pp for r in pooled])
+                    loss_arr = np.array([r.expected for r in pooled])
                     loss = max(0.0, float(loss_arr.mean()))
-                    p90 = float(np.percentile(loss_arr, 90)) if len(pooled) >= P90_MIN_ROWS else loss + spread
+                    p90 = (float(np.percentile([r.high for r in pooled], 90)) if len(pooled) >= P90_MIN_ROWS
+                           else max(loss + spread, max(r.high for r in pooled)))
                     cells[cell_key(size, arch)] = {"loss_pp": round(loss, 2), "p90_pp": round(max(p90, loss), 2),
                                                    "from": label, "rows": [r.id for r in pooled]}
             out.setdefault(part, {})[fmt] = cells
@@ -247,13 +267,13 @@ def _rule(table: QualityTable, model: Model, part: str, fmt: str) -> tuple[float
 
 def _measured(table: QualityTable, model: Model, part: str, fmt: str, baseline: str) -> tuple[float, float] | None:
     """A listed checkpoint's own figure at this format, if its rows start from `baseline`."""
-    own = [r.loss_pp for r in table.rows if r.checkpoint == model.id and r.part == part
+    own = [r for r in table.rows if r.checkpoint == model.id and r.part == part
            and r.format == fmt and r.baseline_format == baseline]
     if not own:
         return None
-    loss = max(0.0, float(np.mean(own)))
+    loss = max(0.0, float(np.mean([r.expected for r in own])))
     rule_loss, rule_p90 = _rule(table, model, part, fmt)
-    return loss, max(max(own), loss + (rule_p90 - rule_loss), loss)
+    return loss, max(max(r.high for r in own), loss + (rule_p90 - rule_loss), loss)
 
 
 def _part_loss(table: QualityTable, model: Model, part: str, fmt: str, native: str) -> tuple[float, float]:

@@ -63,8 +63,8 @@ DEVICE_COLUMNS = ("device", "prefill_device", "decode_device", "attn_device", "f
 # the engine's output columns, in this order
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
            "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
-           "capex_usd", "meets_slo", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "feasible", "infeasible_reason",
-           "bottleneck")
+           "capex_usd", "meets_slo", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "quality_loss", "quality_loss_p90",
+           "feasible", "infeasible_reason", "bottleneck")
 NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck", "meets_slo")
 
 
@@ -91,6 +91,9 @@ METRIC_INFO: dict[str, Metric] = {
     "capex_usd": Metric("capex", "$", "min"),
     "num_gpus": Metric("GPUs", "", "min"),
     "memory_gb_per_gpu": Metric("memory per GPU", "GB", "min"),
+    # expected drop in answer quality from the weight and KV formats (hardware/quality.yaml)
+    "quality_loss": Metric("quality loss", "pp", "min"),
+    "quality_loss_p90": Metric("quality loss (p90)", "pp", "min"),
     # afd candidates at their optimal op placement (scenarios with a `placement:` section)
     "placed_tokens_per_s": Metric("placed throughput", "tok/s", "max"),
     "placed_tpot_ms": Metric("placed TPOT", "ms", "min"),

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dse.catalog.models import Model, get_model
+from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
 from dse.deploy.context import Context, make_context
 from dse.deploy.modes import MODES
@@ -130,7 +131,10 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
                        f"{first[2]}")
     if keep is not None:
         keep.update(result=res, pools=pools)
-    return _metrics(res, used, load, c, ctx, reasons, pools.mem_gb), reasons
+    out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb)
+    out["quality_loss"], out["quality_loss_p90"] = quality_loss(
+        model, pools.wd, c["kv_dtype"], weight_vocab=pools.wd_names, kv_vocab=vocab["kv_dtype"])
+    return out, reasons
 
 
 def _metrics(res, used, load, c, ctx: Context, reasons: Reasons, mem_gb) -> dict[str, np.ndarray]:

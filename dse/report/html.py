@@ -318,7 +318,7 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 
 
 REC_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
-               "joules_per_token", "num_gpus")
+               "joules_per_token", "num_gpus", "quality_loss")
 
 
 def _recommended_html(rd: fd.RunData) -> str:

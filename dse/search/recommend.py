@@ -24,7 +24,8 @@ _SIMPLE = ("num_gpus", "mode_rank", "tp", "pp", "dp", "ep", "replicas", "batch_s
 _ROLE_LAYOUT = ("tp", "dp", "ep", "pp")
 _KNOBS = ("weight_dtype", "kv_dtype", "batch_size", "power_cap", "backend", "spec_tokens", "replicas", "isl", "osl")
 _SHOWN_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
-                  "usd_per_mtok", "joules_per_token", "power_w", "num_gpus", "memory_gb_per_gpu")
+                  "usd_per_mtok", "joules_per_token", "power_w", "num_gpus", "memory_gb_per_gpu", "quality_loss",
+                  "quality_loss_p90")
 
 
 def _simplicity_order(df: pd.DataFrame) -> np.ndarray:

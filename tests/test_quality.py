@@ -146,7 +146,7 @@ def test_the_engine_reports_quality_loss_per_row():
                       weight_dtype=["native", "bf16", "fp8", "fp4"], kv_dtype=["bf16", "bf16", "fp8", "fp8"])
     loss, p90 = df.quality_loss.to_numpy(), df.quality_loss_p90.to_numpy()
     assert loss[0] == loss[1] == 0.0 and (p90 >= loss).all()
-    want = [quality.quality_loss("meta-llama/Llama-3.1-70B", w, k) for w, k in (("fp8", "fp8"), ("fp4", "fp8"))]
+    want = [q.quality_loss("meta-llama/Llama-3.1-70B", w, k) for w, k in (("fp8", "fp8"), ("fp4", "fp8"))]
     assert np.allclose(loss[2:], [w[0] for w in want]) and loss[3] > loss[2] > 0
     native = dse.evaluate(model="openai/gpt-oss-120b", device="b200_sxm", tp=2, weight_dtype="native")
     assert native.quality_loss.iloc[0] == 0.0

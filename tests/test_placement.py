@@ -250,8 +250,8 @@ def test_op_costs_add_up_to_the_engine():
     hwc = t.gather(np.arange(2))
     par = ops.Parallel(tp=np.array([8.0, 4.0]), dp=np.ones(2), ep=np.array([8.0, 4.0]), pp=np.ones(2))
     dt = ops.Dtypes(w_bytes=np.full(2, dtypes.BYTES[wd]), a_bytes=hwc["a_bytes"], kv_bytes=np.full(2, 2.0))
-    step = ops.forward(model, hw=SpecTable.hw(hwc, runtime=runtime()), par=par, dt=dt, batch=np.full(2, 16.0), q_len=np.ones(2),
-                       ctx=np.full(2, 1024 + 128.0))
+    step = ops.forward(model, hw=SpecTable.hw(hwc, runtime=runtime()), par=par, dt=dt, batch=np.full(2, 16.0),
+                       q_len=np.ones(2), ctx=np.full(2, 1024 + 128.0))
     per_layer = sum(g.count * (g.time_ms[g.ops[0]] + g.time_ms[g.ops[1]]) for g in c.groups)
     np.testing.assert_allclose(per_layer + c.head_time_ms, step.total_ms, rtol=1e-9)
     weights = sum(g.count * (g.mem_bytes["attn"] + g.mem_bytes[g.ops[1]]) for g in c.groups)

@@ -3,21 +3,12 @@ decoding, prefill and decode steps under a power cap, and continuous batching.
 
 A *pool* is a set of identical workers (device, parallel layout, formats). Step times
 come from `ops.forward`; the modes (dse.model.pd: agg and disagg, dse.model.afd) turn
-them into serving behaviour under closed-loop load (dse.model.serving tells the whole
-story). The serving framework is a few measured constants (`Runtime`, one set per
-backend, fitted by `python -m dse.fit.serving` from measured deployments):
-  request_ms   per-request latency outside the GPU (HTTP, tokenisation, admission,
-               first-token delivery): added to TTFT, overlaps with other work;
-  step_ms      per-iteration cost the kernels do not show (scheduler, sampling,
-               launch gaps, small elementwise kernels): added to every step;
-  max_tokens   token budget of one iteration (max_num_batched_tokens / chunked-prefill
-               size): how much prompt one step may carry.
+them into serving behaviour under closed-loop load. dse.model.serving tells the whole
+story, including the serving framework's constants (`Runtime`: request_ms, step_ms,
+max_tokens, fitted per backend by `python -m dse.fit.serving`).
 
-Speculative decoding (`Spec`, any mode): a decode step drafts k tokens per sequence
-(MTP heads, EAGLE: one draft layer and the LM head per token) and verifies them with
-the sequence's last token in one step of k + 1 query tokens. Each draft is kept with
-probability a if every draft before it was, so a step yields E = (1 - a^(k+1)) / (1 - a)
-tokens (Leviathan et al., ICML 2023) and TPOT = (verify + drafting + step_ms) / E.
+Speculative decoding (`Spec`, any mode) yields E = (1 - a^(k+1)) / (1 - a) tokens per
+decode step (Leviathan et al., ICML 2023); dse.model.serving says how it is priced.
 """
 from __future__ import annotations
 

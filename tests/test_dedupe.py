@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dse.deploy.factorize import factorize
-from dse.model import serving
+from dse.model import steps
 
 words = st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
                  min_size=1, max_size=8)
@@ -35,7 +35,7 @@ def test_factorize_of_long_ascii_ids_and_other_dtypes():
 def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
     rng = np.random.default_rng(seed)
     cols = [rng.integers(0, 4, nrows).astype(float) for _ in range(ncols)]
-    first, inverse = serving._unique_rows(*cols)
+    first, inverse = steps._unique_rows(*cols)
     mat = np.stack(cols, axis=1)
     assert len(first) == len(np.unique(mat, axis=0))
     assert (mat[first][inverse] == mat).all()
@@ -44,7 +44,7 @@ def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
 def test_small_integer_columns_do_not_collide_in_the_hash():
     """Rows (1,0,0) and (0,1,1) must not share a key: weights with an integer relation
     between them (two of the old ones summed to 1) send the exact, slower path every time."""
-    w = np.array(serving._KEY_WEIGHTS)
+    w = np.array(steps._KEY_WEIGHTS)
     grid = np.stack(np.meshgrid(*[np.arange(3.0)] * 4, indexing="ij"), -1).reshape(-1, 4)
     for cols in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 5, 9, 17]):
         keys = grid @ w[cols]

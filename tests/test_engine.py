@@ -18,7 +18,8 @@ def _hw(n=1, bw=3.35):
     t = SpecTable([("h100_sxm", "bf16")])
     cols = t.gather(np.zeros(n, dtype=int))
     cols["mem_tb_s"] = np.full(n, bw)
-    return SpecTable.hw(cols)
+    from dse.catalog.runtime import runtime
+    return SpecTable.hw(cols, runtime=runtime())
 
 
 def test_llama_layer_flops_and_bytes_by_hand():

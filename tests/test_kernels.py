@@ -10,6 +10,7 @@ import yaml
 
 from dse.fit import calibrate
 from dse.catalog.devices import get_device
+from dse.errors import DSEError
 from dse.model import kernels as K
 from dse.fit.validate_kernels import validate
 
@@ -242,7 +243,7 @@ def test_write_then_load_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_params, "calibration_dir", lambda: tmp_path)
     loaded = calibrate.load_params("h100_sxm")
     assert loaded["nccl"]["base_us"] == 1.0
-    assert loaded["gemm"] == K.DEFAULT_PARAMS["gemm"]          # missing family -> defaults
+    assert loaded["gemm"] == kernel_params.default_params()["gemm"]   # missing family -> defaults
 
 
 def test_uncalibrated_device_inherits_then_defaults(tmp_path):
@@ -253,7 +254,31 @@ def test_uncalibrated_device_inherits_then_defaults(tmp_path):
     raw["id"] = "lonely_gpu"
     lonely = tmp_path / "lonely_gpu.yaml"
     lonely.write_text(yaml.safe_dump(raw))
-    assert calibrate.load_params(str(lonely)) == K.DEFAULT_PARAMS
+    from dse.deploy.kernel_params import default_params
+    assert calibrate.load_params(str(lonely)) == default_params()
+
+
+def test_defaults_file_has_provenance_and_every_family():
+    """The hand-chosen defaults say where they come from and cover every family the engine reads."""
+    from dse.deploy.kernel_params import default_params, defaults_path
+    from dse.deploy.spec_table import FAMILIES
+    doc = yaml.safe_load(defaults_path().read_text())
+    assert {"chosen_by", "method", "checked_against", "unfitted"} <= set(doc["provenance"])
+    assert "hand" in doc["provenance"]["chosen_by"]
+    d = default_params()
+    assert set(FAMILIES) <= set(d)
+    assert d["unfitted"] == {"eff_compute": 0.5, "eff_memory": 0.8}
+    assert d["gemm"]["eff_compute"] == 0.8 and d["moe"]["floor_us.int4"] == 50.0   # moved unchanged
+    d["gemm"]["eff_compute"] = 0.0                    # a copy: the cached defaults stay put
+    assert default_params()["gemm"]["eff_compute"] == 0.8
+
+
+def test_bad_calibration_file_is_one_line_error(tmp_path, monkeypatch):
+    from dse.deploy import kernel_params
+    (tmp_path / "h100_sxm.yaml").write_text("params:\n  gemm:\n    eff_compute: fast\n")
+    monkeypatch.setattr(kernel_params, "calibration_dir", lambda: tmp_path)
+    with pytest.raises(DSEError, match=r"h100_sxm\.yaml: params\.gemm\.eff_compute: expected a number, got 'fast'"):
+        kernel_params.load_params("h100_sxm")
 
 
 # -------------------------------------------------------------- measured tables

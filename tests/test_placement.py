@@ -11,6 +11,7 @@ import pytest
 from dse.catalog.models import LayerGroup, get_model
 from dse.errors import DSEError
 from dse.model import memory, ops
+from dse.solvers import cpmodel as cm
 from dse.solvers import placement as pl
 from dse.deploy.opcost import (
     GroupCost,
@@ -60,15 +61,15 @@ def synthetic(seed: int, n_pools: int, counts: tuple[int, ...], *, tight: float 
 def brute_force(costs: OpCosts, *, overlap=False, objective="bottleneck", pins=None):
     """Every per-layer assignment (groups as contiguous runs), embedding and head pool."""
     P = costs.n_pools
-    pin = pl._parse_pins(costs, pins)
+    pin = cm.parse_pins(costs, pins)
     slots = []   # per layer: list of allowed (g, a, f)
     for gc in costs.groups:
-        pa, pf = pl._pinned(pin, gc.index, gc.ops[0]), pl._pinned(pin, gc.index, gc.ops[1])
+        pa, pf = cm.pinned(pin, gc.index, gc.ops[0]), cm.pinned(pin, gc.index, gc.ops[1])
         opts = [(gc.index, a, f) for a in range(P) for f in range(P)
                 if (pa is None or a == pa) and (pf is None or f == pf)]
         slots += [opts] * gc.count
-    e_opts = [p for p in range(P) if pl._pinned(pin, None, "embed") in (None, p)]
-    h_opts = [p for p in range(P) if pl._pinned(pin, None, "lm_head") in (None, p)]
+    e_opts = [p for p in range(P) if cm.pinned(pin, None, "embed") in (None, p)]
+    h_opts = [p for p in range(P) if cm.pinned(pin, None, "lm_head") in (None, p)]
     best = None
     for layers in itertools.product(*slots):
         for e in e_opts:
@@ -126,8 +127,8 @@ def test_matches_brute_force_random(seed, P, counts):
 def test_no_good_rounds_match_brute_force(seed, monkeypatch):
     """Instances whose first master optimum cannot be ordered into one trail (no-good rounds)."""
     rounds = []
-    forbid = pl._Cp.forbid
-    monkeypatch.setattr(pl._Cp, "forbid", lambda self, s, gi: (rounds.append(gi), forbid(self, s, gi)))
+    forbid = cm.PlacementModel.forbid
+    monkeypatch.setattr(cm.PlacementModel, "forbid", lambda self, s, gi: (rounds.append(gi), forbid(self, s, gi)))
     c = synthetic(seed, 3, (3,), tight=1.5)
     r = pl.place(c, overlap=True)
     assert rounds, "expected at least one no-good round"
@@ -141,12 +142,12 @@ def test_explicit_model_matches_brute_force(seed, P, counts):
     """The fallback (explicit y / z counts with every Euler cut) is exact too."""
     c = synthetic(seed, P, counts, tight=0.7 if seed % 3 else 0.45, tied=bool(seed % 2))
     bf = brute_force(c)
-    cp = pl._Cp(c, {}, [True] * P, overlap=False, scale=pl.SCALE, form="full")
+    cp = cm.PlacementModel(c, {}, [True] * P, overlap=False, scale=pl.SCALE, form="full")
     solver, status = cp.solve(time_limit=10, minimize=cp.T)
     if bf is None:
-        assert status == pl.cp_model.INFEASIBLE
+        assert status == cm.cp_model.INFEASIBLE
         return
-    assert status == pl.cp_model.OPTIMAL
+    assert status == cm.cp_model.OPTIMAL
     assert solver.objective_value / pl.SCALE == pytest.approx(bf[0], abs=2 * pl.rounding_bound_ms(c))
 
 
@@ -241,6 +242,7 @@ def test_op_costs_add_up_to_the_engine():
     model = get_model(MOE)
     c = op_costs(model, [parse_pool("h100_sxm:8"), parse_pool("b200_sxm:4")], batch=16)
     from dse.catalog import dtypes
+    from dse.catalog.runtime import runtime
     from dse.deploy.spec_table import SpecTable
 
     wd = model.native_dtype
@@ -248,8 +250,8 @@ def test_op_costs_add_up_to_the_engine():
     hwc = t.gather(np.arange(2))
     par = ops.Parallel(tp=np.array([8.0, 4.0]), dp=np.ones(2), ep=np.array([8.0, 4.0]), pp=np.ones(2))
     dt = ops.Dtypes(w_bytes=np.full(2, dtypes.BYTES[wd]), a_bytes=hwc["a_bytes"], kv_bytes=np.full(2, 2.0))
-    step = ops.forward(model, hw=SpecTable.hw(hwc), par=par, dt=dt, batch=np.full(2, 16.0), q_len=np.ones(2),
-                       ctx=np.full(2, 1024 + 128.0))
+    step = ops.forward(model, hw=SpecTable.hw(hwc, runtime=runtime()), par=par, dt=dt, batch=np.full(2, 16.0),
+                       q_len=np.ones(2), ctx=np.full(2, 1024 + 128.0))
     per_layer = sum(g.count * (g.time_ms[g.ops[0]] + g.time_ms[g.ops[1]]) for g in c.groups)
     np.testing.assert_allclose(per_layer + c.head_time_ms, step.total_ms, rtol=1e-9)
     weights = sum(g.count * (g.mem_bytes["attn"] + g.mem_bytes[g.ops[1]]) for g in c.groups)
@@ -260,9 +262,9 @@ def test_op_costs_add_up_to_the_engine():
 
 
 def pl_kv_fraction() -> float:
-    from dse.deploy.opcost import _runtime
+    from dse.catalog.runtime import runtime
 
-    return _runtime()["kv_memory_fraction"]
+    return runtime()["kv_memory_fraction"]
 
 
 def test_deepseek_three_pools_optimal_and_deterministic():

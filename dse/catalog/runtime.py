@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-__all__ = ["hardware_dir", "runtime", "serving_runtime", "parse_serving_runtime", "power_coeffs"]
+from dse.errors import DSEError
+
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "RUNTIME_KEYS", "serving_runtime", "parse_serving_runtime",
+           "power_coeffs"]
+
+# what the engine reads from runtime.yaml; each needs its `sources:` entry
+RUNTIME_KEYS = ("kv_memory_fraction", "activation_reserve_gb", "spec_acceptance", "p2p_hop_ms", "kv_handoff_ms")
 
 
 def hardware_dir() -> Path:
@@ -21,8 +27,29 @@ def hardware_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def runtime() -> dict[str, float]:
     """runtime.yaml: every figure but its `sources`, as floats."""
-    data = yaml.safe_load((hardware_dir() / "runtime.yaml").read_text())
-    return {k: float(v) for k, v in data.items() if k != "sources"}
+    path = hardware_dir() / "runtime.yaml"
+    return parse_runtime(yaml.safe_load(path.read_text()), where=str(path))
+
+
+def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
+    """Check a runtime.yaml document (every figure a non-negative number with a source) and
+    return its figures."""
+    if not isinstance(data, dict):
+        raise DSEError(f"{where}: expected a mapping of figures and their `sources`, got {data!r}")
+    sources = data.get("sources") or {}
+    out = {}
+    for key in RUNTIME_KEYS:
+        if key not in data:
+            raise DSEError(f"{where}: {key}: missing; required: {', '.join(RUNTIME_KEYS)}")
+    for key, val in data.items():
+        if key == "sources":
+            continue
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not val >= 0:
+            raise DSEError(f"{where}: {key}: expected a non-negative number, got {val!r}")
+        if key not in sources:
+            raise DSEError(f"{where}: sources.{key}: missing; every figure needs its source")
+        out[key] = float(val)
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,31 +17,32 @@ them (TP ranks a slice of the hidden vector, DP ranks their sequences), so a poo
 them over all its NICs: one hop occupies pool p for hop_ms[p] = bytes / (n_p x bw_p) +
 latency, on the sending and on the receiving side alike, with bw_p the per-GPU scale-out
 bandwidth, or the scale-up bandwidth when all pools sit in one scale-up domain (one
-system, together no larger than the domain). Charging each side its own NIC time is what
-a buffered pipeline's throughput sees: the slower side's stage carries the longer time.
+system, together no larger than the domain), and latency the point-to-point hop of
+runtime.yaml (p2p_hop_ms, as a pipeline hop of the engine). Charging each side its own
+NIC time is what a buffered pipeline's throughput sees: the slower side's stage carries
+the longer time.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.models import LayerGroup, Model
-from dse.deploy.spec_table import SpecTable
+from dse.catalog.runtime import runtime
 from dse.catalog.systems import get_system
+from dse.deploy.spec_table import SpecTable
 from dse.errors import DSEError
 from dse.model import cost, memory, ops
 from dse.model.ops import Dtypes, Parallel
+from dse.model.sharding import embedding_bytes_per_gpu, layer_params_per_gpu
 
-HOP_LATENCY_MS = 0.01   # fixed cost of one point-to-point hand-off (as ops.forward's pipeline hop)
+__all__ = ["Pool", "parse_pool", "GroupCost", "OpCosts", "resolve_pools", "op_costs", "ACT_BYTES"]
+
 ACT_BYTES = 2.0         # activations cross pools in bf16
 
 
@@ -125,13 +126,6 @@ class OpCosts:
         raise DSEError(f"pool: unknown pool {name!r}; pools: {', '.join(self.pool_names)}")
 
 
-@functools.lru_cache(maxsize=1)
-def _runtime() -> dict[str, float]:
-    path = Path(str(resources.files("dse.hardware"))) / "runtime.yaml"
-    data = yaml.safe_load(path.read_text())
-    return {k: float(v) for k, v in data.items() if k != "sources"}
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -176,29 +170,14 @@ def resolve_pools(model: Model, pools: list[Pool]) -> tuple[Pool, ...]:
     return tuple(out)
 
 
-def _op_weight_params(model: Model, g: LayerGroup, par: Parallel) -> dict[str, np.ndarray]:
-    """Weight elements per GPU of one layer's op groups (mirrors memory.weight_bytes_per_gpu)."""
-    h = model.hidden
-    a, f = g.attention, g.ffn
-    if a.kind == "mla":
-        rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
-        attn = rep + (a.params(h) - rep) / par.tp
-    else:
-        attn = a.params(h) / par.tp
-    if f.kind == "dense":
-        return {"attn": attn, "ffn": f.params(h) / par.tp}
-    shared = f.mats * h * f.shared_intermediate
-    experts = f.params(h) - shared - h * f.num_experts
-    return {"attn": attn, "moe": experts / par.moe_group + shared / par.tp + h * f.num_experts}
-
-
 def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float = 1024, osl: float = 256,
              phase: str = "decode", weight_dtype: str = "native", kv_dtype: str = "bf16",
-             routing_skew: float = 0.0, own: bool = True) -> OpCosts:
+             routing_skew: float = 0.0, own: bool = True, rt: dict | None = None) -> OpCosts:
     """Per-op-group time and memory of `model` on each pool, for one step of `batch` sequences.
 
     decode: one token per sequence at the mean context isl + osl/2; prefill: the whole
-    prompt of each sequence. KV memory is held at the full context isl + osl.
+    prompt of each sequence. KV memory is held at the full context isl + osl. `rt`: the
+    runtime facts (runtime.yaml's, unless given).
     """
     if phase not in ("decode", "prefill"):
         raise DSEError(f"place: phase: unknown phase {phase!r}; allowed: decode, prefill")
@@ -211,7 +190,8 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
     kv_b = dtypes.BYTES[dtypes.normalize(kv_dtype, field="kv_dtype")]
     table = SpecTable([(p.device, wd, kv_b < 2.0) for p in pools_r])
     hwc = table.gather(np.arange(n_p))
-    hw = SpecTable.hw(hwc)
+    rt = runtime() if rt is None else rt
+    hw = SpecTable.hw(hwc, runtime=rt)
     w_bytes = np.full(n_p, dtypes.BYTES[wd])
     dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=np.full(n_p, kv_b))
     tp = np.array([p.tp for p in pools_r], dtype=float)
@@ -225,7 +205,6 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
     else:
         q_len, ctx = np.full(n_p, float(isl)), np.full(n_p, float(isl))
         tokens = float(batch) * float(isl)
-    rt = _runtime()
     seqs_rank = np.maximum(b / dp, 1.0)
 
     groups = []
@@ -241,16 +220,16 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
         attn_t = t["attn_proj"] + t["attn_core"] + tp_half
         ffn_t = t["ffn"] + t["moe"] + t["ep_comm"] + tp_half
         second = "moe" if g.ffn.kind == "moe" else "ffn"
-        wp = _op_weight_params(model, g, par)
+        attn_w, ffn_w = layer_params_per_gpu(model, g, par.tp, par.moe_group)
         kv = memory.kv_bytes_per_seq(one, par, kv_b, np.full(n_p, isl + osl)) * seqs_rank
-        mem = {"attn": wp["attn"] * w_bytes + kv / rt["kv_memory_fraction"], second: wp[second] * w_bytes}
+        mem = {"attn": attn_w * w_bytes + kv / rt["kv_memory_fraction"], second: ffn_w * w_bytes}
         groups.append(GroupCost(index=gi, count=g.count,
                                 label=f"{g.attention.kind}{'-swa' if g.attention.window else ''}+{g.ffn.kind}",
                                 ops=("attn", second),
                                 time_ms={"attn": np.asarray(attn_t, float), second: np.asarray(ffn_t, float)},
                                 mem_bytes={k: np.broadcast_to(np.asarray(v, float), (n_p,)).copy()
                                            for k, v in mem.items()}))
-    table_bytes = model.vocab * model.hidden * 2.0 / tp   # one bf16 table, vocab split over TP
+    table_bytes = embedding_bytes_per_gpu(model, tp, tables=1)   # one table, vocab split over TP
     # transient activations: a prefill chunk of isl tokens (as evaluate) or the step's own tokens
     act = memory.activation_bytes(model, np.maximum(np.maximum(float(isl), seqs_rank), q_len * seqs_rank))
     cap_phys = hwc["memory_gb"] * memory.GB
@@ -262,7 +241,7 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
                   and sum(p.count for p in pools_r) <= get_system(devs[0].system).scaleup_domain)
     bw = hwc["scaleup_gb_s"] if one_domain else hwc["scaleout_gb_s"]
     n_gpus = np.array([p.count for p in pools_r], dtype=float)
-    hop = tokens * model.hidden * ACT_BYTES / (n_gpus * bw * 1e6) + HOP_LATENCY_MS
+    hop = tokens * model.hidden * ACT_BYTES / (n_gpus * bw * 1e6) + hw.hop_ms
 
     fac = get_facility()
     nameplate = n_gpus * (hwc["tdp_w"] + hwc["host_w_per_gpu"])

@@ -86,7 +86,7 @@ class Pools:
     def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None) -> tuple[serving.Pool, dict]:
         c, model = self.c, self.model
         hwc, code, w_bytes = self._specs(device)
-        hw = SpecTable.hw(hwc)
+        hw = SpecTable.hw(hwc, runtime=self.rt)
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
         structure_errors(model, self.reasons, tp, dp, ep, holds)

@@ -14,11 +14,14 @@ import numpy as np
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.systems import get_system
-from dse.deploy.kernel_params import load_params
+from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
 from dse.model.ops import Hw
 
-FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
+__all__ = ["FAMILIES", "SpecTable"]
+
+# kernel-parameter families; "unfitted": the roofline efficiencies of kernels no table measures
+FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce", "unfitted")
 # Attention runs in the KV cache's format (an fp8 cache: fp8 FMHA math at the fp8 rate),
 # not in the weights': a table row is a (device, weight format, fp8 KV cache?) triple.
 ATTENTION = ("context_attention", "generation_attention")
@@ -33,6 +36,7 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
     fmt = dev.compute_dtype(w_dtype)
     attn_fmt = dev.compute_dtype("fp8" if kv_fp8 else "bf16")
     params = load_params(device_id)
+    defaults = default_params()
     row = {
         "peak_gemm": dev.peak_tflops[fmt],
         "peak_attn": dev.peak_tflops[attn_fmt],
@@ -51,7 +55,7 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
         "host_usd_per_gpu": sys_.host_price_usd / sys_.gpus_per_node,
     }
     for fam in FAMILIES:
-        merged = {**kernels.DEFAULT_PARAMS.get(fam, {}), **params.get(fam, {})}
+        merged = {**defaults.get(fam, {}), **params.get(fam, {})}   # a file's family may lack keys
         for name, val in kernels.for_format(merged, attn_fmt if fam in ATTENTION else fmt).items():
             row[f"{fam}:{name}"] = float(val)
     return row
@@ -72,7 +76,9 @@ class SpecTable:
         return dict(zip(self.keys, np.take(self.matrix, idx, axis=1) if self.keys else []))
 
     @staticmethod
-    def hw(cols: dict[str, np.ndarray]) -> Hw:
+    def hw(cols: dict[str, np.ndarray], *, runtime: dict) -> Hw:
+        """The model's hardware arrays from gathered columns and the runtime facts
+        (runtime.yaml, as the Context carries them) that price point-to-point hand-offs."""
         params: dict[str, dict[str, np.ndarray]] = {f: {} for f in FAMILIES}
         for key, val in cols.items():
             if ":" in key:
@@ -80,4 +86,5 @@ class SpecTable:
                 params[fam][name] = val
         return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
                   mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
-                  scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params)
+                  scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params,
+                  hop_ms=float(runtime["p2p_hop_ms"]), kv_handoff_ms=float(runtime["kv_handoff_ms"]))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["HOURS_PER_YEAR", "HOURS_PER_MONTH", "usd_per_hour", "usd_per_mtok"]
+
 HOURS_PER_YEAR = 365 * 24.0          # a calendar year (8760 h); amortisation is straight-line over years
 HOURS_PER_MONTH = HOURS_PER_YEAR / 12   # 730 h: facility charges are quoted per kW-month
 

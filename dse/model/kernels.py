@@ -16,6 +16,8 @@ The parameters are few, dimensionless or in physical units, and fitted by
   *_us         fixed latencies in microseconds (launch floor, per-CTA setup, ...).
 Format-specific values are stored as "<name>.<format>" (e.g. "eff_compute.fp8");
 `for_format` picks them (a key may also name a kernel variant: "fp4@min_latency").
+The values live in hardware/calibration/ (fitted per device, and defaults.yaml for the
+rest); the model takes them as arguments and reads no file.
 """
 from __future__ import annotations
 
@@ -27,50 +29,10 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    "DEFAULT_PARAMS", "for_format", "format_chain", "gemm_ms", "attn_prefill_ms",
+    "for_format", "format_chain", "gemm_ms", "attn_prefill_ms",
     "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "allreduce_ms", "allgather_ms",
     "reduce_scatter_ms", "alltoall_ms",
 ]
-
-# Generic values for a device without measurements (and no `calibration_from`): the
-# H100 calibration rounded, fp4 from B200. Calibrated devices override them.
-DEFAULT_PARAMS: dict[str, dict[str, float]] = {
-    "gemm": {
-        "eff_compute": 0.8, "eff_memory": 0.75, "k_half": 220.0, "tile_m": 128.0,
-        "tile_n": 128.0, "tile_slots": 64.0, "split_min_k": 2500.0, "floor_us": 2.5,
-        "eff_compute.fp8": 0.6, "floor_us.fp8": 12.0, "split_min_k.fp8": 5000.0,
-        "eff_compute.fp8_block": 0.45, "floor_us.fp8_block": 5.0, "split_min_k.fp8_block": 1e5,
-        "eff_compute.fp4": 0.4, "floor_us.fp4": 9.0, "split_min_k.fp4": 1e5,
-    },
-    "context_attention": {
-        "eff_compute": 0.85, "eff_memory": 0.75, "cta_us": 2.0, "d_half": 50.0,
-        "tile_q": 64.0, "tile_kv": 128.0, "tile_slots": 100.0, "floor_us": 13.0,
-        "eff_compute.fp8": 0.55,
-    },
-    "generation_attention": {
-        "eff_memory": 0.9, "eff_compute": 0.3, "tile_slots": 130.0, "block_tokens": 256.0,
-        "cta_heads": 4.0, "cta_us": 1.0, "cta_bw_frac": 0.01, "ramp_us": 15.0, "ramp_mb": 40.0,
-        "floor_us": 8.0, "max_group": 32.0, "eff_fallback": 0.005,
-        "cta_heads.fp8": 48.0, "floor_us.fp8": 7.0,
-    },
-    "moe": {
-        "eff_compute": 0.95, "eff_memory": 0.7, "k_half": 1500.0, "tile_m": 64.0,
-        "floor_us": 26.0,
-        "eff_compute.fp8": 0.6, "floor_us.fp8": 29.0,
-        "eff_compute.fp8_block": 0.35, "floor_us.fp8_block": 24.0,
-        "eff_compute.fp4": 0.25, "floor_us.fp4": 40.0,
-        "eff_compute.int4": 0.5, "floor_us.int4": 50.0,
-    },
-    "nccl": {
-        "base_us": 6.0, "step_us": 0.7, "eff_ll": 0.3, "eff_bw": 0.65,
-        "bw_extra_us": 12.0, "one_shot": 0.0,
-    },
-    "custom_allreduce": {
-        "base_us": 3.0, "step_us": 0.2, "eff_ll": 0.6, "eff_bw": 0.75,
-        "bw_extra_us": 23.0, "one_shot": 1.0,
-    },
-}
-
 
 # A format key may name a kernel variant ("fp4@min_latency") or a mixed scheme
 # ("w4a8": 4-bit weights, fp8 math); a missing override falls back along this chain.

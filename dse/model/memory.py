@@ -1,9 +1,8 @@
 """Memory per GPU: weights + KV cache (or recurrent state) + activations + runtime reserve.
 
-Attention weights split over tensor-parallel ranks and repeat on every attention
-data-parallel rank; routed experts split over the whole expert group (tp x dp); MLA's
-compressed KV is replicated over TP ranks (every rank needs the whole latent), GQA's
-KV heads split over TP down to one head per rank.
+Weights shard as dse.model.sharding says. MLA's compressed KV is replicated over TP
+ranks (every rank needs the whole latent); GQA's KV heads split over TP down to one head
+per rank.
 """
 from __future__ import annotations
 
@@ -11,6 +10,9 @@ import numpy as np
 
 from dse.catalog.models import Model
 from dse.model.ops import Parallel
+from dse.model.sharding import embedding_bytes_per_gpu, layer_params_per_gpu
+
+__all__ = ["GB", "weight_bytes_per_gpu", "weight_bytes_split", "kv_bytes_per_seq", "activation_bytes"]
 
 GB = 1e9
 
@@ -20,7 +22,7 @@ def weight_bytes_per_gpu(model: Model, par: Parallel, w_bytes, split=None) -> np
     first and last pipeline stage, so at most one table per stage). `split`: the
     weight_bytes_split of the same arguments, when the caller has it already."""
     attn, ffn = weight_bytes_split(model, par, w_bytes) if split is None else split
-    embed = model.embedding_params() * 2.0 / par.tp
+    embed = embedding_bytes_per_gpu(model, par.tp)
     return attn - embed + ffn + embed / np.minimum(par.pp, 2)
 
 
@@ -51,20 +53,10 @@ def activation_bytes(model: Model, tokens_per_rank) -> np.ndarray:
 
 def weight_bytes_split(model: Model, par: Parallel, w_bytes) -> tuple[np.ndarray, np.ndarray]:
     """(attention + embedding bytes, FFN/expert bytes) per GPU, for pools that hold only one side."""
-    h = model.hidden
     attn = ffn = 0.0
     for g in model.groups:
-        a, f = g.attention, g.ffn
-        if a.kind == "mla":
-            rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
-            attn = attn + g.count * (rep + (a.params(h) - rep) / par.tp) * w_bytes
-        else:
-            attn = attn + g.count * a.params(h) / par.tp * w_bytes
-        if f.kind == "dense":
-            ffn = ffn + g.count * f.params(h) / par.tp * w_bytes
-        else:
-            shared = f.mats * h * f.shared_intermediate
-            experts = f.params(h) - shared - h * f.num_experts
-            ffn = ffn + g.count * (experts / par.moe_group + shared / par.tp + h * f.num_experts) * w_bytes
-    embed = model.embedding_params() * 2.0 / par.tp
+        a_params, f_params = layer_params_per_gpu(model, g, par.tp, par.moe_group, count=g.count)
+        attn = attn + a_params * w_bytes
+        ffn = ffn + f_params * w_bytes
+    embed = embedding_bytes_per_gpu(model, par.tp)
     return attn / par.pp + embed, ffn / par.pp

@@ -23,8 +23,11 @@ import functools
 
 import numpy as np
 
-from dse.catalog.models import Model
+from dse.catalog.models import Attention, LayerGroup, Model
 from dse.model import kernels
+from dse.model.sharding import attn_params_per_gpu
+
+__all__ = ["OPS", "COMM_OPS", "Hw", "Parallel", "Dtypes", "Step", "forward", "MMA_ROWS"]
 
 OPS = ("attn_proj", "attn_core", "ffn", "moe", "tp_comm", "ep_comm", "pp_comm", "lm_head")
 COMM_OPS = ("tp_comm", "ep_comm", "pp_comm")
@@ -41,6 +44,8 @@ class Hw:
     scaleout_gb_s: np.ndarray
     domain: np.ndarray         # GPUs in one scale-up domain
     params: dict               # calibration: family -> name -> array (formats already picked)
+    hop_ms: float              # fixed latency of one point-to-point hand-off (runtime.yaml p2p_hop_ms)
+    kv_handoff_ms: float       # fixed handshake of one KV-cache transfer (runtime.yaml kv_handoff_ms)
 
 
 @dataclasses.dataclass
@@ -131,6 +136,171 @@ def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None):
     return t, flops, nbytes
 
 
+class _Acc:
+    """Per-op sums of (time, FLOPs, bytes) over the layer groups of one step."""
+
+    def __init__(self, zero: np.ndarray):
+        self.zero = zero
+        self.time: dict = {}
+        self.flops: dict = {}
+        self.bytes: dict = {}
+
+    def add(self, op: str, count: float, res) -> None:
+        for acc, x in zip((self.time, self.flops, self.bytes), res):
+            x = x if count == 1.0 else count * x
+            acc[op] = acc[op] + x if op in acc else self.zero + x   # zero + x: a fresh full-size array
+
+    def step(self) -> Step:
+        order = {op: self.zero for op in OPS}                  # every op present, in OPS order
+        return Step(time_ms={**order, **self.time}, flops={**order, **self.flops}, bytes={**order, **self.bytes})
+
+
+@dataclasses.dataclass
+class _Shape:
+    """The step's shape on one attention rank (arrays of length N)."""
+    b_rank: np.ndarray         # sequences on one attention rank
+    t_rank: np.ndarray         # tokens on one attention rank
+    t_all: np.ndarray          # tokens entering the MoE layer group
+    q_len: np.ndarray
+    ctx: np.ndarray
+    prefill: np.ndarray        # rows whose step is a prefill
+    verify: bool
+
+
+def _roofline_ms(flops, nbytes, peak_tflops, hw: Hw) -> np.ndarray:
+    """A kernel without a fitted model: plain roofline at the `unfitted` efficiencies."""
+    p = hw.params["unfitted"]
+    return np.maximum(flops / (peak_tflops * 1e9 * p["eff_compute"]), nbytes / (hw.mem_tb_s * 1e9 * p["eff_memory"]))
+
+
+def _linear_core(a: Attention, tp, sh: _Shape, hw: Hw, dt: Dtypes):
+    """Gated delta-net: state read+write per token step (fp32), chunked matmuls in prefill."""
+    state = a.state_elems() / tp
+    v_heads = a.lin_v_heads / tp
+    f_core = sh.t_rank * v_heads * a.lin_k_dim * a.lin_v_dim * 6.0
+    b_core = (sh.b_rank * state * 4.0 * 2.0
+              + sh.t_rank * (a.lin_k_heads * a.lin_k_dim * 2 + a.lin_v_heads * a.lin_v_dim) / tp * 2.0)
+    t_core = kernels.attn_decode_ms(sh.b_rank, np.ones_like(sh.ctx), v_heads, a.lin_k_dim, a.lin_v_dim,
+                                    0.0, peak_tflops=hw.peak_bf16, mem_tb_s=hw.mem_tb_s,
+                                    kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
+    t_core = t_core + _roofline_ms(f_core, b_core, hw.peak_bf16, hw)
+    return t_core, f_core, b_core
+
+
+def _mla_kernels(a: Attention, heads, q_heads, kv_len, sh: _Shape, hw: Hw, dt: Dtypes, need: tuple[bool, bool]):
+    """MLA decode (absorbed MQA over the latent) and prefill (decompressed MHA) kernels:
+    (decode time, decode FLOPs, prefill time, prefill FLOPs, KV elements per token);
+    a kernel not `need`ed (decode, prefill) is None."""
+    kv_tok = a.kv_lora_rank + a.rope_dim
+    dec = f_dec = pre = f_pre = None
+    if need[0]:
+        dec = _mla_decode_ms(sh.b_rank, kv_len, q_heads, a, hw, dt)
+        f_dec = 2.0 * sh.b_rank * q_heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
+    if need[1]:
+        pre = kernels.attn_prefill_ms(sh.b_rank, sh.q_len, heads, a.qk_dim, a.v_dim,
+                                      heads * (a.qk_dim + a.v_dim), a.window, prefix_len=sh.ctx - sh.q_len,
+                                      peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
+                                      kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
+        f_pre = (2.0 * sh.b_rank * heads * sh.q_len * kv_len * (a.qk_dim + a.v_dim)
+                 * np.where(sh.ctx > sh.q_len, 1.0, 0.5))
+    return dec, f_dec, pre, f_pre, kv_tok
+
+
+def _gqa_kernels(a: Attention, tp, heads, q_heads, kv_len, sh: _Shape, hw: Hw, dt: Dtypes, need: tuple[bool, bool]):
+    """MHA/GQA decode and prefill kernels, as _mla_kernels."""
+    kv_heads = np.ceil(a.num_kv_heads / tp)
+    kv_tok = kv_heads * (a.qk_dim + a.v_dim)
+    f_dec = 2.0 * sh.b_rank * q_heads * kv_len * (a.qk_dim + a.v_dim)
+    dec = pre = f_pre = None
+    if need[0]:
+        dec = kernels.attn_decode_ms(sh.b_rank, kv_len, q_heads, a.qk_dim, a.v_dim, kv_tok,
+                                     peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
+                                     kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
+    if need[1]:
+        pre = kernels.attn_prefill_ms(sh.b_rank, sh.q_len, heads, a.qk_dim, a.v_dim, kv_tok, a.window,
+                                      prefix_len=sh.ctx - sh.q_len, peak_tflops=hw.peak_attn,
+                                      mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes,
+                                      p=hw.params["context_attention"])
+        f_pre = f_dec * sh.q_len * np.where(sh.ctx > sh.q_len, 1.0, 0.5)
+    return dec, f_dec, pre, f_pre, kv_tok
+
+
+def _softmax_core(a: Attention, tp, sh: _Shape, hw: Hw, dt: Dtypes):
+    """Softmax attention over the KV cache (window / DSA top-k bounded), plus the DSA
+    indexer: (time, FLOPs, bytes)."""
+    heads = np.ceil(a.num_heads / tp)
+    q_heads = heads * sh.q_len if sh.verify else heads   # query rows of the decode kernels
+    kv_len = np.minimum(sh.ctx, a.window) if a.window else sh.ctx
+    if a.sparse_topk:
+        kv_len = np.minimum(kv_len, a.sparse_topk)
+    some_pre, all_pre = bool(np.any(sh.prefill)), bool(np.all(sh.prefill))
+    need = (not all_pre, some_pre)
+    if a.kind == "mla":
+        dec, f_dec, pre, f_pre, kv_tok = _mla_kernels(a, heads, q_heads, kv_len, sh, hw, dt, need)
+    else:
+        dec, f_dec, pre, f_pre, kv_tok = _gqa_kernels(a, tp, heads, q_heads, kv_len, sh, hw, dt, need)
+    # a step is usually all prefill or all decode: compute only the kernel it runs
+    if all_pre:
+        t_core, f_core = pre, f_pre
+    elif not some_pre:
+        t_core, f_core = dec, f_dec
+    else:
+        t_core, f_core = np.where(sh.prefill, pre, dec), np.where(sh.prefill, f_pre, f_dec)
+    b_core = sh.b_rank * kv_len * kv_tok * dt.kv_bytes
+    if a.indexer_heads:
+        # DSA lightning indexer scores every cached token (fp8 keys) before top-k
+        f_idx = 2.0 * sh.t_rank * a.indexer_heads * a.indexer_dim * sh.ctx
+        b_idx = sh.b_rank * sh.ctx * a.indexer_dim * 1.0
+        t_core = t_core + _roofline_ms(f_idx, b_idx, hw.peak_attn, hw)
+        f_core, b_core = f_core + f_idx, b_core + b_idx
+    return t_core, f_core, b_core
+
+
+def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew) -> None:
+    """Dense FFN GEMMs, or router + shared experts + routed experts + the expert all-to-all."""
+    f, n, h, tp = g.ffn, float(g.count), float(model.hidden), par.tp
+    t_rank, t_all = sh.t_rank, sh.t_all
+    if f.kind == "dense":
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt))
+        return
+    acc.add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0))  # router, bf16
+    if f.shared_intermediate:
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
+    t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
+                           skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
+                           peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"])
+    group = par.moe_group
+    f_moe = 2.0 * t_all * f.top_k * f.mats * h * f.intermediate / group
+    hit = np.minimum(f.num_experts, t_all * f.top_k) / f.num_experts
+    b_moe = f.num_experts * hit * f.mats * h * f.intermediate * dt.w_bytes / group
+    acc.add("moe", n, (t_moe, f_moe, b_moe))
+    # expert parallel all-to-all: dispatch (activation dtype) and combine (bf16)
+    ep_payload = t_all / group * f.top_k * h
+    ep_link = _link(par.ep, hw)
+    t_ep = (kernels.alltoall_ms(ep_payload * dt.a_bytes, par.ep, link_gb_s=ep_link, p=hw.params["nccl"])
+            + kernels.alltoall_ms(ep_payload * 2.0, par.ep, link_gb_s=ep_link, p=hw.params["nccl"]))
+    acc.add("ep_comm", n, (t_ep, acc.zero, ep_payload * (dt.a_bytes + 2.0)))
+
+
+def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:
+    """One TP all-reduce: the custom (one-shot) kernel inside a scale-up domain, NCCL beyond."""
+    inside = tp <= hw.domain
+    custom = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["custom_allreduce"])
+              if np.any(inside) else 0.0)
+    nccl = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["nccl"])
+            if not np.all(inside) else 0.0)
+    return np.where(inside, custom, nccl)
+
+
+def _shape(batch, q_len, ctx, dp, verify: bool) -> _Shape:
+    b_rank = np.maximum(batch / dp, 1.0)
+    prefill = (q_len > 1) if not verify else np.zeros(q_len.shape, dtype=bool)
+    return _Shape(b_rank=b_rank, t_rank=b_rank * q_len, t_all=batch * q_len, q_len=q_len, ctx=ctx,
+                  prefill=prefill, verify=verify)
+
+
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
             skew=0.0, lm_head: bool = True, verify: bool = False) -> Step:
     """One forward step of `batch` sequences with `q_len` new tokens each, attending to
@@ -145,130 +315,24 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     ctx = np.asarray(ctx, dtype=float)
     tp, dp, pp = par.tp, par.dp, par.pp
     h = float(model.hidden)
-    b_rank = np.maximum(batch / dp, 1.0)          # sequences on one attention rank
-    t_rank = b_rank * q_len                        # tokens on one attention rank
-    t_all = batch * q_len                          # tokens entering the MoE layer group
-    prefill = (q_len > 1) if not verify else np.zeros(q_len.shape, dtype=bool)
-    zero = np.zeros(np.broadcast(batch, q_len, ctx, tp).shape)
-    time: dict = {}
-    flops: dict = {}
-    byts: dict = {}
-
-    def add(op, count, res):
-        for acc, x in zip((time, flops, byts), res):
-            x = x if count == 1.0 else count * x
-            acc[op] = acc[op] + x if op in acc else zero + x   # zero + x: a fresh full-size array
-
+    sh = _shape(batch, q_len, ctx, dp, verify)
+    acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp).shape))
     ar_link = _link(tp, hw)
     for g in model.groups:
-        a, f, n = g.attention, g.ffn, float(g.count)
-        # --- attention projections: replicated low-rank parts + TP-split parts
-        if a.kind == "mla":
-            rep = h * (a.q_lora_rank + a.kv_lora_rank + a.rope_dim)
-            width = rep / h + (a.params(model.hidden) - rep) / (h * tp)
-        else:
-            width = a.params(model.hidden) / (h * tp)
-        add("attn_proj", n, _gemm(t_rank, width, h, hw, dt))
-        # --- attention core
-        heads = np.ceil(a.num_heads / tp)
-        q_heads = heads * q_len if verify else heads   # query rows of the decode kernels
-        if a.kind == "linear":
-            # gated delta-net: state read+write per token step (fp32), chunked matmuls in prefill
-            state = a.state_elems() / tp
-            v_heads = a.lin_v_heads / tp
-            f_core = t_rank * v_heads * a.lin_k_dim * a.lin_v_dim * 6.0
-            b_core = b_rank * state * 4.0 * 2.0 + t_rank * (a.lin_k_heads * a.lin_k_dim * 2 + a.lin_v_heads * a.lin_v_dim) / tp * 2.0
-            p = hw.params["generation_attention"]
-            t_core = kernels.attn_decode_ms(b_rank, np.ones_like(ctx), v_heads, a.lin_k_dim, a.lin_v_dim,
-                                            0.0, peak_tflops=hw.peak_bf16, mem_tb_s=hw.mem_tb_s,
-                                            kv_bytes=dt.kv_bytes, p=p)
-            t_core = t_core + np.maximum(f_core / (hw.peak_bf16 * 1e9 * 0.5), b_core / (hw.mem_tb_s * 1e9 * 0.8))
-            add("attn_core", n, (t_core, f_core, b_core))
-        else:
-            kv_len = np.minimum(ctx, a.window) if a.window else ctx
-            if a.sparse_topk:
-                kv_len = np.minimum(kv_len, a.sparse_topk)
-            some_pre, all_pre = bool(np.any(prefill)), bool(np.all(prefill))
-            if a.kind == "mla":
-                # decode: absorbed MQA over the latent; prefill: decompressed MHA
-                kv_tok = a.kv_lora_rank + a.rope_dim
-                if not all_pre:
-                    dec = _mla_decode_ms(b_rank, kv_len, q_heads, a, hw, dt)
-                    f_dec = 2.0 * b_rank * q_heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
-                if some_pre:
-                    pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim,
-                                                  heads * (a.qk_dim + a.v_dim), a.window, prefix_len=ctx - q_len,
-                                                  peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
-                                                  kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
-                    f_pre = (2.0 * b_rank * heads * q_len * kv_len * (a.qk_dim + a.v_dim)
-                             * np.where(ctx > q_len, 1.0, 0.5))
-            else:
-                kv_heads = np.ceil(a.num_kv_heads / tp)
-                kv_tok = kv_heads * (a.qk_dim + a.v_dim)
-                f_dec = 2.0 * b_rank * q_heads * kv_len * (a.qk_dim + a.v_dim)
-                if not all_pre:
-                    dec = kernels.attn_decode_ms(b_rank, kv_len, q_heads, a.qk_dim, a.v_dim, kv_tok,
-                                                 peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
-                                                 kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
-                if some_pre:
-                    pre = kernels.attn_prefill_ms(b_rank, q_len, heads, a.qk_dim, a.v_dim, kv_tok, a.window,
-                                                  prefix_len=ctx - q_len, peak_tflops=hw.peak_attn,
-                                                  mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes,
-                                                  p=hw.params["context_attention"])
-                    f_pre = f_dec * q_len * np.where(ctx > q_len, 1.0, 0.5)
-            # a step is usually all prefill or all decode: compute only the kernel it runs
-            if all_pre:
-                t_core, f_core = pre, f_pre
-            elif not some_pre:
-                t_core, f_core = dec, f_dec
-            else:
-                t_core, f_core = np.where(prefill, pre, dec), np.where(prefill, f_pre, f_dec)
-            b_core = b_rank * kv_len * kv_tok * dt.kv_bytes
-            if a.indexer_heads:
-                # DSA lightning indexer scores every cached token (fp8 keys) before top-k
-                f_idx = 2.0 * t_rank * a.indexer_heads * a.indexer_dim * ctx
-                b_idx = b_rank * ctx * a.indexer_dim * 1.0
-                t_core = t_core + np.maximum(f_idx / (hw.peak_attn * 1e9 * 0.5), b_idx / (hw.mem_tb_s * 1e9 * 0.8))
-                f_core, b_core = f_core + f_idx, b_core + b_idx
-            add("attn_core", n, (t_core, f_core, b_core))
-        # --- FFN
-        if f.kind == "dense":
-            add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt))
-            add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt))
-        else:
-            add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0))  # router, bf16
-            if f.shared_intermediate:
-                add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt))
-                add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
-            t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
-                                   skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
-                                   peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"])
-            group = par.moe_group
-            f_moe = 2.0 * t_all * f.top_k * f.mats * h * f.intermediate / group
-            hit = np.minimum(f.num_experts, t_all * f.top_k) / f.num_experts
-            b_moe = f.num_experts * hit * f.mats * h * f.intermediate * dt.w_bytes / group
-            add("moe", n, (t_moe, f_moe, b_moe))
-            # expert parallel all-to-all: dispatch (activation dtype) and combine (bf16)
-            ep_payload = t_all / group * f.top_k * h
-            ep_link = _link(par.ep, hw)
-            t_ep = (kernels.alltoall_ms(ep_payload * dt.a_bytes, par.ep, link_gb_s=ep_link, p=hw.params["nccl"])
-                    + kernels.alltoall_ms(ep_payload * 2.0, par.ep, link_gb_s=ep_link, p=hw.params["nccl"]))
-            add("ep_comm", n, (t_ep, zero, ep_payload * (dt.a_bytes + 2.0)))
-        # --- TP all-reduce after attention and after the FFN (bf16 activations)
-        ar_bytes = t_rank * h * 2.0
-        inside = tp <= hw.domain
-        custom = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["custom_allreduce"])
-                  if np.any(inside) else 0.0)
-        nccl = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["nccl"])
-                if not np.all(inside) else 0.0)
-        t_ar = np.where(inside, custom, nccl)
-        add("tp_comm", n, (2.0 * t_ar, zero, 2.0 * ar_bytes * (tp > 1)))
-    # --- pipeline hand-offs and the LM head
-    pp_bytes = t_rank * h * 2.0
-    t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + 0.01)
-    add("pp_comm", 1.0, (t_pp, zero, (pp - 1) * pp_bytes))
+        a, n = g.attention, float(g.count)
+        # attention projections: replicated low-rank parts + TP-split parts
+        acc.add("attn_proj", n, _gemm(sh.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt))
+        core = _linear_core if a.kind == "linear" else _softmax_core
+        acc.add("attn_core", n, core(a, tp, sh, hw, dt))
+        _ffn(acc, model, g, sh, hw, par, dt, skew)
+        # TP all-reduce after attention and after the FFN (bf16 activations)
+        ar_bytes = sh.t_rank * h * 2.0
+        acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, tp, ar_link, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
+    # pipeline hand-offs and the LM head
+    pp_bytes = sh.t_rank * h * 2.0
+    t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + hw.hop_ms)
+    acc.add("pp_comm", 1.0, (t_pp, acc.zero, (pp - 1) * pp_bytes))
     if lm_head:
-        rows = b_rank * q_len if verify else b_rank
-        add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
-    order = {op: zero for op in OPS}                 # every op present, in OPS order
-    return Step(time_ms={**order, **time}, flops={**order, **flops}, bytes={**order, **byts})
+        rows = sh.b_rank * q_len if verify else sh.b_rank
+        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
+    return acc.step()

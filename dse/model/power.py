@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["gpu_power_w", "apply_cap"]
+
 
 def gpu_power_w(*, flops, nbytes, time_ms, peak_tflops, mem_tb_s, tdp_w, idle_w,
                 c_compute, c_memory) -> np.ndarray:

@@ -40,6 +40,8 @@ from dse.deploy import roles
 from dse.errors import DSEError
 from dse.schema import direction
 
+__all__ = ["METRICS", "DEFAULTS", "SPLIT_REASONS", "KEY_COLUMNS", "settings_from", "add_metrics"]
+
 METRICS = ("placed_tokens_per_s", "placed_tpot_ms", "placed_usd_per_mtok", "placed_bottleneck_ms",
            "placed_num_gpus", "placed_gain")
 DEFAULTS = {"objective": "bottleneck", "overlap": True, "time_limit_s": 10.0, "extra_pools": ()}

@@ -1,0 +1,150 @@
+"""Aggregated and prefill/decode-disaggregated serving (see dse.model.serving).
+
+agg: one pool, continuous batching with chunked prefill; prompts arrive in groups that
+share a step, and the other running requests' prompts are spread over a request's decode
+steps. disagg: a prefill pool batches whole prompts up to `max_tokens` and hands each KV
+cache to a decode pool (its transfer adds to TTFT); throughput is the least of the
+closed loop, the prefill pool's and the decode pool's rates. The prefill pool and its
+closed loop (`prefill_pool_state`, `pd_loop`) also serve afd with separate prefill workers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dse.catalog.models import Model
+from dse.model.ops import Step
+from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, decode_phase, new_tokens,
+                             pair_link, prefill_phase, where_step)
+
+__all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
+
+
+def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs, rt: Runtime,
+        spec: Spec | None = None) -> ModeResult:
+    conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
+    osl = np.asarray(osl, dtype=float)
+    pre, _, p_pre, p1 = prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)
+    st = dict(pool=pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, isl_new=new_tokens(isl, prefix_hit),
+              ctx=np.asarray(isl, dtype=float) + osl / 2.0, p1=p1, spec=spec)
+    ttft, tpot, x, d, dec, p_dec = _agg_at(model, st, conc, keep=True)
+    share = np.minimum(x / pool.par.dp * st["p1"], 1.0)               # prefill share of GPU time
+    gpu_w = share * p_pre + (1.0 - share) * p_dec
+    rep = PoolReport("agg", d, np.ones_like(d), gpu_w, pool.gpus)
+    return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=pool.gpus,
+                      gpu_power_w=gpu_w * pool.gpus, pools=[rep], transfer_ms=np.zeros_like(ttft),
+                      steps={"prefill": (pre, pool.hw), "decode": (dec, pool.hw)},
+                      load_fn=_agg_at, load_state=st, model=model)
+
+
+def _agg_at(model: Model, st: dict, c, *, keep=False):
+    pool, rt, osl = st["pool"], st["rt"], st["osl"]
+    dp = pool.par.dp
+    n = np.maximum(c / dp, 1.0)
+    running = np.minimum(n, np.maximum(pool.max_seqs / dp, 1.0))
+    d, per_step, dec, p_dec = decode_phase(model, pool, running * dp, st)
+    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt,
+                                 per_step=per_step)
+    x = c / (ttft + np.maximum(osl - 1.0, 0.0) * tpot)                # requests per ms, whole replica
+    if not keep:
+        return ttft, tpot, x * osl * 1e3
+    return ttft, tpot, x, d, dec, p_dec
+
+
+def kv_transfer_ms(model: Model, *, isl, kv_bytes, same_domain, src: Pool, dst: Pool) -> np.ndarray:
+    """Moving one prompt's KV cache from a prefill worker to a decode worker: every
+    prefill GPU sends its shard in parallel over its own link (scale-up inside one
+    domain, its NIC otherwise), plus a fixed handshake (runtime.yaml kv_handoff_ms)."""
+    elems = model.kv_elems_per_token(1) * np.asarray(isl, dtype=float)
+    nbytes = elems * kv_bytes
+    link = pair_link(src, dst, same_domain)
+    lanes = np.minimum(src.gpus, dst.gpus)
+    return nbytes / (link * 1e9 * lanes) * 1e3 + src.hw.kv_handoff_ms
+
+
+def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, decode_workers, concurrency,
+           isl, osl, prefix_hit, skew, coeffs, same_domain, rt: Runtime, spec: Spec | None = None) -> ModeResult:
+    """Prefill workers run batches of whole prompts (up to max_tokens) and hand each KV
+    cache to a decode worker; decode steps carry no prefill. Closed loop over both."""
+    osl = np.asarray(osl, dtype=float)
+    pw = np.asarray(prefill_workers, dtype=float)
+    dw = np.asarray(decode_workers, dtype=float)
+    st, pre, p_pre = prefill_pool_state(model, pre_pool, dec_pool, prefill_workers=pw, isl=isl, prefix_hit=prefix_hit,
+                                         skew=skew, coeffs=coeffs, same_domain=same_domain, rt=rt)
+    t_pre, xfer = st["t_pre"], st["xfer"]
+    st.update(dec_pool=dec_pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, ctx=np.asarray(isl, dtype=float) + osl / 2.0,
+              d_ranks=dw * dec_pool.par.dp, spec=spec)
+    conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
+    ttft, tpot, x, dec, p_dec = _disagg_at(model, st, conc, keep=True)
+    util_pre = np.minimum(x / st["pre_rate"], 1.0)
+    util_dec = np.ones_like(util_pre)                    # decode steps run while any sequence is running
+    gp = util_pre * p_pre + (1 - util_pre) * pre_pool.idle_w
+    gd = util_dec * p_dec + (1 - util_dec) * dec_pool.idle_w
+    g_pre, g_dec = pre_pool.gpus * pw, dec_pool.gpus * dw
+    pools = [PoolReport("prefill", t_pre, util_pre, gp, g_pre), PoolReport("decode", tpot, util_dec, gd, g_dec)]
+    return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=g_pre + g_dec,
+                      gpu_power_w=gp * g_pre + gd * g_dec, pools=pools, transfer_ms=xfer,
+                      steps={"prefill": (pre, pre_pool.hw), "decode": (dec, dec_pool.hw)},
+                      load_fn=_disagg_at, load_state=st, model=model)
+
+
+def _disagg_at(model: Model, st: dict, c, *, keep=False):
+    pool = st["dec_pool"]
+    running = np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0))
+
+    def decode(batch):
+        d, per_step, dec, p_dec = decode_phase(model, pool, batch * pool.par.dp, st)
+        return d / per_step, dec, p_dec
+
+    ttft, tpot, x, (_, dec, p_dec) = pd_loop(st, c, running, decode)
+    if not keep:
+        return ttft, tpot, x * st["osl"] * 1e3
+    return ttft, tpot, x, dec, p_dec
+
+
+def prefill_pool_state(model: Model, pre_pool: Pool, dst: Pool, *, prefill_workers, isl, prefix_hit, skew, coeffs,
+                        same_domain, rt: Runtime) -> tuple[dict, Step, np.ndarray]:
+    """What a separate prefill pool contributes: its step, batching, KV hand-off and rate."""
+    isl_new = new_tokens(isl, prefix_hit)
+    pre, t_pre, p_pre, p1 = prefill_phase(model, pre_pool, isl, prefix_hit, skew, coeffs)
+    t_pre = t_pre + rt.step_ms
+    xfer = kv_transfer_ms(model, isl=isl, kv_bytes=dst.dt.kv_bytes, same_domain=same_domain, src=pre_pool, dst=dst)
+    full = np.maximum(rt.max_tokens / isl_new, 1.0)      # prompts in a full prefill batch
+    p_ranks = np.asarray(prefill_workers, dtype=float) * pre_pool.par.dp
+    st = dict(t_pre=t_pre, p1=p1, xfer=xfer, full=full, p_ranks=p_ranks,
+              pre_rate=p_ranks * full / (t_pre + (full - 1.0) * p1))   # requests per ms the prefill pool sustains
+    return st, pre, p_pre
+
+
+def pd_loop(st: dict, c, running, decode):
+    """Closed loop over a prefill pool and decode ranks whose time per output token at a
+    given batch per rank is decode(batch)[0]: (TTFT, TPOT, requests per ms, decode(...) at
+    the served load)."""
+    rt, osl = st["rt"], st["osl"]
+    osl1 = np.maximum(osl - 1.0, 0.0)
+    p_ranks, d_ranks, full, p1, t_pre = st["p_ranks"], st["d_ranks"], st["full"], st["p1"], st["t_pre"]
+    out = decode(running)
+    tpot = out[0]
+    # prompts come back in groups (one decode step finishes them together) and share a batch
+    group = np.clip(c / p_ranks, 1.0, full)
+    ttft = rt.request_ms + t_pre + (group - 1.0) * p1 + st["xfer"]
+    steps_first = np.maximum(c / p_ranks / full, 1.0)
+    first = (rt.request_ms + (steps_first + 1.0) / 2.0 * (t_pre + (np.minimum(c / p_ranks, full) - 1.0) * p1)
+             + st["xfer"])
+    ttft = ttft + np.maximum(first - ttft, 0.0) / rt.rounds
+    loop = c / (ttft + osl1 * tpot)
+    dec_rate = d_ranks * running / np.maximum(osl1 * tpot, 1e-9)
+    x = np.minimum(np.minimum(loop, st["pre_rate"]), dec_rate)
+    starved = x < np.minimum(loop, dec_rate) * 0.999
+    if np.any(starved):
+        # prefill-bound: fewer sequences decode at once (Little: x * decode time), so steps are shorter
+        out2 = decode(np.clip(x * osl1 * tpot / d_ranks, 1.0, running))
+        out = tuple(_where_any(starved, b, a) for a, b in zip(out, out2))
+        tpot = out[0]
+    ttft = np.maximum(ttft, c / x - osl1 * tpot)          # the backlog waits for prefill or a decode slot
+    return ttft, tpot, x, out
+
+
+def _where_any(mask, a, b):
+    if isinstance(a, Step):
+        return where_step(mask, a, b)
+    return np.where(mask, a, b)

@@ -1,0 +1,303 @@
+"""The serving machinery every mode shares: pools, the framework's constants, speculative
+decoding, prefill and decode steps under a power cap, and continuous batching.
+
+A *pool* is a set of identical workers (device, parallel layout, formats). Step times
+come from `ops.forward`; the modes (dse.model.pd: agg and disagg, dse.model.afd) turn
+them into serving behaviour under closed-loop load. dse.model.serving tells the whole
+story, including the serving framework's constants (`Runtime`: request_ms, step_ms,
+max_tokens, fitted per backend by `python -m dse.fit.serving`).
+
+Speculative decoding (`Spec`, any mode) yields E = (1 - a^(k+1)) / (1 - a) tokens per
+decode step (Leviathan et al., ICML 2023); dse.model.serving says how it is priced.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from dse.catalog.models import Model
+from dse.model import ops, power
+from dse.model.ops import Dtypes, Hw, Parallel, Step
+
+__all__ = ["MIN_MARGINAL", "Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
+           "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
+           "marginal_prefill_ms", "marginal_floor", "new_tokens", "chunked_latency", "where_step", "pair_link"]
+
+MIN_MARGINAL = 0.1         # a prompt never costs less than this share of its own prefill step
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Serving-framework constants, one value per row (see module docstring)."""
+    request_ms: np.ndarray
+    step_ms: np.ndarray
+    max_tokens: np.ndarray
+    rounds: np.ndarray         # requests per user of a closed-loop benchmark (inf = steady state)
+
+
+@dataclasses.dataclass
+class Spec:
+    """Speculative decoding per row: `tokens` drafted per step (0 = off) and `accept`,
+    the probability that a draft is kept given the ones before it were."""
+    tokens: np.ndarray
+    accept: np.ndarray
+
+    def per_step(self) -> np.ndarray:
+        """Expected tokens a sequence gains per decode step."""
+        a = np.minimum(np.asarray(self.accept, dtype=float), 1.0 - 1e-9)
+        return (1.0 - a ** (np.asarray(self.tokens, dtype=float) + 1.0)) / (1.0 - a)
+
+
+def draft_ms(model: Model, verify: Step, tokens) -> np.ndarray:
+    """Drafting `tokens` tokens: one pass each through a one-layer draft head (DeepSeek's
+    MTP module, an EAGLE head) and the LM head, at the cost of one average layer of the
+    verification step (an upper bound: that step carries k + 1 tokens per sequence)."""
+    head = verify.time_ms["lm_head"]
+    layer = (verify.total_ms - head - verify.time_ms["pp_comm"]) / float(model.num_layers)
+    return np.asarray(tokens, dtype=float) * (layer + head)
+
+
+@dataclasses.dataclass
+class Pool:
+    """One kind of worker: hardware arrays, formats, layout and per-GPU figures."""
+    hw: Hw
+    dt: Dtypes
+    par: Parallel
+    tdp_w: np.ndarray
+    idle_w: np.ndarray
+    cap_w: np.ndarray              # power cap per GPU
+    max_seqs: np.ndarray           # sequences one worker's KV memory holds
+    hw_key: np.ndarray             # one number per (device, weight format, KV format): dedupe key
+
+    @property
+    def gpus(self) -> np.ndarray:
+        return self.par.tp * self.par.dp * self.par.pp
+
+
+@dataclasses.dataclass
+class PoolReport:
+    role: str
+    step_ms: np.ndarray            # the pool's step (prefill of a request, or decode step)
+    utilisation: np.ndarray        # busy fraction of the pool's GPUs
+    power_w: np.ndarray            # average power per GPU (GPU only)
+    gpus: np.ndarray               # GPUs in this role for the whole unit
+    transfer_ms: object = None     # what this pool waits on the network for (None: the mode's transfer)
+
+
+@dataclasses.dataclass
+class ModeResult:
+    ttft_ms: np.ndarray
+    tpot_ms: np.ndarray
+    tokens_per_s: np.ndarray       # output tokens per second of one unit (replica)
+    gpus: np.ndarray               # GPUs in one unit
+    gpu_power_w: np.ndarray        # sum of average GPU power of the unit
+    pools: list                    # PoolReport per role
+    transfer_ms: np.ndarray        # KV (disagg) or activation (afd) transfer per request / step
+    steps: dict                    # phase name -> (Step, Hw of its pool), for the breakdown
+    load_fn: object = None         # load_fn(model, state, concurrency) -> (ttft, tpot, tokens_per_s)
+    load_state: dict = None        # per-row arrays load_fn needs (subset with rows_of)
+    model: object = None
+
+    def load(self, concurrency):
+        """(TTFT, TPOT, tokens/s) of the same deployment at another concurrency."""
+        return self.load_fn(self.model, self.load_state, np.asarray(concurrency, dtype=float))
+
+
+def rows_of(res: ModeResult, idx) -> ModeResult:
+    """The rows `idx` of a result, enough to call `load` on them (goodput search)."""
+    n = len(np.atleast_1d(res.ttft_ms))
+    return dataclasses.replace(res, load_state=_take(res.load_state, idx, n))
+
+
+def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(capped power per GPU while running this phase, time stretch from the cap)."""
+    p = power.gpu_power_w(flops=step.total_flops(), nbytes=step.total_bytes(), time_ms=time_ms,
+                          peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
+                          tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)
+    share = compute_bound_share(step, pool.hw)
+    capped, stretched = power.apply_cap(p, time_ms, share, cap_w=pool.cap_w)
+    return capped, stretched / np.maximum(time_ms, 1e-12)
+
+
+def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time of the step's operators that are compute-bound, memory-bound, communication
+    (kept on the step: a step is split several times, always on its own hardware)."""
+    if step.split is not None and step.split[0] is hw:
+        return step.split[1]
+    comp = 0.0
+    ridge = hw.peak_gemm / hw.mem_tb_s
+    for op, t in step.time_ms.items():
+        if op not in ops.COMM_OPS:
+            comp = comp + t * (step.flops[op] >= step.bytes[op] * ridge)
+    comm = step.comm_ms()
+    out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)
+    step.split = (hw, out)
+    return out
+
+
+def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
+    comp, mem, comm = bound_split(step, hw)
+    return comp / np.maximum(comp + mem + comm, 1e-12)
+
+
+def _take(x, idx, n):
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if isinstance(x, dict):
+        return {k: _take(v, idx, n) for k, v in x.items()}
+    if dataclasses.is_dataclass(x):
+        return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
+    return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
+
+
+# Square roots of distinct primes are linearly independent over the rationals, so
+# integer-valued columns (codes, sizes, lengths) cannot cancel out in the weighted sum.
+# (Powers of one number, used before, do: two of them summed to exactly 1.)
+_KEY_WEIGHTS = tuple(np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61]))
+
+
+def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first row of each distinct combination of `cols`, and each row's group.
+
+    One hash pass over a weighted sum of the columns, then a check that every column is
+    constant inside each group (the exact column-by-column factorisation if not)."""
+    n = max(np.size(c) for c in cols)
+    arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
+    if len(arrs) <= len(_KEY_WEIGHTS):
+        key = sum(a * w for a, w in zip(arrs, _KEY_WEIGHTS))
+        inverse, uniq = pd.factorize(key)
+        first = np.zeros(len(uniq), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(n)[::-1]
+        if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):
+            return first, inverse
+    key = np.zeros(n, dtype=np.int64)
+    for a in arrs:
+        codes, uniq = pd.factorize(a)
+        key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
+    inverse, uniq_keys = pd.factorize(key)
+    first = np.zeros(len(uniq_keys), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n)[::-1]
+    return first, inverse
+
+
+class _Gathered(Mapping):
+    """src[k][idx] for each op k, gathered when first read: a prefill step's per-op arrays
+    are only read for a breakdown, so most evaluations never pay for the gather."""
+
+    def __init__(self, src: Mapping, idx):
+        self.src, self.idx, self.done = src, idx, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            self.done[k] = self.src[k][self.idx]
+        return self.done[k]
+
+    def __iter__(self):
+        return iter(self.src)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def _gather_step(step: Step, idx) -> Step:
+    return Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
+                bytes=_Gathered(step.bytes, idx))
+
+
+def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):
+    """Prefill of one request's uncached prompt on every attention rank (the cached prefix
+    is attended, not recomputed): (its Step, time under the power cap, power per GPU,
+    marginal time p1 of one more prompt in a step that already streams the weights).
+
+    It does not depend on the batch, so a sweep's many rows share few distinct prefills:
+    each distinct (hardware, layout, formats, prompt) is computed once and gathered."""
+    n = np.broadcast(isl, pool.par.tp, pool.hw.peak_gemm).shape[0] if np.ndim(isl) or np.ndim(pool.par.tp) else 1
+    isl = np.broadcast_to(np.asarray(isl, dtype=float), (n,))
+    cached = np.floor(isl * prefix_hit)
+    new = np.maximum(isl - cached, 1.0)
+    skew = np.broadcast_to(np.asarray(skew, dtype=float), (n,))
+    key_cols = (pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached,
+                skew, pool.cap_w)
+    first, inverse = _unique_rows(*key_cols)
+    sub = _take(pool, first, n)
+    step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp, q_len=new[first],
+                       ctx=(cached + new)[first], skew=skew[first])
+    p_pre, stretch = phase_power(sub, step, step.total_ms, coeffs)
+    t_pre = step.total_ms * stretch
+    p1 = marginal_prefill_ms(step, sub.hw, t_pre)
+    return _gather_step(step, inverse), t_pre[inverse], p_pre[inverse], p1[inverse]
+
+
+def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None = None) -> Step:
+    """One decode step of `batch` sequences, pipelined over pp stages as pp micro-batches:
+    a token's step crosses every stage once, so TPOT is one micro-batch through all layers.
+    With speculative decoding it is the verification step of 1 + k tokens per sequence."""
+    micro = np.maximum(np.asarray(batch, dtype=float) / pool.par.pp, 1.0)
+    q = np.ones_like(micro) if spec is None else (1.0 + spec.tokens) * np.ones_like(micro)
+    return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=q, ctx=ctx, skew=skew,
+                       verify=spec is not None)
+
+
+def decode_phase(model: Model, pool: Pool, batch, st: dict):
+    """A decode step of `batch` sequences on `pool`: (its time with step_ms and drafting,
+    tokens per sequence it yields, its Step, power per GPU)."""
+    spec = st.get("spec")
+    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec)
+    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, st["coeffs"])
+    d = dec.total_ms * s_dec + st["rt"].step_ms
+    if spec is None:
+        return d, 1.0, dec, p_dec
+    return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec
+
+
+def marginal_prefill_ms(step: Step, hw: Hw, time_ms) -> np.ndarray:
+    """What one more prompt adds to a step that already streams the weights: the prefill
+    step without its memory-bound (weight-streaming) operators, at least MIN_MARGINAL of it."""
+    _, mem, _ = bound_split(step, hw)
+    scale = time_ms / np.maximum(step.total_ms, 1e-12)
+    return np.maximum(time_ms - mem * scale, MIN_MARGINAL * time_ms)
+
+
+def marginal_floor(step: Step, hw: Hw, busy_ms) -> np.ndarray:
+    """The memory-bound (weight-streaming) share of `busy_ms` of a pool's step."""
+    _, mem, _ = bound_split(step, hw)
+    return busy_ms * mem / np.maximum(step.total_ms, 1e-12)
+
+
+def new_tokens(isl, prefix_hit) -> np.ndarray:
+    isl = np.asarray(isl, dtype=float)
+    return np.maximum(isl - np.floor(isl * prefix_hit), 1.0)
+
+
+def chunked_latency(*, n, running, d, p1, isl_new, osl, rt: Runtime, per_step=1.0):
+    """TTFT and TPOT of one attention rank under continuous batching with chunked prefill.
+
+    n users on the rank, `running` of them hold a KV slot; d = decode step (with the
+    framework's step cost), p1 = marginal prefill of one prompt, per_step = tokens a
+    sequence gains per decode step (speculative decoding). See the module docstring."""
+    osl1 = np.maximum(np.asarray(osl, dtype=float) - 1.0, 1.0)
+    group = np.clip(rt.max_tokens / isl_new, 1.0, running)
+    chunks = np.maximum(isl_new / rt.max_tokens, 1.0)
+    ttft = rt.request_ms + chunks * d + group * p1
+    tpot = d / per_step + np.maximum(running - group, 0.0) * p1 / osl1
+    steps_first = np.maximum(running * isl_new / rt.max_tokens, 1.0)
+    first = rt.request_ms + (steps_first + 1.0) / 2.0 * (d + running * p1 / steps_first)
+    ttft = ttft + np.maximum(first - ttft, 0.0) / rt.rounds
+    life = ttft + osl1 * tpot
+    ttft = np.maximum(ttft, n / running * life - osl1 * tpot)       # wait for a KV slot
+    return ttft, tpot
+
+
+def where_step(mask, a: Step, b: Step) -> Step:
+    return Step(time_ms={k: np.where(mask, a.time_ms[k], b.time_ms[k]) for k in a.time_ms},
+                flops={k: np.where(mask, a.flops[k], b.flops[k]) for k in a.flops},
+                bytes={k: np.where(mask, a.bytes[k], b.bytes[k]) for k in a.bytes})
+
+
+def pair_link(a: Pool, b: Pool, same_domain) -> np.ndarray:
+    """GB/s between two pools: the slower scale-up fabric inside one domain, the slower NIC otherwise."""
+    return np.where(same_domain, np.minimum(a.hw.scaleup_gb_s, b.hw.scaleup_gb_s),
+                    np.minimum(a.hw.scaleout_gb_s, b.hw.scaleout_gb_s))

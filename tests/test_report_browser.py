@@ -6,6 +6,7 @@ configuration, the table sorts; screenshots land in test-artifacts/.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import shutil
 import time
@@ -54,8 +55,15 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    import json
+
+    from dse.io import write_json
+    from dse.search.recommend import recommend
+
     d = write_results_dir(tmp_path_factory.mktemp("report") / "run", quickstart_grid(),
                           validation={"summary": {"ttft_mape": 11.0, "tpot_mape": 7.5}})
+    run = json.loads((d / "run.json").read_text())
+    write_json(d / "recommendation.json", recommend(pd.read_csv(d / "pareto.csv"), run["objectives"]))
     return write_report(d), pd.read_csv(d / "pareto.csv")
 
 
@@ -109,6 +117,9 @@ def test_report_in_headless_chromium(browser, report):
     ARTIFACTS.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     browser.get(path.as_uri())
+    # the first plot draws as soon as it scrolls into view (plots below the fold wait for it)
+    _wait(browser, "var g = document.getElementById('standard-0'); return !!(g && g._fullLayout && g._fullData);")
+    browser.execute_script("document.getElementById('pair-0').scrollIntoView()")
     _wait(browser, "var g = document.getElementById('pair-0'); return !!(g && g._fullLayout && g._fullData);")
     opened = time.perf_counter() - t0
     assert _js_errors(browser) == []
@@ -116,8 +127,38 @@ def test_report_in_headless_chromium(browser, report):
     # the Pareto plot holds every row of pareto.csv
     assert browser.execute_script(COUNT_PARETO, "pair-0") == len(pareto)
 
+    # the sections a planner reads, in order: the decision first
+    ids = browser.execute_script("return Array.prototype.map.call(document.querySelectorAll('main > section[id]'),"
+                                 " function (s) { return s.id; });")
+    for want in ("recommended", "standard-view", "objective-pairs", "why-infeasible", "model-accuracy", "question",
+                 "pareto-set", "run"):
+        assert want in ids, (want, ids)
+    assert ids.index("recommended") < ids.index("objective-pairs") < ids.index("why-infeasible") < ids.index("run")
+    assert not browser.execute_script("return !!document.getElementById('view-3d')")   # no 3-D scatter
+
+    # log axes carry full labels at 1-2-5 with their unit, never a bare mantissa between decades
+    ticks = browser.execute_script("""
+        var out = [];
+        document.querySelectorAll('#pair-0 .xtick text, #pair-0 .ytick text').forEach(function (t) {
+          out.push(t.textContent); });
+        return out;""")
+    assert len(ticks) >= 4, ticks
+    for t in ticks:
+        num = t.split(" ")[0].replace("\u2212", "-")
+        mult = {"k": 1e3, "M": 1e6, "G": 1e9}.get(num[-1:], 1.0)
+        value = float(num.rstrip("kMG")) * mult
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        assert round(mantissa, 6) in (1.0, 2.0, 5.0), t
+        assert " " in t, f"tick {t!r} has no unit"
+    picks = browser.execute_script("return document.querySelectorAll('#recommended tbody tr').length")
+    assert picks >= 3          # one per objective (3) and the balanced one
+    browser.execute_script("document.getElementById('recommended').scrollIntoView()")
+    browser.save_screenshot(str(ARTIFACTS / "report-recommended.png"))
+    browser.execute_script("document.getElementById('why-infeasible').scrollIntoView()")
+    browser.save_screenshot(str(ARTIFACTS / "report-infeasible.png"))
+
     # a real mouse move over an isolated Pareto point shows its configuration
-    browser.execute_script("window.scrollTo(0, 0)")
+    browser.execute_script("document.getElementById('pair-0').scrollIntoView()")
     pick = browser.execute_script(PICK_POINT)
     assert pick["gap"] > 3
     browser.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": pick["x"], "y": pick["y"]})
@@ -133,7 +174,7 @@ def test_report_in_headless_chromium(browser, report):
     browser.execute_async_script("""
         var done = arguments[arguments.length - 1];
         dseDrawAll().then(function () { done(); }, function (e) { window.__errors.push(String(e)); done(); });""")
-    for fig in ("pair-1", "pair-2", "view-3d"):
+    for fig in ("pair-1", "pair-2", "standard-0"):
         assert browser.execute_script(COUNT_PARETO, fig) == len(pareto), fig
     n_dims = browser.execute_script("return document.getElementById('parcoords')._fullData[0].dimensions.length")
     assert n_dims >= 5

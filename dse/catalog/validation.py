@@ -70,6 +70,11 @@ class DataModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=False)
     unknown_word: ClassVar[str] = "key"
 
+    @classmethod
+    def special_key(cls, key: Any, value: Any) -> str | None:
+        """A subclass's own message for a key it refuses (None: the usual checks)."""
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
@@ -77,6 +82,9 @@ class DataModel(BaseModel):
         if not isinstance(data, dict):
             raise fail(f"expected a mapping with keys {allowed(names)}, got {_short(data)}")
         for key in data:
+            special = cls.special_key(key, data[key])
+            if special:
+                raise fail(special, str(key))
             if key not in names:
                 raise fail(unknown(cls.unknown_word, key, names), str(key))
         return data

@@ -9,6 +9,7 @@ booleans, `1e6` is a number, and files over `MAX_BYTES` or nested deeper than
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from dse.errors import DSEError
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "load_yaml", "parse_yaml", "read_mapping"]
 
-MAX_BYTES = 1_000_000
+MAX_BYTES = 4_000_000
 MAX_DEPTH = 32
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -55,32 +56,98 @@ def _refuse_anchors(text: str, where: str) -> None:
                            "are not allowed in data files; write the values out")
 
 
+_STR, _INT, _SEQ, _MAP = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:seq",
+                          "tag:yaml.org,2002:map")
+_PLAIN_INT = re.compile(r"^(?:0|-?[1-9][0-9]*)$")
+_PLAIN_FLOAT = re.compile(r"^-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?$")
+
+
+def _resolve_fast(self, kind, value, implicit):
+    """Plain decimal integers skip PyYAML's regex loop (the bulk of a long axis)."""
+    if kind is yaml.ScalarNode and implicit[0] and _PLAIN_INT.match(value):
+        return _INT
+    return _Base.resolve(self, kind, value, implicit)
+
+
+_Loader.resolve = _resolve_fast
+
+
 def _key_text(node) -> str:
     return str(node.value) if isinstance(node, yaml.ScalarNode) else "<complex key>"
 
 
-def _check_nodes(root, where: str) -> None:
-    """Duplicate keys (with key path and line) and nesting depth, in one O(n) pass."""
-    stack = [(root, "", 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise DSEError(f"{where}: {path or '<top>'}: nested deeper than {MAX_DEPTH} levels "
-                           f"({_where(node.start_mark)})")
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in node.value:
-                name = _key_text(key)
-                sub = f"{path}.{name}" if path else name
-                if name in seen:
-                    raise DSEError(f"{where}: {sub}: duplicate key ({_where(key.start_mark)}); give each key once")
-                seen.add(name)
-                if not isinstance(value, yaml.ScalarNode):
-                    stack.append((value, sub, depth + 1))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                if not isinstance(item, yaml.ScalarNode):
-                    stack.append((item, f"{path}[{i}]", depth + 1))
+def _build(loader, node, path: str, depth: int, where: str) -> Any:
+    """The Python value of a node: duplicate keys (with key path and line), merge keys and
+    nesting depth refused; plain numbers and strings built without PyYAML's per-object overhead."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == _STR:
+            return node.value
+        if node.tag == _INT and _PLAIN_INT.match(node.value):
+            return int(node.value)
+        if node.tag == _FLOAT and _PLAIN_FLOAT.match(node.value):
+            return float(node.value)
+        return loader.construct_object(node, deep=True)
+    if depth >= MAX_DEPTH:
+        raise DSEError(f"{where}: {path or '<top>'}: nested deeper than {MAX_DEPTH} levels "
+                       f"({_where(node.start_mark)})")
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        return [_build(loader, item, f"{path}[{i}]", depth + 1, where) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise DSEError(f"{where}: {path or '<top>'}: merge keys (<<) are not allowed "
+                               f"({_where(key_node.start_mark)}); write the keys out")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise DSEError(f"{where}: {path or '<top>'}: a key must be a plain value "
+                               f"({_where(key_node.start_mark)})")
+            key = _build(loader, key_node, path, depth + 1, where)
+            sub = f"{path}.{key}" if path else str(key)
+            if key in out:
+                raise DSEError(f"{where}: {sub}: duplicate key ({_where(key_node.start_mark)}); give each key once")
+            out[key] = _build(loader, value_node, sub, depth + 1, where)
+        return out
+    return loader.construct_object(node, deep=True)    # a tagged collection (!!set, !!omap, ...)
+
+
+# A long flow sequence of JSON numbers (a 200k-value axis) is read by json.loads, not
+# scalar by scalar: PyYAML spends ~5 us per scalar. It is swapped for a placeholder that
+# keeps the line count; if a placeholder does not come back as a whole value (it sat in a
+# comment or a quoted string), the text is parsed as written.
+_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_LONG_SEQ = re.compile(r"\[[ \t\r\n]*" + _NUM + r"(?:[ \t\r\n]*,[ \t\r\n]*" + _NUM + r"){999,}[ \t\r\n]*\]")
+_FAST_FROM = 100_000      # characters; smaller files take the plain path
+
+
+def _swap_long_sequences(text: str) -> tuple[str, dict[str, list]]:
+    found: dict[str, list] = {}
+
+    def swap(m: re.Match) -> str:
+        key = f"__dse_seq_{len(found)}__"
+        found[key] = json.loads(m.group(0))
+        return key + "\n" * m.group(0).count("\n")
+
+    return _LONG_SEQ.sub(swap, text), found
+
+
+def _put_back(value: Any, found: dict[str, list], used: set) -> Any:
+    if isinstance(value, str) and value in found:
+        used.add(value)
+        return found[value]
+    if isinstance(value, list):
+        return [_put_back(v, found, used) for v in value]
+    if isinstance(value, dict):
+        return {k: _put_back(v, found, used) for k, v in value.items()}
+    return value
+
+
+def _parse(text: str, where: str) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _build(loader, node, "", 0, where)
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -89,20 +156,21 @@ def parse_yaml(text: str, where: str) -> Any:
         raise DSEError(f"{where}: {len(text):,} characters, over the {MAX_BYTES:,} a data file may have")
     try:
         _refuse_anchors(text, where)
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            _check_nodes(node, where)
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
+        if len(text) >= _FAST_FROM:
+            swapped, found = _swap_long_sequences(text)
+            if found:
+                used: set = set()
+                data = _put_back(_parse(swapped, where), found, used)
+                if used == set(found):
+                    return data
+        return _parse(text, where)
     except yaml.MarkedYAMLError as exc:
         problem = exc.problem or exc.context or "unreadable"
         raise DSEError(f"{where}: not valid YAML ({problem}, {_where(exc.problem_mark)})") from None
     except yaml.YAMLError as exc:
         raise DSEError(f"{where}: not valid YAML ({(str(exc).splitlines() or ['?'])[0]})") from None
+    except TypeError:       # an unhashable key built by a tag
+        raise DSEError(f"{where}: not valid YAML (a key that is not a plain value)") from None
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep(sub)
     add_report(sub)
     cli_cpsat.add_parsers(sub)
+    from dse.cli.schema import add_parser as add_schema
+    add_schema(sub)
     return p
 
 

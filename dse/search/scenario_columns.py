@@ -191,6 +191,8 @@ def expand_axis(value: Any) -> list:
 
 
 def _distinct(values: list) -> list:
+    if len(set(values)) == len(values):      # one type per column: the fast common case
+        return values
     seen: dict = {}
     for i, v in enumerate(values):
         key = (type(v) is bool, v)

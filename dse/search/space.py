@@ -19,7 +19,7 @@ from dse.catalog.yamlfile import load_yaml
 from dse.deploy.evaluate import evaluate
 from dse.errors import DSEError
 from dse.schema import direction
-from dse.search.encoding import MAX_SIZE, Axis, Constraint, Mode, Objective, Space
+from dse.search.encoding import MAX_SIZE, Axis, Constraint, Mode, Objective, Space, column_kind
 from dse.search.scenario import DEFAULT_OBJECTIVES, SAMPLERS, STRATEGIES, Scenario
 
 __all__ = ["Space", "Axis", "Mode", "Objective", "Constraint", "load_space", "space_from_dict",
@@ -220,6 +220,19 @@ def _is_number(col: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
 
+DRY_RUN_VALUES = 4096
+
+
+def _probe(axis: Axis) -> list:
+    """The values of an axis the dry run evaluates: all of them, or for a long numeric axis its
+    extremes and evenly spaced values between (the engine's checks on a number are ranges)."""
+    if axis.size <= DRY_RUN_VALUES or column_kind(axis.name) not in ("int", "float"):
+        return list(axis.values)
+    ordered = sorted(axis.values)
+    step = (len(ordered) - 1) / (DRY_RUN_VALUES - 1)
+    return [ordered[round(i * step)] for i in range(DRY_RUN_VALUES)]
+
+
 def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
     """Evaluate every axis value once so that bad values fail at load time, with their key;
     returns one evaluated row (its dtypes tell which metrics are numbers)."""
@@ -237,7 +250,7 @@ def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
         for a in m.axes:
             if a.size == 1:
                 continue
-            cols = {**dict(space.fixed), **base, a.name: list(a.values)}
+            cols = {**dict(space.fixed), **base, a.name: _probe(a)}
             try:
                 evaluate(strict=False, **cols)
             except DSEError as exc:

@@ -11,13 +11,13 @@ import dataclasses
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 from pydantic import Field, field_validator, model_validator
 
 from dse.catalog import dtypes
-from dse.catalog.validation import DataModel, NonNegative, Positive, Text, allowed, fail, validate
+from dse.catalog.validation import DataModel, NonNegative, Positive, SourcedFile, Text, allowed, fail, validate
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
@@ -38,8 +38,9 @@ class PeakTflops(DataModel):
     fp4: Positive | None = Field(None, description="dense FP4 TFLOPS")
 
 
-class DeviceFile(DataModel):
+class DeviceFile(SourcedFile):
     """One accelerator (hardware/devices/ID.yaml). Numbers are per GPU (per package for multi-die parts)."""
+    sourced: ClassVar[tuple[str, ...]] = SOURCED
     id: Text = Field(description="device id, the file name without .yaml")
     name: Text = Field(description="human-readable name")
     vendor: Text = Field(description="vendor (nvidia, amd, intel, google, huawei, ...)")
@@ -58,8 +59,6 @@ class DeviceFile(DataModel):
     system: Text = Field(description="default system id (hardware/systems): node or rack, scale-up domain")
     hypothetical: bool = Field(False, description="true for a what-if device that does not exist")
     notes: str = Field("", description="free text")
-    sources: dict[str, Text] = Field(description="where each figure came from: field -> source text "
-                                                 "(every figure needs one)")
     base: str | None = Field(None, description="derive from this device id (or file): give only the fields "
                                                "that differ, each with its own source")
 
@@ -78,21 +77,10 @@ class DeviceFile(DataModel):
             raise fail(f"unknown system {v!r}; known: {allowed(system_ids())}")
         return v
 
-    @field_validator("sources")
-    @classmethod
-    def _known_sources(cls, v: dict) -> dict:
-        for key in v:
-            if key not in SOURCED:
-                raise fail(f"not a sourced figure; allowed: {allowed(SOURCED)}", key)
-        return v
-
     @model_validator(mode="after")
-    def _figures(self) -> "DeviceFile":
+    def _idle_below_tdp(self) -> "DeviceFile":
         if self.idle_w > self.tdp_w:
             raise fail(f"idle power above TDP ({self.tdp_w:g} W), got {self.idle_w:g}", "idle_w")
-        for f in SOURCED:
-            if not self.sources.get(f, "").strip():
-                raise fail("every figure needs its source", "sources", f)
         return self
 
 

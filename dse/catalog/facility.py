@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dse.catalog.validation import DataModel, NonNegative, Positive, Text, allowed, fail, validate
+from dse.catalog.validation import DataModel, NonNegative, Positive, SourcedFile, validate
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
@@ -44,26 +44,15 @@ class FacilityOverrides(DataModel):
     rack_power_kw: Positive | None = Field(None, description=_HELP["rack_power_kw"])
 
 
-class FacilityFile(DataModel):
+class FacilityFile(SourcedFile):
     """Where the hardware runs (hardware/facility.yaml): power, space and capital cost, each figure sourced."""
+    sourced: ClassVar[tuple[str, ...]] = NUMBERS
     pue: Pue = Field(description=_HELP["pue"])
     usd_per_kwh: NonNegative = Field(description=_HELP["usd_per_kwh"])
     amortization_years: Positive = Field(description=_HELP["amortization_years"])
     facility_usd_per_kw_month: NonNegative = Field(description=_HELP["facility_usd_per_kw_month"])
     rack_power_kw: Positive = Field(description=_HELP["rack_power_kw"])
     notes: str = Field("", description="free text")
-    sources: dict[str, Text] = Field(description="where each figure came from: field -> source text")
-
-    @field_validator("sources")
-    @classmethod
-    def _sourced(cls, v: dict) -> dict:
-        for key in v:
-            if key not in NUMBERS:
-                raise fail(f"not a sourced figure; allowed: {allowed(NUMBERS)}", key)
-        for key in NUMBERS:
-            if not v.get(key, "").strip():
-                raise fail("every figure needs its source", key)
-        return v
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,11 +13,11 @@ import dataclasses
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from dse.catalog.validation import AtLeastOne, DataModel, NonNegative, Positive, Text, allowed, fail, validate
+from dse.catalog.validation import AtLeastOne, NonNegative, Positive, SourcedFile, Text, allowed, fail, validate
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
@@ -27,8 +27,9 @@ __all__ = ["SOURCED", "System", "SystemFile", "get_system", "system_ids", "all_s
 SOURCED = ("gpus_per_node", "scaleup_domain", "host_power_w", "host_price_usd", "rack_power_kw")
 
 
-class SystemFile(DataModel):
+class SystemFile(SourcedFile):
     """One system (hardware/systems/ID.yaml): the node or rack a device is deployed in."""
+    sourced: ClassVar[tuple[str, ...]] = SOURCED
     id: Text = Field(description="system id, the file name without .yaml")
     name: Text = Field(description="human-readable name")
     gpus_per_node: AtLeastOne = Field(description="accelerators sharing one host (CPUs, NICs, fans)")
@@ -38,24 +39,12 @@ class SystemFile(DataModel):
     rack_power_kw: Positive | None = Field(None, description="power of one physical rack as deployed, if fixed "
                                                              "(NVL72, CloudMatrix), kW")
     notes: str = Field("", description="free text")
-    sources: dict[str, Text] = Field(description="where each figure came from: field -> source text")
-
-    @field_validator("sources")
-    @classmethod
-    def _known_sources(cls, v: dict) -> dict:
-        for key in v:
-            if key not in SOURCED:
-                raise fail(f"not a sourced figure; allowed: {allowed(SOURCED)}", key)
-        return v
 
     @model_validator(mode="after")
-    def _figures(self) -> "SystemFile":
+    def _domain_fits_nodes(self) -> "SystemFile":
         node, domain = self.gpus_per_node, self.scaleup_domain
         if node % domain and domain % node:
             raise fail(f"{domain} must divide or be a multiple of gpus_per_node ({node})", "scaleup_domain")
-        for f in SOURCED:
-            if (f != "rack_power_kw" or self.rack_power_kw is not None) and not self.sources.get(f, "").strip():
-                raise fail("every figure needs its source", "sources", f)
         return self
 
 

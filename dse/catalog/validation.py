@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from dse.errors import DSEError
 
-__all__ = ["DataModel", "validate", "fail", "allowed", "unknown", "Positive", "NonNegative", "PositiveOrInf",
+__all__ = ["DataModel", "SourcedFile", "validate", "fail", "allowed", "unknown", "Positive", "NonNegative", "PositiveOrInf",
            "PositiveInt", "NonNegativeInt", "AtLeastOne", "Text", "format_error", "MAX_MESSAGE"]
 
 MAX_MESSAGE = 300        # characters of an error line, roughly (long lists are cut)
@@ -88,6 +88,23 @@ class DataModel(BaseModel):
             if key not in names:
                 raise fail(unknown(cls.unknown_word, key, names), str(key))
         return data
+
+
+class SourcedFile(DataModel):
+    """A hardware file: every figure in `SOURCED` that is given carries a non-empty source."""
+    sourced: ClassVar[tuple[str, ...]] = ()
+    sources: dict[str, Text] = Field(description="where each figure came from: field -> source text "
+                                                 "(every figure needs one)")
+
+    @model_validator(mode="after")
+    def _every_figure_sourced(self):
+        for key in self.sources:
+            if key not in self.sourced:
+                raise fail(f"not a sourced figure; allowed: {allowed(self.sourced)}", "sources", key)
+        for f in self.sourced:
+            if getattr(self, f, None) is not None and not self.sources.get(f, "").strip():
+                raise fail("every figure needs its source", "sources", f)
+        return self
 
 
 # ----------------------------------------------------------------------------- errors

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined

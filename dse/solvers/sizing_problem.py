@@ -20,7 +20,7 @@ from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.systems import get_system
 from dse.catalog.validation import (DataModel, NonNegative, NonNegativeInt, PositiveInt, PositiveOrInf, Text,
-                                    allowed, fail, unknown, validate)
+                                    fail, unknown, validate)
 from dse.catalog.yamlfile import read_mapping
 from dse.deploy.evaluate import evaluate
 from dse.deploy.explain import explain

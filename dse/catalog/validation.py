@@ -19,8 +19,9 @@ from pydantic_core import PydanticCustomError
 
 from dse.errors import DSEError
 
-__all__ = ["DataModel", "SourcedFile", "validate", "fail", "allowed", "unknown", "Positive", "NonNegative", "PositiveOrInf",
-           "PositiveInt", "NonNegativeInt", "AtLeastOne", "Text", "format_error", "MAX_MESSAGE"]
+__all__ = ["DataModel", "SourcedFile", "validate", "fail", "allowed", "unknown", "Positive", "NonNegative",
+           "PositiveOrInf",
+           "PositiveInt", "NonNegativeInt", "AtLeastOne", "MAX_INT", "Text", "format_error", "MAX_MESSAGE"]
 
 MAX_MESSAGE = 300        # characters of an error line, roughly (long lists are cut)
 _GOT = 60                # characters of the offending value shown
@@ -59,9 +60,10 @@ def _no_nan(v: float) -> float:
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveOrInf = Annotated[float, Field(gt=0), AfterValidator(_no_nan)]   # .inf = no limit
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-AtLeastOne = Annotated[int, Field(ge=1)]
+MAX_INT = 2**53          # integers stay exact in the engine's float64 arithmetic
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_INT)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_INT)]
+AtLeastOne = Annotated[int, Field(ge=1, le=MAX_INT)]
 Text = Annotated[str, Field(min_length=1)]
 
 
@@ -180,6 +182,8 @@ def _phrase(err: dict, vtype) -> str:
         return "expected a mapping"
     if t in ("list_type", "tuple_type"):
         return "expected a list"
+    if t in ("string_too_short", "string_pattern_mismatch"):
+        return "expected a non-empty string"
     if t == "too_short":
         return "expected a non-empty list" if vtype in (list, tuple) or isinstance(err["input"], list) else \
             "expected a non-empty value"

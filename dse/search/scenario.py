@@ -14,8 +14,8 @@ from pydantic import BeforeValidator, Field, create_model, model_validator
 
 from dse import schema
 from dse.catalog.facility import FacilityOverrides
-from dse.catalog.validation import (DataModel, NonNegative, NonNegativeInt, PositiveInt, PositiveOrInf, allowed,
-                                    fail)
+from dse.catalog.validation import (DataModel, NonNegative, NonNegativeInt, PositiveInt, PositiveOrInf, Text,
+                                    allowed, fail)
 from dse.search.scenario_columns import NUMERIC_METRICS, PLACED_METRICS, Axes, Bounds, Slos, Workload
 
 __all__ = ["Scenario", "Objective", "Constraints", "Search", "Modes", "Placement", "STRATEGIES", "SAMPLERS",
@@ -103,7 +103,8 @@ class _ModesBase(DataModel):
 
 
 Modes = create_model(
-    "Modes", __base__=_ModesBase, __doc__="Serving modes, each with the axes it adds to (or replaces in) the common ones.",
+    "Modes", __base__=_ModesBase,
+    __doc__="Serving modes, each with the axes it adds to (or replaces in) the common ones.",
     **{m: (Optional[Axes], Field(None, description=f"{m} mode: its own axes (empty = the common axes only)"))
        for m in schema.MODES})
 
@@ -153,7 +154,7 @@ class Scenario(DataModel):
     name: Optional[Annotated[str, Field(min_length=1, pattern=r"\S")]] = Field(
         None, description="scenario name (default: the file name without .yaml)")
     description: str = Field("", description="one line shown in reports")
-    model: str = Field(description="a model id (`dse models list`) or a path to a Hugging Face config.json "
+    model: Text = Field(description="a model id (`dse models list`) or a path to a Hugging Face config.json "
                                    "(relative to the scenario file)")
     workload: Optional[Workload] = Field(None, description="columns fixed for every configuration (isl, osl, ...)")
     slos: Optional[Slos] = Field(None, description="upper limits on metrics, e.g. ttft_ms, tpot_ms (a configuration "

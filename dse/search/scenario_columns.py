@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 from pydantic import AfterValidator, BeforeValidator, Field, create_model
 
 from dse import schema
-from dse.catalog.validation import DataModel, PositiveOrInf, fail
+from dse.catalog.validation import DataModel, NonNegativeInt, PositiveOrInf, fail
 from dse.errors import DSEError
 from dse.search.encoding import column_kind
 
@@ -113,7 +113,7 @@ def element_type(col: str):
     if kind == "bool":
         return bool
     if kind == "int":
-        return int
+        return NonNegativeInt
     default = schema.COLUMNS.get(col)
     if isinstance(default, float) and math.isinf(default):
         return Annotated[float, AfterValidator(_no_nan)]

@@ -224,11 +224,11 @@ def test_system_missing_field_and_source(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,pattern", [
-    ("gpus_per_node", 8.0, r"gpus_per_node: expected int"),
-    ("gpus_per_node", True, r"gpus_per_node: expected int"),
+    ("gpus_per_node", 8.0, r"gpus_per_node: expected an integer, got (8.0|True)"),
+    ("gpus_per_node", True, r"gpus_per_node: expected an integer, got (8.0|True)"),
     ("scaleup_domain", 0, r"scaleup_domain: expected an integer >= 1"),
     ("scaleup_domain", 12, r"scaleup_domain: 12 must divide or be a multiple"),
-    ("host_power_w", "4.6 kW", r"host_power_w: expected float"),
+    ("host_power_w", "4.6 kW", r"host_power_w: expected a number, got .4.6 kW."),
     ("host_price_usd", -1, r"host_price_usd: expected a non-negative number"),
 ])
 def test_system_wrong_values(tmp_path, field, value, pattern):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dse.errors import DSEError
 
+__all__ = ["BYTES", "DTYPES", "COMPUTE_FALLBACK", "normalize"]
+
 # Bytes per element including block-scale overhead: NVFP4 stores one FP8 scale per 16
 # values (4.5 bits), MXFP4 one E8M0 scale per 32 (4.25 bits), int4 weight-only one BF16
 # scale per 128 (4.125 bits), block FP8 one FP32 scale per 128x128 (negligible).

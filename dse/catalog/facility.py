@@ -10,24 +10,49 @@ import dataclasses
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from dse.catalog.yamlfile import read_mapping, require_sources, typed_fields
+from pydantic import Field
+
+from dse.catalog.validation import DataModel, NonNegative, Positive, SourcedFile, validate
+from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
-# field -> (type, required)
-FIELDS: dict[str, tuple[type, bool]] = {
-    "pue": (float, True),                        # total facility power / IT power
-    "usd_per_kwh": (float, True),                # electricity price
-    "amortization_years": (float, True),         # capex write-off period for servers
-    "facility_usd_per_kw_month": (float, True),  # space/cooling/power infrastructure per kW of IT
-    "rack_power_kw": (float, True),              # power limit of one rack position
-    "notes": (str, False),
-    "sources": (dict, True),
-}
+__all__ = ["NUMBERS", "OVERRIDABLE", "Facility", "FacilityFile", "FacilityOverrides", "get_facility"]
+
 NUMBERS = ("pue", "usd_per_kwh", "amortization_years", "facility_usd_per_kw_month", "rack_power_kw")
 # Values that may be overridden by keyword (sources and notes describe the file).
 OVERRIDABLE = NUMBERS
+
+Pue = Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
+_HELP = {
+    "pue": "power usage effectiveness: total facility power / IT power (>= 1)",
+    "usd_per_kwh": "electricity price, USD per kWh",
+    "amortization_years": "capex write-off period of the servers, years",
+    "facility_usd_per_kw_month": "space, cooling and power infrastructure per kW of IT capacity, USD per month",
+    "rack_power_kw": "power limit of one rack position, kW",
+}
+
+
+class FacilityOverrides(DataModel):
+    """Single facility values replacing those of hardware/facility.yaml (scenario `constraints.facility`)."""
+    unknown_word: ClassVar[str] = "override"
+    pue: Pue | None = Field(None, description=_HELP["pue"])
+    usd_per_kwh: NonNegative | None = Field(None, description=_HELP["usd_per_kwh"])
+    amortization_years: Positive | None = Field(None, description=_HELP["amortization_years"])
+    facility_usd_per_kw_month: NonNegative | None = Field(None, description=_HELP["facility_usd_per_kw_month"])
+    rack_power_kw: Positive | None = Field(None, description=_HELP["rack_power_kw"])
+
+
+class FacilityFile(SourcedFile):
+    """Where the hardware runs (hardware/facility.yaml): power, space and capital cost, each figure sourced."""
+    sourced: ClassVar[tuple[str, ...]] = NUMBERS
+    pue: Pue = Field(description=_HELP["pue"])
+    usd_per_kwh: NonNegative = Field(description=_HELP["usd_per_kwh"])
+    amortization_years: Positive = Field(description=_HELP["amortization_years"])
+    facility_usd_per_kw_month: NonNegative = Field(description=_HELP["facility_usd_per_kw_month"])
+    rack_power_kw: Positive = Field(description=_HELP["rack_power_kw"])
+    notes: str = Field("", description="free text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,33 +71,13 @@ def _default_path() -> Path:
     return Path(str(resources.files("dse.hardware"))) / "facility.yaml"
 
 
-def _number(where: str, name: str, val: Any) -> float:
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise DSEError(f"{where}: {name}: expected a number, got {val!r}")
-    val = float(val)
-    if name == "pue" and val < 1.0:
-        raise DSEError(f"{where}: pue: expected a number >= 1 (total power / IT power), got {val!r}")
-    if name in ("amortization_years", "rack_power_kw") and val <= 0:
-        raise DSEError(f"{where}: {name}: expected a positive number, got {val!r}")
-    if val < 0:
-        raise DSEError(f"{where}: {name}: expected a non-negative number, got {val!r}")
-    return val
-
-
 @functools.lru_cache(maxsize=None)
 def _load(path_str: str) -> Facility:
     path = Path(path_str)
     if not path.is_file():
         raise DSEError(f"facility: no such file {path_str!r}")
-    data = read_mapping(path)
-    kw = typed_fields(data, FIELDS, path, skip=NUMBERS)
-    for name in NUMBERS:
-        if name in data:
-            kw[name] = _number(str(path), name, data[name])
-        elif FIELDS[name][1]:
-            raise DSEError(f"{path}: missing field {name!r}")
-    require_sources(kw, NUMBERS, path)
-    return Facility(**kw, path=str(path))
+    m = validate(FacilityFile, read_mapping(path), str(path))
+    return Facility(**m.model_dump(), path=str(path))
 
 
 def get_facility(path: str | Path | None = None, **overrides: Any) -> Facility:
@@ -83,9 +88,7 @@ def get_facility(path: str | Path | None = None, **overrides: Any) -> Facility:
     base = _load(str(path) if path is not None else str(_default_path()))
     if not overrides:
         return base
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise DSEError(f"facility: unknown override {unknown[0]!r}; allowed: {', '.join(OVERRIDABLE)}")
-    values = {k: _number("facility override", k, v) for k, v in overrides.items()}
+    over = validate(FacilityOverrides, overrides, "facility override")
+    values = {k: float(v) for k, v in over.model_dump(exclude_none=True).items()}
     sources = {**base.sources, **{k: "override (caller-supplied value)" for k in values}}
     return dataclasses.replace(base, **values, sources=sources)

@@ -13,26 +13,39 @@ import dataclasses
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from dse.catalog.yamlfile import read_mapping, require_sources, typed_fields
+from pydantic import Field, model_validator
 
+from dse.catalog.validation import AtLeastOne, NonNegative, Positive, SourcedFile, Text, allowed, fail, validate
+from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
-# field -> (type, required)
-FIELDS: dict[str, tuple[type, bool]] = {
-    "id": (str, True),
-    "name": (str, True),
-    "gpus_per_node": (int, True),      # accelerators sharing one host (CPUs, NICs, fans)
-    "scaleup_domain": (int, True),     # accelerators in one scale-up domain
-    "host_power_w": (float, True),     # per node, everything but the accelerators
-    "host_price_usd": (float, True),   # per node, everything but the accelerators
-    "rack_power_kw": (float, False),   # power of one physical rack as deployed, if fixed
-    "notes": (str, False),
-    "sources": (dict, True),
-}
+__all__ = ["SOURCED", "System", "SystemFile", "get_system", "system_ids", "all_systems"]
+
 # Figures that need a source entry (rack_power_kw only when present).
 SOURCED = ("gpus_per_node", "scaleup_domain", "host_power_w", "host_price_usd", "rack_power_kw")
+
+
+class SystemFile(SourcedFile):
+    """One system (hardware/systems/ID.yaml): the node or rack a device is deployed in."""
+    sourced: ClassVar[tuple[str, ...]] = SOURCED
+    id: Text = Field(description="system id, the file name without .yaml")
+    name: Text = Field(description="human-readable name")
+    gpus_per_node: AtLeastOne = Field(description="accelerators sharing one host (CPUs, NICs, fans)")
+    scaleup_domain: AtLeastOne = Field(description="accelerators in one scale-up domain (NVLink, xGMI, ICI, UB)")
+    host_power_w: NonNegative = Field(description="per node, everything but the accelerators, W")
+    host_price_usd: NonNegative = Field(description="per node, everything but the accelerators, USD")
+    rack_power_kw: Positive | None = Field(None, description="power of one physical rack as deployed, if fixed "
+                                                             "(NVL72, CloudMatrix), kW")
+    notes: str = Field("", description="free text")
+
+    @model_validator(mode="after")
+    def _domain_fits_nodes(self) -> "SystemFile":
+        node, domain = self.gpus_per_node, self.scaleup_domain
+        if node % domain and domain % node:
+            raise fail(f"{domain} must divide or be a multiple of gpus_per_node ({node})", "scaleup_domain")
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +75,8 @@ def _systems_dir() -> Path:
 
 
 def _validate(data: dict[str, Any], path: Path) -> System:
-    kw = typed_fields(data, FIELDS, path)
-    for key in ("gpus_per_node", "scaleup_domain"):
-        if kw[key] < 1:
-            raise DSEError(f"{path}: {key}: expected an integer >= 1, got {kw[key]!r}")
-    if "rack_power_kw" in kw and kw["rack_power_kw"] <= 0:
-        raise DSEError(f"{path}: rack_power_kw: expected a positive number, got {kw['rack_power_kw']!r}")
-    node, domain = kw["gpus_per_node"], kw["scaleup_domain"]
-    if node % domain and domain % node:
-        raise DSEError(f"{path}: scaleup_domain: {domain} must divide or be a multiple of "
-                       f"gpus_per_node ({node})")
-    require_sources(kw, SOURCED, path)
-    kw["path"] = str(path)
-    return System(**kw)
+    m = validate(SystemFile, data, str(path))
+    return System(**m.model_dump(), path=str(path))
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +85,7 @@ def get_system(ref: str) -> System:
     ref = str(ref)
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else _systems_dir() / f"{ref}.yaml"
     if not path.is_file():
-        raise DSEError(f"system: unknown system {ref!r}; known: {', '.join(system_ids())}")
+        raise DSEError(f"system: unknown system {ref!r}; known: {allowed(system_ids(), 200)}")
     return _validate(read_mapping(path), path)
 
 

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report(sub)
     decide.add_parsers(sub)
     cli_cpsat.add_parsers(sub)
+    from dse.cli.schema import add_parser as add_schema
+    add_schema(sub)
     return p
 
 

@@ -150,3 +150,18 @@ def test_the_engine_reports_quality_loss_per_row():
     assert np.allclose(loss[2:], [w[0] for w in want]) and loss[3] > loss[2] > 0
     native = dse.evaluate(model="openai/gpt-oss-120b", device="b200_sxm", tp=2, weight_dtype="native")
     assert native.quality_loss.iloc[0] == 0.0
+
+
+def test_quickstart_sweep_keeps_its_quality_limit(tmp_path):
+    import pandas as pd
+
+    import dse
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "search_spaces" / "quickstart.yaml").read_text())
+    assert data["constraints"]["max_quality_loss"] == 1.0
+    res = dse.sweep(root / "search_spaces" / "quickstart.yaml", out=tmp_path / "q")
+    front = pd.read_csv(res.run_dir / "pareto.csv")
+    assert len(front) and (front.quality_loss <= 1.0).all()
+    configs = pd.read_parquet(res.run_dir / "configs.parquet", columns=["quality_loss", "feasible"])
+    assert (configs.quality_loss > 1.0).any()            # the limit binds: lossier formats were in the space
+    assert not configs.feasible[configs.quality_loss > 1.0].any()

@@ -77,6 +77,9 @@ class Constraints(DataModel):
     max_power_kw: Optional[PositiveOrInf] = Field(None, description="average wall power limit, kW (power_w; "
                                                                      ".inf = no limit)")
     budget_usd: Optional[PositiveOrInf] = Field(None, description="capital budget, USD (capex_usd; .inf = no limit)")
+    max_quality_loss: Optional[NonNegative] = Field(
+        None, description="expected quality loss of the weight and KV formats, percentage points of the benchmark "
+                          "average of hardware/quality.yaml (quality_loss <= limit; docs/quality.md)")
     own: Optional[bool] = Field(None, description="true: own the hardware (capex amortised + energy + facility); "
                                                   "false: rent it at $/GPU-hour (default: true)")
     facility: Optional[FacilityOverrides] = Field(None, description="overrides of hardware/facility.yaml "

@@ -159,6 +159,9 @@ def _fixed_and_constraints(scn: Scenario, data: dict, model_id: str):
                                           "constraints.max_power_kw"))
         if cons.budget_usd is not None:
             constraints.append(Constraint("capex_usd", "max", float(cons.budget_usd), "constraints.budget_usd"))
+        if cons.max_quality_loss is not None:
+            constraints.append(Constraint("quality_loss", "max", float(cons.max_quality_loss),
+                                          "constraints.max_quality_loss"))
         for bound in ("max", "min"):
             lims = getattr(cons, bound)
             for metric in _set_fields(lims, data["constraints"].get(bound)):

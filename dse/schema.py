@@ -11,7 +11,7 @@ from typing import Any
 
 import math
 
-__all__ = ["COLUMNS", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS", "DEVICE_COLUMNS", "METRICS",
+__all__ = ["COLUMNS", "COLUMN_HELP", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS", "DEVICE_COLUMNS", "METRICS",
            "METRIC_INFO", "Metric", "MODES", "BOTTLENECKS", "REASON_CODES", "NON_NUMERIC_METRICS",
            "direction", "metric_label"]
 
@@ -59,6 +59,49 @@ INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "
 ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
                     "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus")
 DEVICE_COLUMNS = ("device", "prefill_device", "decode_device", "attn_device", "ffn_device")
+
+# what each column means, with its unit: the CLI's --help, the scenario docs and schema say this
+COLUMN_HELP = {
+    "device": "accelerator id (`dse hardware list`) or a device YAML file",
+    "tp": "attention tensor-parallel degree",
+    "pp": "pipeline-parallel stages",
+    "dp": "attention data-parallel ranks inside one worker",
+    "ep": "expert-parallel degree (MoE tensor parallel = tp x dp / ep)",
+    "replicas": "identical copies of the whole deployment unit",
+    "weight_dtype": "weight format: native (the checkpoint's), bf16, fp8, int8, fp4, int4",
+    "kv_dtype": "KV-cache format: bf16, fp8, int8, fp4",
+    "batch_size": "concurrent requests per replica (agg, afd); the decode batch default (disagg)",
+    "isl": "prompt (input) tokens per request",
+    "osl": "generated (output) tokens per request",
+    "prefix_hit": "fraction of prompt tokens served from the prefix cache, in [0, 1)",
+    "routing_skew": "power-law exponent of expert popularity (0 = balanced routing)",
+    "power_cap": "GPU power cap as a fraction of TDP, in (0, 1]",
+    "own": "true: own the hardware (capex + energy + facility); false: rent it ($/GPU-hour)",
+    "backend": "serving framework constants: trtllm, vllm, sglang ('' = pooled)",
+    "bench_rounds": "requests per user of a closed-loop benchmark (.inf = steady state)",
+    "spec_tokens": "speculative decoding: tokens drafted per decode step (0 = off)",
+    "spec_acceptance": "chance a draft token is kept given the ones before it were (default: runtime.yaml)",
+    "prefill_device": "disagg: device of the prefill pool ('' = device)",
+    "prefill_tp": "disagg: prefill tensor parallel (0 = tp)",
+    "prefill_dp": "disagg: prefill attention data parallel (0 = dp)",
+    "prefill_ep": "disagg: prefill expert parallel (0 = ep)",
+    "prefill_pp": "disagg: prefill pipeline stages (0 = pp)",
+    "prefill_workers": "disagg: prefill workers (with decode_workers: the prefill:decode ratio)",
+    "decode_device": "disagg: device of the decode pool ('' = device)",
+    "decode_tp": "disagg: decode tensor parallel (0 = tp)",
+    "decode_dp": "disagg: decode attention data parallel (0 = dp)",
+    "decode_ep": "disagg: decode expert parallel (0 = ep)",
+    "decode_pp": "disagg: decode pipeline stages (0 = pp)",
+    "decode_workers": "disagg: decode workers",
+    "decode_batch_size": "disagg: decode batch per worker (0 = batch_size)",
+    "attn_device": "afd: device of the attention pool ('' = device)",
+    "attn_tp": "afd: attention tensor parallel inside the attention pool",
+    "attn_gpus": "afd: GPUs of the attention pool (0 = the engine's choice)",
+    "ffn_device": "afd: device of the FFN pool ('' = device)",
+    "ffn_gpus": "afd: GPUs of the FFN pool: expert parallel (MoE) or tensor parallel (dense) (0 = the engine's choice)",
+    "ttft_slo_ms": "TTFT target for goodput, ms (set by slos.ttft_ms; .inf = none)",
+    "tpot_slo_ms": "TPOT target for goodput, ms (set by slos.tpot_ms; .inf = none)",
+}
 
 # the engine's output columns, in this order
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",

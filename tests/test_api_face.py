@@ -79,3 +79,19 @@ def test_version_and_catalog_show(capsys):
     assert main(["models", "show"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give an id" in err
+
+
+def test_evaluate_cli_products_headers_and_infeasible_first(capsys):
+    assert main(["evaluate", "--model", LLAMA8, "--device", "h100_sxm,b200_sxm", "--tp", "1,2",
+                 "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("4 configurations (device 2 x tp 2)") and len(out) == 2 + 4
+    assert main(["evaluate", "--model", "meta-llama/Llama-3.1-70B", "--device", "h100_sxm", "--tp", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("INFEASIBLE: memory")               # the verdict first, not seventeen lines down
+    assert main(["evaluate", "--model", LLAMA8, "--device", "h200_sxm", "--mode", "disagg",
+                 "--prefill-device", "b200_sxm", "--decode-tp", "2"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "prefill 1 x b200_sxm" in head and "decode 2 x h200_sxm tp2" in head   # real per-role devices
+    assert main(["evaluate", "--model", LLAMA8, "--device", "h100_sxm", "--tp", "two"]) == 2
+    assert capsys.readouterr().err.strip() == "dse: error: --tp: expected a number, got 'two'"

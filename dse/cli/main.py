@@ -6,33 +6,8 @@ import os
 import sys
 
 from dse.errors import DSEError
-from dse.io import to_json
 
 __all__ = ["build_parser", "main"]
-
-
-def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from dse import api
-
-    cfg = {k: v for k, v in vars(a).items() if k in api.COLUMNS and v is not None}
-    row, ops, pools = api.explain(**cfg)
-    if a.json:
-        print(to_json({"metrics": dict(row.items()), "pools": pools.to_dict(orient="records"),
-                       "ops": ops.to_dict(orient="records")}))
-        return 0
-    print(f"{row['model']} on {row['num_gpus']} x {row['device']}  mode={row['mode']} tp={row['tp']:.0f} "
-          f"pp={row['pp']:.0f} dp={row['dp']:.0f} ep={row['ep']:.0f} batch={row['batch_size']:.0f} "
-          f"isl={row['isl']:.0f} osl={row['osl']:.0f} weights={row['weight_dtype']} kv={row['kv_dtype']}")
-    width = max(len(m) for m in api.METRICS)
-    for m in api.METRICS:
-        v = row[m]
-        print(f"  {m:<{width}}  {v:,.4g}" if isinstance(v, float) else f"  {m:<{width}}  {v}")
-    fmt = lambda x: f"{x:,.4g}"  # noqa: E731
-    print()
-    print(pools.to_string(index=False, float_format=fmt))
-    print()
-    print(ops.to_string(index=False, float_format=fmt))
-    return 0
 
 
 def _show(a: argparse.Namespace, what: str) -> int:
@@ -113,24 +88,12 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dse import schema as api
-
     p = argparse.ArgumentParser(prog="dse", description=__doc__)
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    ev = sub.add_parser("evaluate", help="metrics and per-operator breakdown of one configuration")
-    for name, default in api.COLUMNS.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "own":
-            ev.add_argument("--rent", dest="own", action="store_false", default=None, help="rent instead of own")
-        elif name in api.STRING_COLUMNS:
-            ev.add_argument(flag, dest=name, required=default is None, help=f"default {default}")
-        else:
-            typ = int if name in api.INT_COLUMNS else float
-            ev.add_argument(flag, dest=name, type=typ, help=f"default {default}")
-    ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    ev.set_defaults(func=_cmd_evaluate)
+    from dse.cli import evaluate
+    evaluate.add_parser(sub)
 
     models = sub.add_parser("models", help="model catalog: list, or show one with its source")
     models.add_argument("action", choices=["list", "show"])

@@ -178,7 +178,7 @@ def _formats(eng: dict, r: dict[str, Any], name: str, notes: list[str]) -> tuple
 
 def _checks(spec: dict, backend: str, r: dict[str, Any], pools: list[Pool]) -> list[str]:
     e = spec[backend]
-    name = f"{backend} ({e['version']})"
+    name = backend
     why = []
     if r["mode"] == "afd":
         why.append(f"{name}: afd (attention/FFN disaggregation) is not expressible: the engine has no "
@@ -186,10 +186,10 @@ def _checks(spec: dict, backend: str, r: dict[str, Any], pools: list[Pool]) -> l
     elif r["mode"] not in e["modes"]:
         why.append(f"{name}: {r['mode']} is written as a Dynamo graph of prefill and decode workers: "
                    "use --backend dynamo")
-    for p in pools:
-        vendor = get_device(p.device).vendor
+    for dev in dict.fromkeys(p.device for p in pools):
+        vendor = get_device(dev).vendor
         if vendor not in e["vendors"]:
-            why.append(f"{name}: device {p.device} ({vendor}) is not expressible: the engine runs on "
+            why.append(f"{name}: device {dev} ({vendor}) is not expressible: the engine runs on "
                        f"{', '.join(e['vendors'])} devices")
     if float(r["spec_tokens"] or 0) > 0:
         why.append(f"{name}: speculative decoding (spec_tokens {r['spec_tokens']}) needs a draft or MTP "
@@ -232,7 +232,7 @@ def _serve(spec: dict, backend: str, p: LaunchPlan, moe: bool, port: int) -> Non
     """Fill p.serve (and trtllm's options, dynamo's graph), or add reasons."""
     flags_engine = spec["dynamo"]["engine"] if backend == "dynamo" else backend
     eng = spec[flags_engine]
-    name = f"{backend} ({spec[backend]['version']})"
+    name = backend
     fmt, why = _formats(eng, p.row, name, p.notes)
     p.reasons += why
     tokens = _max_tokens(p.row)

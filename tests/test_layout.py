@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1] / "dse"
 # layer of each package, lowest first; a module may import its own layer or lower ones.
 # schema, errors, io and pareto (non-dominated sets, hypervolume) sit below everything and may be imported anywhere.
 LAYERS = {"schema": 0, "errors": 0, "io": 0, "pareto": 0, "catalog": 1, "model": 2, "deploy": 3, "solvers": 4,
-          "search": 5, "report": 5, "fit": 5, "api": 6, "cli": 7, "__init__": 8}
+          "search": 5, "report": 5, "fit": 5, "launch": 5, "api": 6, "cli": 7, "__init__": 8}
 SIBLINGS_APART = {("search", "report"), ("report", "search"), ("report", "fit"), ("fit", "report"),
-                  ("search", "fit"), ("fit", "search")}
+                  ("search", "fit"), ("fit", "search"), ("launch", "search"), ("launch", "report"),
+                  ("launch", "fit"), ("search", "launch"), ("report", "launch"), ("fit", "launch")}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,109 @@
+"""`dse deploy RUN_DIR`: launch files for a finished run's recommended configurations.
+
+Reads RUN_DIR/recommendation.json (its picks, in order) if present, else the first --top
+rows of RUN_DIR/pareto.csv; looks each configuration up in pareto.csv and writes, per
+configuration and engine, a directory with serve.sh, bench.sh and what dse predicted
+(dse.launch). `add_parser(subparsers)` registers the sub-command on the main parser.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dse.errors import DSEError
+
+__all__ = ["add_parser", "select_rows", "main"]
+
+BACKEND_CHOICES = ("vllm", "sglang", "trtllm", "dynamo", "all")
+
+
+def _picked_ids(rec: dict, path: Path) -> list[int]:
+    """config_ids of recommendation.json's picks: best per objective, then the balanced one."""
+    picks = list((rec.get("best") or {}).values()) + ([rec["balanced"]] if rec.get("balanced") else [])
+    ids = []
+    for p in picks:
+        cid = p.get("config_id") if isinstance(p, dict) else None
+        if cid is None:
+            raise DSEError(f"deploy: {path}: a pick has no config_id")
+        if int(cid) not in ids:
+            ids.append(int(cid))
+    return ids
+
+
+def select_rows(run_dir: str | Path, top: int | None = None):
+    """The rows to deploy (a DataFrame, in order): recommendation.json's picks if the run
+    wrote one (at most `top` of them), else the first `top` (default 3) rows of pareto.csv."""
+    import pandas as pd
+
+    run = Path(run_dir)
+    front = run / "pareto.csv"
+    if not run.is_dir() or not front.is_file():
+        raise DSEError(f"deploy: {run}: not a results directory (no pareto.csv); give the --out of a `dse sweep`")
+    try:
+        pareto = pd.read_csv(front)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DSEError(f"deploy: {front}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    rec_path = run / "recommendation.json"
+    if top is not None and top < 1:
+        raise DSEError(f"deploy: --top {top}; expected a positive count")
+    if rec_path.is_file():
+        try:
+            rec = json.loads(rec_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DSEError(f"deploy: {rec_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        ids = _picked_ids(rec, rec_path)[:top]
+        if "config_id" not in pareto.columns:
+            raise DSEError(f"deploy: {front}: no config_id column to look the recommended picks up in")
+        missing = [i for i in ids if i not in set(pareto["config_id"].astype(int))]
+        if missing:
+            raise DSEError(f"deploy: {rec_path}: config_id {missing[0]} is not in {front}")
+        by_id = pareto.set_index(pareto["config_id"].astype(int), drop=False)
+        return by_id.loc[ids].reset_index(drop=True)
+    return pareto.head(3 if top is None else top).reset_index(drop=True)
+
+
+def _cmd_deploy(a: argparse.Namespace) -> int:
+    from dse.launch import BACKENDS, plan, write
+
+    rows = select_rows(a.run_dir, a.top)
+    if not len(rows):
+        raise DSEError(f"deploy: {a.run_dir}: pareto.csv has no configurations (nothing met the SLOs)")
+    backends = BACKENDS if a.backend == "all" else (a.backend,)
+    plans = [plan(r, b) for _, r in rows.iterrows() for b in backends]
+    out = Path(a.out) if a.out else Path(a.run_dir) / "deploy"
+    dirs = write(plans, out)
+    for p in plans:
+        where = f"{out / p.name}/" if p.ok else "not expressible: " + "; ".join(p.reasons)
+        print(f"config {p.config_id} on {p.backend}: {where}")
+    print(f"wrote {len(dirs)} launch director{'y' if len(dirs) == 1 else 'ies'} and {out / 'README.md'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("deploy", help="launch and benchmark files for a run's recommended configurations")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results directory of `dse sweep` (pareto.csv)")
+    p.add_argument("--top", type=int, default=None,
+                   help="at most N configurations: recommendation.json's picks, else pareto.csv's first N (default 3)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="vllm", help="serving engine (default vllm)")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/deploy)")
+    p.set_defaults(func=_cmd_deploy)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m dse.cli.deploy RUN_DIR`) until the main CLI wires it in."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="dse")
+    add_parser(parser.add_subparsers(dest="cmd", required=True))
+    try:
+        args = parser.parse_args(["deploy", *(sys.argv[1:] if argv is None else argv)])
+        return args.func(args)
+    except DSEError as exc:
+        print(f"dse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dse.api import evaluate
-from dse.cli import deploy as cli_deploy
+from dse.cli import main
 from dse.errors import DSEError
 from dse.launch import BACKENDS, engines, flag_names, load_engines, plan, write
 
@@ -171,7 +171,7 @@ def _run_dir(tmp_path: Path, rec: bool) -> Path:
 
 def test_cli_deploy_reads_recommendation_in_order(tmp_path, capsys):
     run = _run_dir(tmp_path, rec=True)
-    assert cli_deploy.main([str(run), "--backend", "all"]) == 0
+    assert main(["deploy", str(run), "--backend", "all"]) == 0
     out = capsys.readouterr().out
     assert out.index("config 33 on vllm") < out.index("config 11 on vllm")
     written = sorted(p.name for p in (run / "deploy").iterdir() if p.is_dir())
@@ -183,17 +183,17 @@ def test_cli_deploy_reads_recommendation_in_order(tmp_path, capsys):
 
 def test_cli_deploy_top_rows_without_recommendation(tmp_path):
     run = _run_dir(tmp_path, rec=False)
-    assert cli_deploy.main([str(run), "--top", "2", "--out", str(tmp_path / "o")]) == 0
+    assert main(["deploy", str(run), "--top", "2", "--out", str(tmp_path / "o")]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["config_11_vllm", "config_22_vllm"]
 
 
 def test_cli_deploy_errors_are_one_line(tmp_path, capsys):
-    assert cli_deploy.main([str(tmp_path)]) == 2
+    assert main(["deploy", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dse: error: deploy: ") and "not a results directory" in err and err.count("\n") == 1
     run = _run_dir(tmp_path, rec=True)
     (run / "recommendation.json").write_text(json.dumps({"best": {"x": {"config_id": 999}}}))
-    assert cli_deploy.main([str(run)]) == 2
+    assert main(["deploy", str(run)]) == 2
     assert "config_id 999 is not in" in capsys.readouterr().err
 
 

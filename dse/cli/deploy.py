@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dse.errors import DSEError
 
-__all__ = ["add_parser", "select_rows", "main"]
+__all__ = ["add_parser", "select_rows"]
 
 BACKEND_CHOICES = ("vllm", "sglang", "trtllm", "dynamo", "all")
 
@@ -89,21 +89,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/deploy)")
     p.set_defaults(func=_cmd_deploy)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m dse.cli.deploy RUN_DIR`) until the main CLI wires it in."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="dse")
-    add_parser(parser.add_subparsers(dest="cmd", required=True))
-    try:
-        args = parser.parse_args(["deploy", *(sys.argv[1:] if argv is None else argv)])
-        return args.func(args)
-    except DSEError as exc:
-        print(f"dse: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dse.cli import cpsat as cli_cpsat
     from dse.cli.sweep import add_parser as add_sweep
     from dse.cli import decide
+    from dse.cli.deploy import add_parser as add_deploy
     add_sweep(sub)
+    add_deploy(sub)
     add_report(sub)
     decide.add_parsers(sub)
     cli_cpsat.add_parsers(sub)

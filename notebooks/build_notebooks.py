@@ -335,9 +335,9 @@ import plotly.graph_objects as go
 import dse
 
 MODEL = "Qwen/Qwen3-235B-A22B"          # MoE: AFD's natural habitat; try "meta-llama/Llama-3.1-70B" too
-AGG_DEVICES = ["b200_sxm", "mi355x", "h200_sxm"]
-ATTN_DEVICES = ["mi355x", "h200_sxm", "b200_sxm"]   # mi355x: 288 GB HBM, the memory-rich option
-FFN_DEVICE = "b200_sxm"
+AGG_DEVICES = ["b200_sxm", "mi355x", "h200_sxm", "h20"]
+ATTN_DEVICES = ["mi355x", "mi300x", "h200_sxm", "h20", "b200_sxm"]   # memory-rich options: mi355x 288 GB, mi300x 192 GB
+FFN_DEVICES = ["b200_sxm", "h100_sxm", "mi355x"]                     # compute-rich options for the experts
 CONTEXTS = [1024, 4096, 16384, 65536]     # prompt length (isl)
 BATCHES = [16, 64, 256, 1024]             # concurrent requests per replica
 OSL = 512
@@ -368,9 +368,9 @@ parallel `attn_tp`, the rest data parallel); `ffn_gpus` GPUs of `ffn_device` hol
 FFN / experts.
 """),
     ("code", """
-f = grid(attn_device=ATTN_DEVICES, attn_gpus=[2, 4, 8, 16], attn_tp=[1, 2, 4, 8], ffn_gpus=[4, 8, 16, 32],
-         isl=CONTEXTS, batch_size=BATCHES)
-afd = dse.evaluate(mode="afd", device=f["attn_device"], ffn_device=FFN_DEVICE, **f, **COMMON)
+f = grid(attn_device=ATTN_DEVICES, ffn_device=FFN_DEVICES, attn_gpus=[2, 4, 8, 16, 32], attn_tp=[1, 2, 4, 8],
+         ffn_gpus=[2, 4, 8, 16, 32], isl=CONTEXTS, batch_size=BATCHES)
+afd = dse.evaluate(mode="afd", device=f["attn_device"], **f, **COMMON)
 print(f"{len(afd):,} AFD configurations, {int((afd.feasible & afd.meets_slo).sum()):,} usable")
 """),
     ("md", "## 3. The cheapest of each per (context, batch), and who wins"),
@@ -387,7 +387,7 @@ cmp_["agg"] = (A["device"].astype(str) + " tp" + A["tp"].astype(int).astype(str)
 cmp_["agg_usd_per_mtok"] = A["usd_per_mtok"]
 cmp_["afd"] = (F["attn_device"].astype(str) + " x" + F["attn_gpus"].astype(int).astype(str)
                + " (tp" + F["attn_tp"].astype(int).astype(str) + ") + "
-               + FFN_DEVICE + " x" + F["ffn_gpus"].astype(int).astype(str))
+               + F["ffn_device"].astype(str) + " x" + F["ffn_gpus"].astype(int).astype(str))
 cmp_["afd_usd_per_mtok"] = F["usd_per_mtok"]
 cmp_["afd_gain"] = cmp_["agg_usd_per_mtok"] / cmp_["afd_usd_per_mtok"]   # > 1: AFD is cheaper
 cmp_["winner"] = np.where(cmp_["afd_gain"] > 1, "afd", np.where(cmp_["afd_gain"].notna(), "agg",
@@ -403,11 +403,16 @@ fig = go.Figure(go.Heatmap(
     zmid=0, colorscale="RdBu", text=text.values, texttemplate="%{text}", customdata=gain.values,
     hovertemplate="isl %{y}, batch %{x}<br>agg/afd cost %{customdata:.2f}<extra></extra>",
     colorbar=dict(title="log2(agg $ / afd $)")))
-fig.update_layout(title=f"{MODEL}: AFD ({'/'.join(ATTN_DEVICES)} attention + {FFN_DEVICE} FFN) vs aggregated",
+fig.update_layout(title=f"{MODEL}: AFD (attention on {'/'.join(ATTN_DEVICES)}, FFN on {'/'.join(FFN_DEVICES)}) vs aggregated",
                   xaxis_title="batch (concurrent requests)", yaxis_title="context length (isl)")
 fig.show()
-wins = int((cmp_["winner"].isin(["afd", "afd only"])).sum())
-print(f"AFD is the cheaper way in {wins} of {len(cmp_)} (context, batch) cells for {MODEL}")
+wins = cmp_[cmp_["winner"].isin(["afd", "afd only"])]
+loses = cmp_[cmp_["winner"].isin(["agg", "agg only"])]
+print(f"AFD is the cheaper (or the only) way to meet the SLO in {len(wins)} of {len(cmp_)} (context, batch) cells "
+      f"for {MODEL}:")
+print(wins[["afd", "afd_usd_per_mtok", "agg_usd_per_mtok", "winner"]].round(3).to_string())
+print(f"and it does not pay in {len(loses)} cells, where aggregated serving costs "
+      f"{(1 / loses['afd_gain']).min():.1f}-{(1 / loses['afd_gain']).max():.1f}x less.")
 """),
     ("md", """
 ## 4. Which attention device, and why
@@ -433,10 +438,14 @@ per_dev.round(3)
     ("md", """
 ## Reading the results
 
-The heatmap marks the (context, batch) cells where AFD is the cheaper way to meet the
-SLO; the last table shows what binds the best AFD deployment of each attention device.
-Swap `MODEL` for a dense model, or the device lists, and re-run to see how the frontier
-moves. All numbers are model estimates.
+Where it pays: at long contexts and large batches, where an aggregated replica runs out of
+KV-cache memory (the "afd only" cells: no aggregated layout meets the SLO at all) or must spread
+over many GPUs, a memory-rich attention pool holds the cache while a small FFN pool does the
+expert math. Where it does not: at short and medium contexts an aggregated replica on one
+memory-rich device is cheaper, by the factor printed above, because AFD pays for two pools and
+the activation round trips of every layer. The last table shows what binds the best AFD
+deployment of each attention device. Swap `MODEL` for a dense model, or the device lists, and
+re-run to see how the frontier moves. All numbers are model estimates (docs/accuracy.md).
 """),
 ]
 

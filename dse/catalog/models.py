@@ -216,7 +216,7 @@ def get_model(ref: str) -> Model:
 def _layer_list(v: Any) -> list:
     if isinstance(v, str):  # some configs carry lists as their Python repr
         v = yaml.safe_load(v.replace("'", '"'))
-    return list(v)
+    return list(v) if isinstance(v, list) else [v]
 
 
 def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
@@ -283,7 +283,10 @@ def _ffns(keys: _Keys, mtype: str) -> tuple[FFN | None, FFN]:
     top_k = opt("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
     if n_experts and not 1 <= top_k <= n_experts:
         k = next((k for k in ("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
-                  if cfg.get(k) is not None), "num_experts_per_tok")
+                  if cfg.get(k) is not None), None)
+        if k is None:
+            raise DSEError(f"{keys.where}: missing {keys.prefix + 'num_experts_per_tok'!r} "
+                           f"(experts per token of the {n_experts} experts)")
         raise keys.fail(k, cfg.get(k), f"a whole number of experts per token in [1, {n_experts}] (the experts)")
     inter = opt("intermediate_size")
     dense_inter = opt("intermediate_size_mlp", default=inter)
@@ -338,6 +341,8 @@ def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Mo
 
     # attention per layer
     layer_types = _layer_list(cfg["layer_types"]) if cfg.get("layer_types") else None
+    if layer_types is not None and not all(isinstance(t, str) for t in layer_types):
+        raise keys.fail("layer_types", cfg["layer_types"], "a list of layer type names")
     if layer_types is None and isinstance(cfg.get("hybrid_layer_pattern"), list):
         layer_types = ["sliding_attention" if x else "full_attention" for x in cfg["hybrid_layer_pattern"]]
     if layer_types is None:
@@ -345,6 +350,7 @@ def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Mo
     layer_types = layer_types[:layers]
 
     if cfg.get("kv_lora_rank"):
+        need("kv_lora_rank")           # its own value first: a bad rank is no reason to ask for others
         rope = need("qk_rope_head_dim", low=0)
         full = Attention(
             kind="mla", num_heads=heads, num_kv_heads=heads,
@@ -414,7 +420,8 @@ def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Mo
         key = (attn_for(layer_types[i] if i < len(layer_types) else "full_attention"),
                moe_ffn if is_moe_layer(i) else dense_ffn)
         if key[1].intermediate <= 0:
-            raise DSEError(f"{where}: missing 'intermediate_size'")
+            raise DSEError(f"{where}: missing {'moe_intermediate_size' if key[1].kind == 'moe' else 'intermediate_size'!r}"
+                           " (> 0)")
         counts[key] = counts.get(key, 0) + 1
     groups = tuple(LayerGroup(count=n, attention=a, ffn=f) for (a, f), n in counts.items())
     return Model(id=model_id, hidden=hidden, vocab=need("vocab_size"), groups=groups,

@@ -32,16 +32,19 @@ def _arrays(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if default is None and name not in columns:
             raise DSEError(f"evaluate: missing required column {name!r}")
     arrays = {}
-    n = 1
+    n, sets_n = 1, ""
     for name, default in COLUMNS.items():
         val = columns.get(name, default)
-        arr = np.asarray(val if not isinstance(val, (pd.Series, pd.Index)) else val.to_numpy())
+        try:
+            arr = np.asarray(val if not isinstance(val, (pd.Series, pd.Index)) else val.to_numpy())
+        except (ValueError, TypeError):       # ragged nesting: no array at all
+            arr = np.empty((0, 0))
         if arr.ndim > 1:
             raise DSEError(f"evaluate: column {name!r} must be a scalar or a 1-D sequence")
         if arr.ndim == 1 and arr.size != 1:
             if n not in (1, arr.size):
-                raise DSEError(f"evaluate: column {name!r} has {arr.size} values, others have {n}")
-            n = arr.size
+                raise DSEError(f"evaluate: column {name!r} has {arr.size} values, column {sets_n!r} has {n}")
+            n, sets_n = arr.size, name
         arrays[name] = arr.reshape(-1)
     return arrays, n
 
@@ -67,7 +70,8 @@ RULES: dict[str, Rule] = {
     "routing_skew": Rule("a finite number >= 0 (0 = balanced)", low=0),
     "power_cap": Rule("a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
     "bench_rounds": Rule("a number >= 1 (inf = steady state)", low=1, inf=True),
-    "spec_tokens": Rule("integers >= 0 (0 = no speculative decoding)", low=0, integer=True),
+    # drafts per step: MTP / EAGLE draft a handful, tree drafting a few dozen
+    "spec_tokens": Rule("integers in [0, 64] (0 = no speculative decoding)", low=0, high=64, integer=True),
     "spec_acceptance": Rule("a fraction in [0, 1] (nan = the runtime.yaml default)", low=0, high=1, nan=True),
     "ttft_slo_ms": Rule("a number of ms > 0 (inf = no limit)", low=0, low_open=True, inf=True),
     "tpot_slo_ms": Rule("a number of ms > 0 (inf = no limit)", low=0, low_open=True, inf=True),

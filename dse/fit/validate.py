@@ -54,6 +54,9 @@ BACKENDS = ("trtllm", "vllm", "sglang")
 
 
 def _num(v) -> float:
+    """A finite measured figure, else NaN (text, true/false and inf are no measurement)."""
+    if isinstance(v, (bool, np.bool_)):
+        return float("nan")
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -93,6 +96,8 @@ def _positive(row: pd.Series, col: str) -> float | None:
 
 
 def _float(v) -> float:
+    if isinstance(v, (bool, np.bool_)):
+        return float("nan")
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -337,7 +342,7 @@ def _repeat_keys(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if "silicon_data_source" in df.columns:
         inputs["concurrency"] = df["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
     key = pd.factorize(pd.MultiIndex.from_frame(inputs.fillna("")))[0]
-    tpot = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce")
+    tpot = pd.to_numeric(df["silicon_tpot_ms"].map(_num), errors="coerce")
     g = tpot.groupby(key)
     return key, (g.transform("max") / g.transform("min")).to_numpy()
 
@@ -370,7 +375,7 @@ def speculative_check(df: pd.DataFrame, configs: list, groups=None) -> dict:
     cfgs = [{**c, "spec_tokens": k} for c in first.values() for k in (0, *SPEC_DRAFTS)]
     cols = {k: [c.get(k, COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
     tpot = evaluate(strict=False, **cols).tpot_ms.to_numpy().reshape(len(first), 1 + len(SPEC_DRAFTS))
-    meas = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce").groupby(key).agg(["min", "max"])
+    meas = pd.to_numeric(df["silicon_tpot_ms"].map(_num), errors="coerce").groupby(key).agg(["min", "max"])
     out = []
     for (k, cfg), t in zip(first.items(), tpot):
         ratio = float(meas.loc[k, "max"] / meas.loc[k, "min"])

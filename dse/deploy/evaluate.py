@@ -60,8 +60,8 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     metrics = {m: np.zeros(n) for m in METRICS if m not in _NOT_COMPUTED}
     reasons = Reasons(n)
     bottleneck = np.zeros(n, dtype=np.int8)
-    _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
-    guard_output(metrics, reasons, cols, vocab)
+    suspect = _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
+    guard_output(metrics, reasons, cols, vocab, suspect=suspect)
     out.update(metrics)
     out["num_gpus"] = out["num_gpus"].astype(np.int64)
     out["meets_slo"] = out["meets_slo"].astype(bool)
@@ -72,17 +72,21 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     return pd.DataFrame(out, copy=False)   # fresh arrays: no need to copy them into one block
 
 
-def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, vocab: dict) -> None:
+def _suspect(metrics: dict[str, np.ndarray]) -> set[str]:
+    """Metrics that may hold a NaN or inf: one reduction each (NaN and inf propagate through a
+    sum, an overflow only costs the exact per-row look; min keeps inf, so only NaN shows)."""
+    with np.errstate(all="ignore"):
+        return {m for m, v in metrics.items() if m not in NON_NUMERIC_METRICS and np.size(v) and
+                (np.isnan(np.min(v)) if m in INF_METRICS else not np.isfinite(np.sum(v)))}
+
+
+def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, vocab: dict, *,
+                 suspect: set[str] | None = None) -> None:
     """No feasible row leaves the engine with a NaN or infinite metric: such a row is flagged
     infeasible ("numeric"), or, with $DSE_STRICT_OUTPUT set, is an engine bug that raises.
-    One reduction per metric on the fast path (NaN and inf propagate through a sum; an
-    overflow only costs the exact per-row look)."""
-    if not len(reasons.codes):
-        return
-    with np.errstate(all="ignore"):      # min propagates NaN and keeps inf: NaN is the only test there
-        suspect = [m for m, v in metrics.items() if m not in NON_NUMERIC_METRICS and
-                   (np.isnan(np.min(v)) if m in INF_METRICS else not np.isfinite(np.sum(v)))]
-    for m in suspect:
+    `suspect`: the metrics _suspect() found (per chunk, while the rows sat in cache)."""
+    suspect = _suspect(metrics) if suspect is None else suspect
+    for m in sorted(suspect, key=list(metrics).index):
         v = metrics[m]
         bad = (np.isnan(v) if m in INF_METRICS else ~np.isfinite(v)) & (reasons.codes == 0)
         if not bad.any():
@@ -100,8 +104,10 @@ def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, v
             metrics[m][flagged] = fill
 
 
-def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> None:
-    """Each model's rows, CHUNK_ROWS at a time, into the output arrays."""
+def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
+    """Each model's rows, CHUNK_ROWS at a time, into the output arrays; returns the metrics
+    that may hold a NaN or inf somewhere (for guard_output)."""
+    suspect: set[str] = set()
     model_codes = cols["model"]
     codes = np.unique(model_codes)
     for code in codes:
@@ -115,8 +121,10 @@ def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, stric
             res, sub_reasons = evaluate_model(model, sub, vocab, ctx, strict=strict)
             reasons.merge(part, sub_reasons)
             bottleneck[part] = res.pop("bottleneck")
+            suspect |= _suspect(res)
             for k, v in res.items():
                 metrics[k][part] = v
+    return suspect
 
 
 def _spec(c: dict[str, np.ndarray], runtime: dict) -> serving.Spec | None:

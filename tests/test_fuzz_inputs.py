@@ -186,9 +186,9 @@ def test_mutated_evaluate_columns(col, value, row):
 def test_known_bad_columns_are_refused_naming_column_and_row(col, value):
     with pytest.raises(DSEError) as err:
         dse.evaluate(**{"model": "meta-llama/Llama-3.1-8B", "device": "h100_sxm", col: value})
-    assert_one_line(str(err.value), f"column {col!r}", "allowed:")
+    assert_one_line(str(err.value), f"evaluate: {col} ", "; got ")
     if isinstance(value, list):
-        assert "row 1:" in str(err.value)
+        assert str(err.value).endswith(" in row 1")
 
 
 def test_allowed_limits_and_defaults_still_evaluate():

@@ -64,26 +64,27 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {
-    **{c: Rule("integers >= 1", low=1, integer=True) for c in INT_COLUMNS},
-    **{c: Rule("integers >= 0 (0 = inherit)", low=0, integer=True) for c in ROLE_INT_COLUMNS},
-    "prefix_hit": Rule("a fraction in [0, 1)", low=0, high=1, high_open=True),
-    "routing_skew": Rule("a finite number >= 0 (0 = balanced)", low=0),
-    "power_cap": Rule("a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
-    "bench_rounds": Rule("a number >= 1 (inf = steady state)", low=1, inf=True),
+    **{c: Rule("must hold whole numbers >= 1", low=1, integer=True) for c in INT_COLUMNS},
+    **{c: Rule("must hold whole numbers >= 0 (0 = inherit)", low=0, integer=True) for c in ROLE_INT_COLUMNS},
+    "prefix_hit": Rule("must be in [0, 1) (a fraction of the prompt)", low=0, high=1, high_open=True),
+    "routing_skew": Rule("must be a finite number >= 0 (0 = balanced)", low=0),
+    "power_cap": Rule("is a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
+    "bench_rounds": Rule("must be >= 1 (inf = steady state)", low=1, inf=True),
     # drafts per step: MTP / EAGLE draft a handful, tree drafting a few dozen
-    "spec_tokens": Rule("integers in [0, 64] (0 = no speculative decoding)", low=0, high=64, integer=True),
-    "spec_acceptance": Rule("a fraction in [0, 1] (nan = the runtime.yaml default)", low=0, high=1, nan=True),
-    "ttft_slo_ms": Rule("a number of ms > 0 (inf = no limit)", low=0, low_open=True, inf=True),
-    "tpot_slo_ms": Rule("a number of ms > 0 (inf = no limit)", low=0, low_open=True, inf=True),
+    "spec_tokens": Rule("must hold integers >= 0 and <= 64 (0 = no speculative decoding)", low=0, high=64,
+                        integer=True),
+    "spec_acceptance": Rule("must be in [0, 1] (nan = the runtime.yaml default)", low=0, high=1, nan=True),
+    "ttft_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+    "tpot_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
 }
 
 
 def _fail(name: str, arr: np.ndarray, bad: np.ndarray, allowed: str) -> DSEError:
     """The one-line error naming the column, the first bad value (and its row) and what is allowed."""
     i = int(np.flatnonzero(bad)[0])
-    where = f"row {i}: " if arr.size > 1 else ""
     val = arr[i].item() if isinstance(arr[i], np.generic) else arr[i]
-    return DSEError(f"evaluate: column {name!r}: {where}{val!r} is not allowed; allowed: {allowed}")
+    shown = repr(val) if len(repr(val)) <= 40 else repr(val)[:37] + "..."
+    return DSEError(f"evaluate: {name} {allowed}; got {shown}" + (f" in row {i}" if arr.size > 1 else ""))
 
 
 def _not(arr: np.ndarray, ok) -> np.ndarray:
@@ -103,10 +104,10 @@ def _typed(name: str, arr: np.ndarray) -> np.ndarray:
         if kind == "O" and pd.api.types.infer_dtype(arr, skipna=False) == "boolean":
             return arr.astype(bool)
         bad = _not(arr, lambda x: isinstance(x, (bool, np.bool_)) or (kind == "U" and x in ("True", "False")))
-        raise _fail(name, arr, bad if bad.any() else np.ones(arr.size, bool), "true or false")
+        raise _fail(name, arr, bad if bad.any() else np.ones(arr.size, bool), "must be true or false")
     if kind in "iuf":
         return arr.astype(float)
-    allowed = RULES[name].allowed if name in RULES else "numbers"
+    allowed = RULES[name].allowed if name in RULES else "must hold numbers"
     if kind == "O" and not _not(arr, _real).any():
         return arr.astype(float)
     raise _fail(name, arr, _not(arr, _real) if kind == "O" else np.ones(arr.size, bool), allowed)
@@ -151,7 +152,7 @@ def _strings(name: str, arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "O" and pd.api.types.infer_dtype(arr, skipna=False) == "string":
         return arr
     bad = _not(arr, lambda x: isinstance(x, str)) if arr.dtype.kind == "O" else np.ones(arr.size, bool)
-    raise _fail(name, arr, bad, "strings (ids)")
+    raise _fail(name, arr, bad, "must hold strings (ids)")
 
 
 def broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:

@@ -75,3 +75,52 @@ def test_every_shipped_model_parses_or_says_why():
         assert m.total_params() > 0 and m.num_layers > 0
         ok += 1
     assert ok >= 60
+
+
+def _load(tmp_path, cfg):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return get_model(str(path)), str(path)
+
+
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}
+MOE = {**LLAMA, "num_local_experts": 8, "num_experts_per_tok": 2}
+
+
+@pytest.mark.parametrize("base, key, value, allowed", [
+    (LLAMA, "num_attention_heads", 0, ">= 1"),
+    (LLAMA, "num_hidden_layers", 0, "in [1, 10000]"),
+    (LLAMA, "num_hidden_layers", 10**9, "in [1, 10000]"),
+    (LLAMA, "num_key_value_heads", 0, ">= 1"),              # 0 KV heads would be a free KV cache
+    (LLAMA, "num_key_value_heads", 3, "a divisor of num_attention_heads (4)"),
+    (LLAMA, "hidden_size", float("nan"), ">= 1"),
+    (LLAMA, "hidden_size", "64", ">= 1"),
+    (LLAMA, "hidden_size", True, ">= 1"),
+    (LLAMA, "vocab_size", -5, ">= 1"),
+    (LLAMA, "head_dim", 0, ">= 1"),
+    (LLAMA, "tie_word_embeddings", "no", "true or false"),
+    (MOE, "num_experts_per_tok", 9, "in [1, 8]"),          # top-k above the experts: active > total
+    (MOE, "num_experts_per_tok", 0, "in [1, 8]"),
+    (MOE, "num_local_experts", -1, ">= 0"),
+])
+def test_bad_config_values_are_one_line_errors_naming_file_key_and_value(tmp_path, base, key, value, allowed):
+    with pytest.raises(DSEError) as err:
+        _load(tmp_path, {**base, key: value})
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) <= 300
+    assert msg.startswith(str(tmp_path / "config.json")) and f"{key}: {value!r} is not allowed" in msg
+    assert allowed in msg
+
+
+def test_text_config_keys_are_named_with_their_path(tmp_path):
+    with pytest.raises(DSEError, match=r"text_config\.num_attention_heads: 0 is not allowed"):
+        _load(tmp_path, {"model_type": "x", "text_config": {**LLAMA, "num_attention_heads": 0}})
+    with pytest.raises(DSEError, match="expected a JSON object"):
+        _load(tmp_path, [1, 2])
+
+
+def test_moe_active_never_above_total(tmp_path):
+    m, _ = _load(tmp_path, MOE)
+    assert m.is_moe and 0 < m.active_params() < m.total_params()
+    assert m.kv_elems_per_token(1) == 2 * 2 * (16 + 16)

@@ -131,3 +131,56 @@ def test_repeats_count_rows_whose_identical_inputs_disagree():
     rep = validate.repeats(df)
     # a and b: same inputs, 2x apart; c differs in concurrency, d in osl, e in mode
     assert rep == {"b200_sxm/agg": {"n": 2, "of": 4, "max_spread": 2.0}}
+
+
+BAD_ROWS = [
+    ({"isl": "abc"}, "isl 'abc' is not a whole number >= 1"),
+    ({"isl": 0}, "isl 0 is not a whole number >= 1"),
+    ({"osl": -3}, "osl -3 is not a whole number >= 1"),
+    ({"tp_size": 0}, "tp_size 0 is not a whole number >= 1"),
+    ({"tp_size": 2.5}, "tp_size 2.5 is not a whole number >= 1"),
+    ({"tp_size": np.nan}, "tp_size is blank"),
+    ({"batch_size": -4}, "batch_size -4 is not a number > 0"),
+    ({"batch_size": "many"}, "batch_size 'many' is not a number > 0"),
+    ({"pp_size": 1000}, "pp must not exceed the 80 layers"),
+    ({"attention_dp_size": np.inf}, "attention_dp_size inf is not a whole number >= 1"),
+]
+
+
+@pytest.mark.parametrize("change, reason", BAD_ROWS)
+def test_bad_row_figures_make_the_row_unsupported_never_modelled_as_one(tmp_path, change, reason):
+    """A nonsense figure in a row is that row's reason; the good row's figures are untouched."""
+    path = tmp_path / "m.csv"
+    good = {"id": "good", **LLAMA, "batch_size": 16}
+    pd.DataFrame([good, {**good, "id": "bad", **change}]).reindex(columns=COLUMNS).to_csv(path, index=False)
+    res = validate.validate_measurements(path)
+    rows = {r["id"]: r for r in res["rows"]}
+    assert not rows["bad"]["supported"] and pd.isna(rows["bad"]["tpot_ms_pred"])
+    assert reason in rows["bad"]["reason"]
+    assert res["summary"]["n"] == 1 and res["summary"]["n_unsupported"] == 1
+    alone = tmp_path / "alone.csv"
+    pd.DataFrame([good]).reindex(columns=COLUMNS).to_csv(alone, index=False)
+    assert validate.validate_measurements(alone)["summary"] == {**res["summary"], "n_unsupported": 0}
+
+
+def test_empty_and_header_only_files_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DSEError, match=r"empty\.csv: empty file"):
+        validate.read_measurements(empty)
+    header = tmp_path / "header.csv"
+    header.write_text(",".join(COLUMNS) + "\n")
+    with pytest.raises(DSEError, match=r"header\.csv: no rows"):
+        validate.read_measurements(header)
+    gz = tmp_path / "broken.csv.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(DSEError, match="not a readable CSV"):
+        validate.read_measurements(gz)
+
+
+def test_every_row_unsupported_still_reports(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame([{"id": "x", **LLAMA, "batch_size": 8, "isl": 0}]).reindex(columns=COLUMNS).to_csv(path, index=False)
+    res = validate.validate_measurements(path)
+    assert res["summary"]["n"] == 0 and res["summary"]["n_unsupported"] == 1
+    assert "unsupported rows: 1 of 1" in res["table"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from dse.errors import DSEError
+
+__all__ = ["Attention", "FFN", "LayerGroup", "Model", "model_ids", "resolve_id", "get_model", "parse_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,10 @@ class Model:
         return sum(g.count * g.attention.state_elems() for g in self.groups)
 
 
+MAX_INT = 2 ** 53       # exact in float64: any larger width or count is no model
+MAX_LAYERS = 10_000     # published models have at most a few hundred layers
+
+
 def _configs_dir() -> Path:
     return Path(str(resources.files("dse.model_configs")))
 
@@ -201,13 +208,15 @@ def get_model(ref: str) -> Model:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DSEError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DSEError(f"{path}: not a readable text file ({type(exc).__name__})") from None
     return parse_config(cfg, model_id=name, source=str(path))
 
 
 def _layer_list(v: Any) -> list:
     if isinstance(v, str):  # some configs carry lists as their Python repr
         v = yaml.safe_load(v.replace("'", '"'))
-    return list(v)
+    return list(v) if isinstance(v, list) else [v]
 
 
 def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
@@ -223,37 +232,117 @@ def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
     return "bf16"
 
 
-def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Model:
-    """Reduce a Hugging Face config dict to layer groups."""
-    top = cfg
-    cfg = cfg.get("text_config") or cfg
-    where = f"{source or model_id}"
+class _Keys:
+    """Integer keys of one config, each checked on the way out: a number (not a bool or a
+    string), whole, finite and in range, else a one-line DSEError naming file, key and value."""
 
-    def need(key: str, *alts: str) -> int:
+    def __init__(self, cfg: dict[str, Any], where: str, prefix: str):
+        self.cfg, self.where, self.prefix = cfg, where, prefix
+
+    def fail(self, key: str, val: Any, allowed: str) -> DSEError:
+        shown = repr(val) if len(repr(val)) <= 40 else repr(val)[:37] + "..."
+        return DSEError(f"{self.where}: {self.prefix}{key}: {shown} is not allowed; allowed: {allowed}")
+
+    def value(self, key: str, low: int, high: int = MAX_INT) -> int:
+        val = self.cfg[key]
+        ok = isinstance(val, int) or (isinstance(val, float) and math.isfinite(val) and val == int(val))
+        if isinstance(val, bool) or not ok or not low <= val <= high:
+            raise self.fail(key, val, f"a whole number >= {low} (at most 2^53)" if high == MAX_INT else
+                            f"a whole number in [{low}, {high}]")
+        return int(val)
+
+    def need(self, key: str, *alts: str, low: int = 1, high: int = MAX_INT) -> int:
         for k in (key, *alts):
-            if cfg.get(k) is not None:
-                return int(cfg[k])
-        raise DSEError(f"{where}: missing {key!r}; cannot derive the architecture")
+            if self.cfg.get(k) is not None:
+                return self.value(k, low, high)
+        raise DSEError(f"{self.where}: missing {self.prefix + key!r}; cannot derive the architecture")
 
-    def opt(*keys: str, default: int = 0) -> int:
+    def opt(self, *keys: str, default: int = 0, low: int = 0) -> int:
         for k in keys:
-            if cfg.get(k) is not None:
-                return int(cfg[k])
+            if self.cfg.get(k) is not None:
+                return self.value(k, low)
         return default
+
+    def divides(self, key: str, val: int, of_key: str, of: int) -> None:
+        if of % val:
+            raise self.fail(key, val, f"a divisor of {self.prefix}{of_key} ({of})")
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        val = self.cfg.get(key, default)
+        if val is None:
+            return default
+        if not isinstance(val, bool):
+            raise self.fail(key, val, "true or false")
+        return val
+
+
+def _ffns(keys: _Keys, mtype: str) -> tuple[FFN | None, FFN]:
+    """The MoE FFN (None for a dense model) and the dense FFN of a config."""
+    cfg, opt = keys.cfg, keys.opt
+    n_experts = opt("n_routed_experts", "num_experts", "num_local_experts")
+    top_k = opt("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
+    if n_experts and not 1 <= top_k <= n_experts:
+        k = next((k for k in ("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
+                  if cfg.get(k) is not None), None)
+        if k is None:
+            raise DSEError(f"{keys.where}: missing {keys.prefix + 'num_experts_per_tok'!r} "
+                           f"(experts per token of the {n_experts} experts)")
+        raise keys.fail(k, cfg.get(k), f"a whole number of experts per token in [1, {n_experts}] (the experts)")
+    inter = opt("intermediate_size")
+    dense_inter = opt("intermediate_size_mlp", default=inter)
+    moe_inter = opt("moe_intermediate_size", default=inter)
+    shared = opt("shared_expert_intermediate_size", "shared_intermediate_size")
+    if not shared and cfg.get("n_shared_experts"):
+        shared = opt("n_shared_experts") * opt("share_expert_dim", default=moe_inter)
+    if mtype.startswith("llama4") and n_experts:
+        shared = shared or inter
+    moe_ffn = FFN(kind="moe", intermediate=moe_inter, num_experts=n_experts, top_k=top_k,
+                  shared_intermediate=shared) if n_experts else None
+    dense_ffn = FFN(kind="dense", intermediate=dense_inter or inter)
+    return moe_ffn, dense_ffn
+
+
+def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Model:
+    """Reduce a Hugging Face config dict to layer groups (bad values: one-line DSEError)."""
+    where = f"{source or model_id}"
+    if not isinstance(cfg, dict):
+        raise DSEError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+    try:
+        return _parse(cfg, model_id=model_id, source=source, where=where)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+        if isinstance(exc, DSEError):
+            raise
+        # a key of unexpected shape the checks above do not name (a list where a number goes, ...)
+        raise DSEError(f"{where}: cannot read the config ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+                       ) from None
+
+
+def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Model:
+    top = cfg
+    text = cfg.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        raise DSEError(f"{where}: text_config: expected an object, got {type(text).__name__}")
+    cfg = text or cfg
+    keys = _Keys(cfg, where, "text_config." if text else "")
+    need, opt = keys.need, keys.opt
 
     mtype = str(cfg.get("model_type") or top.get("model_type") or "")
     if mtype in ("nemotron_h", "nemotron-nas", "deepseek_v4", "deepseek_ref", "kimi_linear", "minimax_m3"):
         raise DSEError(f"{where}: model_type {mtype!r} is not supported yet "
                        "(supported: dense/MoE GQA, MLA, sliding-window and gated-delta-net hybrids)")
     hidden = need("hidden_size")
-    layers = need("num_hidden_layers")
+    layers = need("num_hidden_layers", high=MAX_LAYERS)
     heads = need("num_attention_heads")
-    kv_heads = opt("num_key_value_heads", default=heads)
-    head_dim = opt("head_dim", default=hidden // heads)
+    kv_heads = opt("num_key_value_heads", default=heads, low=1)
+    head_dim = opt("head_dim", default=hidden // heads, low=1)
+    if head_dim < 1:
+        raise keys.fail("num_attention_heads", heads, f"at most hidden_size ({hidden}) without a head_dim")
     window = opt("sliding_window", "sliding_window_size")
 
     # attention per layer
     layer_types = _layer_list(cfg["layer_types"]) if cfg.get("layer_types") else None
+    if layer_types is not None and not all(isinstance(t, str) for t in layer_types):
+        raise keys.fail("layer_types", cfg["layer_types"], "a list of layer type names")
     if layer_types is None and isinstance(cfg.get("hybrid_layer_pattern"), list):
         layer_types = ["sliding_attention" if x else "full_attention" for x in cfg["hybrid_layer_pattern"]]
     if layer_types is None:
@@ -261,7 +350,8 @@ def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Mod
     layer_types = layer_types[:layers]
 
     if cfg.get("kv_lora_rank"):
-        rope = need("qk_rope_head_dim")
+        need("kv_lora_rank")           # its own value first: a bad rank is no reason to ask for others
+        rope = need("qk_rope_head_dim", low=0)
         full = Attention(
             kind="mla", num_heads=heads, num_kv_heads=heads,
             qk_dim=need("qk_nope_head_dim") + rope, v_dim=need("v_head_dim"),
@@ -269,26 +359,29 @@ def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Mod
             sparse_topk=opt("index_topk"), indexer_dim=opt("index_head_dim"),
             indexer_heads=opt("index_n_heads"))
     else:
+        keys.divides("num_key_value_heads", kv_heads, "num_attention_heads", heads)   # GQA: whole KV groups
         full = Attention(kind="gqa", num_heads=heads, num_kv_heads=kv_heads, qk_dim=head_dim,
-                         v_dim=opt("v_head_dim", default=head_dim),
-                         output_gate=bool(cfg.get("attn_output_gate", False)))
+                         v_dim=opt("v_head_dim", default=head_dim, low=1),
+                         output_gate=keys.flag("attn_output_gate"))
     if cfg.get("use_sliding_window") is False and mtype.startswith("qwen"):
         window = 0
 
     def attn_for(kind: str) -> Attention:
         if kind in ("full_attention", "attention", "global", "deepseek_sparse_attention"):
             if mtype.startswith("gemma4") and cfg.get("global_head_dim"):
-                gd = int(cfg["global_head_dim"])
-                kvh = opt("num_global_key_value_heads", default=full.num_kv_heads)
+                gd = need("global_head_dim")
+                kvh = opt("num_global_key_value_heads", default=full.num_kv_heads, low=1)
+                keys.divides("num_global_key_value_heads", kvh, "num_attention_heads", heads)
                 return dataclasses.replace(full, qk_dim=gd, v_dim=gd, num_kv_heads=kvh)
             return full
         if kind in ("sliding_attention", "local"):
             base = full
             if cfg.get("swa_num_key_value_heads"):
-                base = dataclasses.replace(full, num_heads=opt("swa_num_attention_heads", default=heads),
-                                           num_kv_heads=int(cfg["swa_num_key_value_heads"]),
-                                           qk_dim=opt("swa_head_dim", default=full.qk_dim),
-                                           v_dim=opt("swa_v_head_dim", default=full.v_dim))
+                swa_heads, swa_kv = opt("swa_num_attention_heads", default=heads, low=1), need("swa_num_key_value_heads")
+                keys.divides("swa_num_key_value_heads", swa_kv, "swa_num_attention_heads", swa_heads)
+                base = dataclasses.replace(full, num_heads=swa_heads, num_kv_heads=swa_kv,
+                                           qk_dim=opt("swa_head_dim", default=full.qk_dim, low=1),
+                                           v_dim=opt("swa_v_head_dim", default=full.v_dim, low=1))
             if not window:
                 raise DSEError(f"{where}: sliding_attention layers but no sliding_window")
             return dataclasses.replace(base, window=window, output_gate=full.output_gate)
@@ -296,49 +389,43 @@ def parse_config(cfg: dict[str, Any], *, model_id: str, source: str = "") -> Mod
             return Attention(kind="linear", num_heads=heads, num_kv_heads=0, qk_dim=0, v_dim=0,
                              lin_k_heads=need("linear_num_key_heads"), lin_v_heads=need("linear_num_value_heads"),
                              lin_k_dim=need("linear_key_head_dim"), lin_v_dim=need("linear_value_head_dim"),
-                             conv_kernel=opt("linear_conv_kernel_dim", default=4))
+                             conv_kernel=opt("linear_conv_kernel_dim", default=4, low=1))
         raise DSEError(f"{where}: layer_types: unknown layer type {kind!r}")
 
-    # FFN per layer
-    n_experts = opt("n_routed_experts", "num_experts", "num_local_experts")
-    top_k = opt("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
-    inter = opt("intermediate_size")
-    dense_inter = opt("intermediate_size_mlp", default=inter)
-    moe_inter = opt("moe_intermediate_size", default=inter)
-    shared = opt("shared_expert_intermediate_size", "shared_intermediate_size")
-    if not shared and cfg.get("n_shared_experts"):
-        shared = int(cfg["n_shared_experts"]) * opt("share_expert_dim", default=moe_inter)
-    if mtype.startswith("llama4") and n_experts:
-        shared = shared or inter
-    moe_ffn = FFN(kind="moe", intermediate=moe_inter, num_experts=n_experts, top_k=top_k,
-                  shared_intermediate=shared) if n_experts else None
-    dense_ffn = FFN(kind="dense", intermediate=dense_inter or inter)
+    moe_ffn, dense_ffn = _ffns(keys, mtype)
 
     def is_moe_layer(i: int) -> bool:
         if moe_ffn is None:
             return False
         if i < opt("first_k_dense_replace"):
             return False
-        if i in set(cfg.get("mlp_only_layers") or []):
+        if i in dense_only:
             return False
-        freq = cfg.get("moe_layer_freq")
         if isinstance(freq, list):
             return bool(freq[i])
-        step = opt("interleave_moe_layer_step", "decoder_sparse_step", default=int(freq or 1))
+        step = opt("interleave_moe_layer_step", "decoder_sparse_step", default=opt("moe_layer_freq") or 1)
         if mtype.startswith("llama4"):
-            return (i + 1) % step == 0
+            return (i + 1) % max(step, 1) == 0
         return (i + 1) % max(step, 1) == 0 if step > 1 else True
 
+    dense_only = cfg.get("mlp_only_layers") or []
+    if not isinstance(dense_only, list) or not all(isinstance(i, int) for i in dense_only):
+        raise keys.fail("mlp_only_layers", dense_only, "a list of layer numbers")
+    dense_only = set(dense_only)
+    freq = cfg.get("moe_layer_freq")
+    if isinstance(freq, list) and len(freq) < layers:
+        raise keys.fail("moe_layer_freq", freq, f"a list of one entry per layer ({layers})")
     counts: dict[tuple[Attention, FFN], int] = {}
     for i in range(layers):
         key = (attn_for(layer_types[i] if i < len(layer_types) else "full_attention"),
                moe_ffn if is_moe_layer(i) else dense_ffn)
         if key[1].intermediate <= 0:
-            raise DSEError(f"{where}: missing 'intermediate_size'")
+            raise DSEError(f"{where}: missing {'moe_intermediate_size' if key[1].kind == 'moe' else 'intermediate_size'!r}"
+                           " (> 0)")
         counts[key] = counts.get(key, 0) + 1
     groups = tuple(LayerGroup(count=n, attention=a, ffn=f) for (a, f), n in counts.items())
     return Model(id=model_id, hidden=hidden, vocab=need("vocab_size"), groups=groups,
-                 tie_embeddings=bool(cfg.get("tie_word_embeddings", top.get("tie_word_embeddings", False))),
+                 tie_embeddings=keys.flag("tie_word_embeddings", bool(top.get("tie_word_embeddings", False))),
                  native_dtype=_native_dtype(top, model_id), model_type=mtype, source=source,
                  mtp_heads=opt("num_nextn_predict_layers", "mtp_num_hidden_layers")
-                 or (opt("num_mtp_modules") if cfg.get("use_mtp") else 0))
+                 or (opt("num_mtp_modules") if keys.flag("use_mtp") else 0))

@@ -5,6 +5,7 @@ millions of rows never touch Python strings on the engine's hot path.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from dse.deploy.factorize import factorize
 from dse.errors import DSEError
 from dse.schema import COLUMNS, DEVICE_COLUMNS, INT_COLUMNS, MODES, ROLE_INT_COLUMNS, STRING_COLUMNS
 
-__all__ = ["broadcast", "check_categories", "used", "vocab_key", "code_of"]
+__all__ = ["broadcast", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule"]
 
 
 def vocab_key(name: str) -> str:
@@ -31,34 +32,127 @@ def _arrays(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if default is None and name not in columns:
             raise DSEError(f"evaluate: missing required column {name!r}")
     arrays = {}
-    n = 1
+    n, sets_n = 1, ""
     for name, default in COLUMNS.items():
         val = columns.get(name, default)
-        arr = np.asarray(val if not isinstance(val, (pd.Series, pd.Index)) else val.to_numpy())
+        try:
+            arr = np.asarray(val if not isinstance(val, (pd.Series, pd.Index)) else val.to_numpy())
+        except (ValueError, TypeError):       # ragged nesting: no array at all
+            arr = np.empty((0, 0))
         if arr.ndim > 1:
             raise DSEError(f"evaluate: column {name!r} must be a scalar or a 1-D sequence")
         if arr.ndim == 1 and arr.size != 1:
             if n not in (1, arr.size):
-                raise DSEError(f"evaluate: column {name!r} has {arr.size} values, others have {n}")
-            n = arr.size
+                raise DSEError(f"evaluate: column {name!r} has {arr.size} values, column {sets_n!r} has {n}")
+            n, sets_n = arr.size, name
         arrays[name] = arr.reshape(-1)
     return arrays, n
 
 
-def _numeric(name: str, arr: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Rule:
+    """What a numeric column may hold: [low, high] (open ends where said), whole numbers or
+    not; inf only where it means "no limit", NaN only where it has a documented meaning."""
+    allowed: str
+    low: float = -np.inf
+    high: float = np.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    inf: bool = False       # +inf allowed (an SLO or a benchmark length without limit)
+    nan: bool = False       # NaN allowed (spec_acceptance: nan = the runtime.yaml default)
+
+
+RULES: dict[str, Rule] = {
+    **{c: Rule("must hold whole numbers >= 1", low=1, integer=True) for c in INT_COLUMNS},
+    **{c: Rule("must hold whole numbers >= 0 (0 = inherit)", low=0, integer=True) for c in ROLE_INT_COLUMNS},
+    "prefix_hit": Rule("must be in [0, 1) (a fraction of the prompt)", low=0, high=1, high_open=True),
+    "routing_skew": Rule("must be a finite number >= 0 (0 = balanced)", low=0),
+    "power_cap": Rule("is a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
+    "bench_rounds": Rule("must be >= 1 (inf = steady state)", low=1, inf=True),
+    # drafts per step: MTP / EAGLE draft a handful, tree drafting a few dozen
+    "spec_tokens": Rule("must hold integers >= 0 and <= 64 (0 = no speculative decoding)", low=0, high=64,
+                        integer=True),
+    "spec_acceptance": Rule("must be in [0, 1] (nan = the runtime.yaml default)", low=0, high=1, nan=True),
+    "ttft_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+    "tpot_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+}
+
+
+def _fail(name: str, arr: np.ndarray, bad: np.ndarray, allowed: str) -> DSEError:
+    """The one-line error naming the column, the first bad value (and its row) and what is allowed."""
+    i = int(np.flatnonzero(bad)[0])
+    val = arr[i].item() if isinstance(arr[i], np.generic) else arr[i]
+    shown = repr(val) if len(repr(val)) <= 40 else repr(val)[:37] + "..."
+    return DSEError(f"evaluate: {name} {allowed}; got {shown}" + (f" in row {i}" if arr.size > 1 else ""))
+
+
+def _not(arr: np.ndarray, ok) -> np.ndarray:
+    return np.fromiter((not ok(x) for x in arr), dtype=bool, count=arr.size)
+
+
+def _real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _typed(name: str, arr: np.ndarray) -> np.ndarray:
+    """The column as float (numbers) or bool (`own`); other types refused."""
     kind = arr.dtype.kind
     if name == "own":
-        return arr.astype(bool)
-    try:
-        arr = arr.astype(float)
-    except ValueError:
-        raise DSEError(f"evaluate: column {name!r} must be numeric, got {arr[:3].tolist()}") from None
-    whole = kind in "iub"                 # integer input: no fractional values to find
-    if name in INT_COLUMNS and (np.any(arr < 1) or (not whole and np.any(arr != np.round(arr)))):
-        raise DSEError(f"evaluate: column {name!r} must hold positive integers")
-    if name in ROLE_INT_COLUMNS and (np.any(arr < 0) or np.any(arr != np.round(arr))):
-        raise DSEError(f"evaluate: column {name!r} must hold integers >= 0 (0 = inherit)")
+        if kind == "b" or arr.size == 0:
+            return arr.astype(bool, copy=False)
+        if kind == "O" and pd.api.types.infer_dtype(arr, skipna=False) == "boolean":
+            return arr.astype(bool)
+        bad = _not(arr, lambda x: isinstance(x, (bool, np.bool_)) or (kind == "U" and x in ("True", "False")))
+        raise _fail(name, arr, bad if bad.any() else np.ones(arr.size, bool), "must be true or false")
+    if kind in "iuf":
+        return arr.astype(float)
+    allowed = RULES[name].allowed if name in RULES else "must hold numbers"
+    if kind == "O" and not _not(arr, _real).any():
+        return arr.astype(float)
+    raise _fail(name, arr, _not(arr, _real) if kind == "O" else np.ones(arr.size, bool), allowed)
+
+
+def _numeric(name: str, arr: np.ndarray) -> np.ndarray:
+    """Checked numbers: two reductions on the fast path (NaN propagates through min / max),
+    the per-row mask only to name the first bad row."""
+    raw, whole = arr, arr.dtype.kind in "iu"     # integer input: no fractional values to find
+    arr = _typed(name, arr)
+    rule = RULES.get(name)
+    if rule is None or arr.size == 0:
+        return arr
+    vals = arr[~np.isnan(arr)] if rule.nan and np.isnan(arr).any() else arr
+    if vals.size:
+        lo, hi = vals.min(), vals.max()
+        ok = ((lo > rule.low) if rule.low_open else (lo >= rule.low)) and \
+             ((hi < rule.high) if rule.high_open else (hi <= rule.high)) and (rule.inf or hi < np.inf)
+        if ok and rule.integer and not whole and hi < np.inf:
+            ok = bool(np.all(arr == np.floor(arr)))
+        if not ok:
+            raise _fail(name, raw, ~_in_rule(arr, rule), rule.allowed)
     return arr
+
+
+def _in_rule(arr: np.ndarray, rule: Rule) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        ok = (arr > rule.low) if rule.low_open else (arr >= rule.low)
+        ok &= (arr < rule.high) if rule.high_open else (arr <= rule.high)
+        ok &= np.isfinite(arr) | (rule.inf & (arr == np.inf))
+        if rule.integer:
+            ok &= arr == np.floor(arr)
+        if rule.nan:
+            ok |= np.isnan(arr)
+    return ok
+
+
+def _strings(name: str, arr: np.ndarray) -> np.ndarray:
+    """A string column must hold strings: None, NaN or numbers are no device, model or format."""
+    if arr.dtype.kind == "U" or arr.size == 0:
+        return arr
+    if arr.dtype.kind == "O" and pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        return arr
+    bad = _not(arr, lambda x: isinstance(x, str)) if arr.dtype.kind == "O" else np.ones(arr.size, bool)
+    raise _fail(name, arr, bad, "must hold strings (ids)")
 
 
 def broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:
@@ -68,7 +162,7 @@ def broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict
     raw_codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, arr in arrays.items():
         if name in STRING_COLUMNS:
-            raw_codes[name] = factorize(arr)
+            raw_codes[name] = factorize(_strings(name, arr))
             continue
         arr = _numeric(name, arr)
         out[name] = np.broadcast_to(arr, (n,)) if arr.size == 1 else arr
@@ -116,24 +210,7 @@ def check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray], 
     for b in used(cols, vocab, "backend"):
         if b not in known_backends:
             raise DSEError(f"evaluate: backend: unknown backend {b!r}; known: {', '.join(sorted(known_backends - {''}))}")
-    if np.any(np.asarray(cols["bench_rounds"]) < 1):
-        raise DSEError("evaluate: bench_rounds must be >= 1 (inf = steady state)")
     for name in ("weight_dtype", "kv_dtype"):
         for v in used(cols, vocab, name):
             if not (name == "weight_dtype" and v == "native"):
                 dtypes.normalize(v, field=name)
-    _check_ranges(cols)
-
-
-def _check_ranges(cols: dict[str, np.ndarray]) -> None:
-    bad = (cols["prefix_hit"] < 0) | (cols["prefix_hit"] >= 1)
-    if bad.any():
-        raise DSEError("evaluate: prefix_hit must be in [0, 1)")
-    k = cols["spec_tokens"]
-    if np.any((k < 0) | (k != np.round(k))):
-        raise DSEError("evaluate: spec_tokens must hold integers >= 0 (0 = no speculative decoding)")
-    acc = cols["spec_acceptance"]
-    if np.any((acc < 0) | (acc > 1)):
-        raise DSEError("evaluate: spec_acceptance must be in [0, 1] (nan = the runtime.yaml default)")
-    if np.any(cols["power_cap"] <= 0) or np.any(cols["power_cap"] > 1):
-        raise DSEError("evaluate: power_cap is a fraction of TDP in (0, 1]")

@@ -2,6 +2,7 @@
 that stay in the CPU's cache, one vectorized path per (model, mode)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -16,15 +17,21 @@ from dse.deploy.pools import Pools
 from dse.deploy.reasons import Reasons
 from dse.errors import DSEError
 from dse.model import cost, serving
-from dse.schema import BOTTLENECKS, METRICS, STRING_COLUMNS
+from dse.schema import BOTTLENECKS, METRICS, NON_NUMERIC_METRICS, STRING_COLUMNS
 
-__all__ = ["evaluate", "evaluate_columns", "evaluate_model", "CHUNK_ROWS"]
+__all__ = ["evaluate", "evaluate_columns", "evaluate_model", "guard_output", "CHUNK_ROWS", "INF_METRICS",
+           "STRICT_OUTPUT_ENV"]
 
 # Rows are evaluated in chunks of this many: the model's ~2,000 array passes then work on
 # arrays that stay in the CPU's L2 cache (1M rows at once: ~1.5 s; in chunks of 32k: ~1.0 s).
 CHUNK_ROWS = 32_768
 GOODPUT_STEPS = 7   # bisection steps over log2(concurrency): the answer is within 2^(log2 C / 2^7)
 _NOT_COMPUTED = ("feasible", "infeasible_reason", "bottleneck")
+# metrics whose documented value may be +inf on a feasible row: the cost at the SLO when no
+# load meets the SLO (goodput 0: no token is worth paying for). NaN is never a value.
+INF_METRICS = ("usd_per_mtok_at_slo",)
+# set (tests/conftest.py does) to make a NaN / inf metric on a feasible row raise, not flag
+STRICT_OUTPUT_ENV = "DSE_STRICT_OUTPUT"
 
 
 def evaluate(*, strict: bool = True, facility=None, serving_runtime: dict | None = None,
@@ -54,7 +61,8 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     metrics = {m: np.zeros(n) for m in METRICS if m not in _NOT_COMPUTED}
     reasons = Reasons(n)
     bottleneck = np.zeros(n, dtype=np.int8)
-    _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
+    suspect = _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
+    guard_output(metrics, reasons, cols, vocab, suspect=suspect)
     out.update(metrics)
     out["num_gpus"] = out["num_gpus"].astype(np.int64)
     out["meets_slo"] = out["meets_slo"].astype(bool)
@@ -65,8 +73,42 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     return pd.DataFrame(out, copy=False)   # fresh arrays: no need to copy them into one block
 
 
-def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> None:
-    """Each model's rows, CHUNK_ROWS at a time, into the output arrays."""
+def _suspect(metrics: dict[str, np.ndarray]) -> set[str]:
+    """Metrics that may hold a NaN or inf: one reduction each (NaN and inf propagate through a
+    sum, an overflow only costs the exact per-row look; min keeps inf, so only NaN shows)."""
+    with np.errstate(all="ignore"):
+        return {m for m, v in metrics.items() if m not in NON_NUMERIC_METRICS and np.size(v) and
+                (np.isnan(np.min(v)) if m in INF_METRICS else not np.isfinite(np.sum(v)))}
+
+
+def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, vocab: dict, *,
+                 suspect: set[str] | None = None) -> None:
+    """No feasible row leaves the engine with a NaN or infinite metric: such a row is flagged
+    infeasible ("numeric"), or, with $DSE_STRICT_OUTPUT set, is an engine bug that raises.
+    `suspect`: the metrics _suspect() found (per chunk, while the rows sat in cache)."""
+    suspect = _suspect(metrics) if suspect is None else suspect
+    for m in sorted(suspect, key=list(metrics).index):
+        v = metrics[m]
+        bad = (np.isnan(v) if m in INF_METRICS else ~np.isfinite(v)) & (reasons.codes == 0)
+        if not bad.any():
+            continue
+        i = int(np.flatnonzero(bad)[0])
+        if os.environ.get(STRICT_OUTPUT_ENV, "") not in ("", "0"):
+            row = {k: (str(vocab[vocab_key(k)][a[i]]) if k in STRING_COLUMNS else float(a[i]))
+                   for k, a in cols.items() if k in STRING_COLUMNS or float(a[i]) != 0}
+            raise RuntimeError(f"engine output guard: feasible row {i} has {m} = {v[i]} "
+                               f"({int(bad.sum())} such rows); configuration: {row}")
+        reasons.flag(bad, "numeric", f"numeric: {m} is not a finite number (NaN or inf from the inputs)")
+    if suspect:
+        flagged = reasons.of_kind("numeric")
+        for m, fill in (("meets_slo", 0.0), ("goodput_tokens_per_s", 0.0), ("usd_per_mtok_at_slo", np.inf)):
+            metrics[m][flagged] = fill
+
+
+def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
+    """Each model's rows, CHUNK_ROWS at a time, into the output arrays; returns the metrics
+    that may hold a NaN or inf somewhere (for guard_output)."""
+    suspect: set[str] = set()
     model_codes = cols["model"]
     codes = np.unique(model_codes)
     for code in codes:
@@ -80,8 +122,10 @@ def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, stric
             res, sub_reasons = evaluate_model(model, sub, vocab, ctx, strict=strict)
             reasons.merge(part, sub_reasons)
             bottleneck[part] = res.pop("bottleneck")
+            suspect |= _suspect(res)
             for k, v in res.items():
                 metrics[k][part] = v
+    return suspect
 
 
 def _spec(c: dict[str, np.ndarray], runtime: dict) -> serving.Spec | None:

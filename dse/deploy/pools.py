@@ -16,8 +16,12 @@ from dse.model.ops import Dtypes, Parallel
 __all__ = ["Pools", "structure_errors"]
 
 
-def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "all") -> None:
+def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "all", pp=None) -> None:
     """Flag rows whose parallel layout cannot shard `model`."""
+    if pp is not None:      # a stage holds at least one layer: more stages would be idle GPUs
+        reasons.flag(pp > model.num_layers, "structure", f"pp must not exceed the {model.num_layers} layers")
+    reasons.flag(dp != np.floor(dp), "structure", "the GPUs must split into whole data-parallel ranks "
+                 "(afd: attn_tp must divide attn_gpus)")
     if holds == "ffn":
         ffn = max(g.ffn.num_experts if g.ffn.kind == "moe" else g.ffn.intermediate for g in model.groups)
         reasons.flag(np.mod(ffn, tp * dp) != 0, "structure",
@@ -89,7 +93,7 @@ class Pools:
         hw = SpecTable.hw(hwc, runtime=self.rt)
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
-        structure_errors(model, self.reasons, tp, dp, ep, holds)
+        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         weights = self._weights(par, w_bytes, holds)
         seqs_rank = np.maximum((c["batch_size"] if running is None else running) / dp, 1.0)

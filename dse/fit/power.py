@@ -18,6 +18,8 @@ import yaml
 
 from dse.io import write_text
 
+__all__ = ["utilisations", "fit", "main"]
+
 HW = Path(str(resources.files("dse.hardware")))
 
 

@@ -31,7 +31,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dse.errors import DSEError
 from dse.io import write_text
+
+__all__ = ["Data", "loss", "fit", "errors", "table", "main", "BACKENDS", "START", "ROUNDS_GRID"]
 
 HW = Path(str(resources.files("dse.hardware")))
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
@@ -50,6 +53,8 @@ class Data:
 
         df = validate.read_measurements(path)
         rows, configs = validate.map_rows(df, bench_rounds=1.0)
+        if not configs:
+            raise DSEError(f"fit.serving: {path}: no row can be modelled (every row unsupported), nothing to fit")
         self.configs = configs
         self.meta = pd.DataFrame([rows[i] for i, _, _ in configs])
         self.ttft = self.meta.ttft_ms_meas.to_numpy(float)

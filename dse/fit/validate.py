@@ -29,6 +29,7 @@ Mapping rules (checked against the file; see `row_config`):
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,19 @@ from dse.deploy.explain import check_config
 from dse.errors import DSEError
 from dse.schema import COLUMNS
 
+__all__ = ["REQUIRED", "BACKENDS", "read_measurements", "row_config", "map_rows", "predict", "validate_measurements",
+           "repeats", "speculative_check", "summarize"]
+
+_UNMODELLED = ("structure", "numeric")      # infeasible codes that mean "cannot be modelled"
 REQUIRED = ("id", "model_path", "system", "mode", "isl", "osl", "batch_size", "tp_size",
             "silicon_ttft_ms", "silicon_tpot_ms")
 BACKENDS = ("trtllm", "vllm", "sglang")
 
 
 def _num(v) -> float:
+    """A finite measured figure, else NaN (text, true/false and inf are no measurement)."""
+    if isinstance(v, (bool, np.bool_)):
+        return float("nan")
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -56,9 +64,44 @@ def _num(v) -> float:
     return f if np.isfinite(f) else float("nan")
 
 
-def _int(v, default: int = 1) -> int:
-    f = _num(v)
-    return int(f) if np.isfinite(f) and f >= 1 else default
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or (np.ndim(v) == 0 and bool(pd.isna(v)))
+
+
+def _count(row: pd.Series, col: str, default: int | None = None, *, zero_blank: bool = False) -> int:
+    """A whole number >= 1 from the row; blank gives `default` (None: the column is needed).
+    Anything else (text, 0, negative, fractional, inf) makes the row unsupported: a
+    nonsense figure is never modelled as 1. zero_blank: 0 means "not used" (moe_tp_size /
+    moe_ep_size of dense models), like a blank."""
+    v = row.get(col)
+    f = float("nan") if _blank(v) else _float(v)
+    if _blank(v) or (zero_blank and f == 0):
+        if default is None:
+            raise DSEError(f"{col} is blank")
+        return default
+    if not (np.isfinite(f) and f >= 1 and f == int(f)):
+        raise DSEError(f"{col} {v!r} is not a whole number >= 1")
+    return int(f)
+
+
+def _positive(row: pd.Series, col: str) -> float | None:
+    """A finite number > 0 from the row, None when blank; anything else: unsupported row."""
+    v = row.get(col)
+    if _blank(v):
+        return None
+    f = _float(v)
+    if not (np.isfinite(f) and f > 0):
+        raise DSEError(f"{col} {v!r} is not a number > 0")
+    return f
+
+
+def _float(v) -> float:
+    if isinstance(v, (bool, np.bool_)):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _weight_dtype(row: pd.Series, moe: bool) -> str:
@@ -74,9 +117,10 @@ def _weight_dtype(row: pd.Series, moe: bool) -> str:
 
 def _layout(row: pd.Series, prefix: str, moe: bool, *, literal: bool = False) -> dict:
     """Attention TP and DP, and expert parallelism, of one worker."""
-    tp = _int(row.get(f"{prefix}tp_size"))
-    dp = _int(row.get(f"{prefix}attention_dp_size"))
-    mtp, mep = _int(row.get(f"{prefix}moe_tp_size")), _int(row.get(f"{prefix}moe_ep_size"))
+    tp = _count(row, f"{prefix}tp_size")
+    dp = _count(row, f"{prefix}attention_dp_size", 1)
+    mtp = _count(row, f"{prefix}moe_tp_size", 1, zero_blank=True)
+    mep = _count(row, f"{prefix}moe_ep_size", 1, zero_blank=True)
     world = tp * dp
     if moe and not literal and mtp == mep > 1 and mtp * mep == world and world in (tp, dp):
         # product encoding of an N-GPU tp x ep deployment: N = moe_ep_size GPUs
@@ -84,24 +128,24 @@ def _layout(row: pd.Series, prefix: str, moe: bool, *, literal: bool = False) ->
             tp = mep
         else:
             dp = mep
-    return {"tp": tp, "dp": dp, "ep": mep if moe else 1, "pp": _int(row.get(f"{prefix}pp_size"))}
+    return {"tp": tp, "dp": dp, "ep": mep if moe else 1, "pp": _count(row, f"{prefix}pp_size", 1)}
 
 
 def _concurrency(row: pd.Series) -> tuple[float, str]:
     """Users of the closed-loop benchmark and where the figure came from."""
     if row["mode"] == "disagg":
-        bs = _num(row.get("decode_batch_size"))
-        if np.isfinite(bs):
-            return bs * _int(row.get("decode_attention_dp_size")) * _int(row.get("decode_num_workers")), ""
+        bs = _positive(row, "decode_batch_size")
+        if bs is not None:
+            return bs * _count(row, "decode_attention_dp_size", 1) * _count(row, "decode_num_workers", 1), ""
     else:
-        bs = _num(row.get("batch_size"))
-        if np.isfinite(bs):
-            return bs * _int(row.get("attention_dp_size")), ""
-    c = _num(row.get("concurrency"))
-    if np.isfinite(c):
+        bs = _positive(row, "batch_size")
+        if bs is not None:
+            return bs * _count(row, "attention_dp_size", 1), ""
+    c = _positive(row, "concurrency")
+    if c is not None:
         return c, "concurrency"
     m = re.search(r"silicon_concurrency=(\d+)", str(row.get("silicon_data_source", "")))
-    if m:
+    if m and int(m.group(1)) >= 1:
         return float(m.group(1)), "concurrency"
     raise DSEError("concurrency unknown (no batch_size, concurrency or silicon_concurrency)")
 
@@ -118,17 +162,17 @@ def row_config(row: pd.Series, *, literal: bool = False) -> tuple[dict, list[str
     backend = str(row.get("backend", "") or "")
     cfg = {"model": str(row["model_path"]), "device": str(row["system"]), "weight_dtype": wd,
            "kv_dtype": "fp8" if wd in ("fp8", "fp4") else "bf16", "backend": backend if backend in BACKENDS else "",
-           "isl": _int(row["isl"]), "osl": _int(row["osl"])}
+           "isl": _count(row, "isl"), "osl": _count(row, "osl")}
     if row["mode"] == "disagg":
         pre = _layout(row, "prefill_", model.is_moe, literal=literal)
         dec = _layout(row, "decode_", model.is_moe, literal=literal)
-        if not np.isfinite(_num(row.get("decode_num_workers"))) or not np.isfinite(_num(row.get("prefill_num_workers"))):
+        if _blank(row.get("decode_num_workers")) or _blank(row.get("prefill_num_workers")):
             assumed.append("workers")
-        dw = _int(row.get("decode_num_workers"))
+        dw = _count(row, "decode_num_workers", 1)
         batch = max(int(round(conc / dw)), 1)
         cfg.update(mode="disagg", **{f"prefill_{k}": v for k, v in pre.items()},
                    **{f"decode_{k}": v for k, v in dec.items()},
-                   prefill_workers=_int(row.get("prefill_num_workers")), decode_workers=dw,
+                   prefill_workers=_count(row, "prefill_num_workers", 1), decode_workers=dw,
                    decode_batch_size=batch, batch_size=batch, **dec)
     elif row["mode"] == "agg":
         cfg.update(mode="agg", batch_size=max(int(round(conc)), 1), **_layout(row, "", model.is_moe, literal=literal))
@@ -155,11 +199,17 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
         raise DSEError(f"validate: {path}: no such file")
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise DSEError(f"validate: {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    except pd.errors.EmptyDataError:
+        raise DSEError(f"validate: {path}: empty file (no header, no rows); "
+                       f"required columns: {', '.join(REQUIRED)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise DSEError(f"validate: {path}: not a readable CSV ({first})") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DSEError(f"validate: {path}: missing column {missing[0]!r}; required: {', '.join(REQUIRED)}")
+    if df.empty:
+        raise DSEError(f"validate: {path}: no rows (a header only)")
     return df
 
 
@@ -184,7 +234,22 @@ def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[li
         except DSEError as exc:
             rec["reason"] = str(exc).split("evaluate: ", 1)[-1]
         rows.append(rec)
-    return rows, configs
+    return rows, _screen(rows, configs)
+
+
+def _screen(rows: list[dict], configs: list) -> list:
+    """The configurations the engine can model: a layout it finds impossible (pp above the
+    layers, ...) or a figure it cannot compute makes the row unsupported, with the reason,
+    so it never enters the error figures."""
+    if not configs:
+        return configs
+    cfgs = [c for _, c, _ in configs]
+    cols = {k: [c.get(k, COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
+    pred = evaluate(strict=False, **cols)
+    bad = pred.infeasible_code.isin(_UNMODELLED).to_numpy()
+    for j in np.flatnonzero(bad):
+        rows[configs[j][0]]["reason"] = str(pred.infeasible_reason.iloc[j])
+    return [c for c, b in zip(configs, bad) if not b]
 
 
 def predict(configs: list, df_rows=None, *, serving: dict | None = None) -> "pd.DataFrame":
@@ -221,7 +286,10 @@ def validate_measurements(path: str | Path, *, bench_rounds: float | None = None
     rows, configs = map_rows(df, bench_rounds=bench_rounds)
     if configs:
         pred = predict(configs)
-        for (i, _, _), ttft, tpot in zip(configs, pred.ttft_ms, pred.tpot_ms):
+        for (i, _, _), ttft, tpot, code in zip(configs, pred.ttft_ms, pred.tpot_ms, pred.infeasible_code):
+            if code in _UNMODELLED or not (np.isfinite(ttft) and np.isfinite(tpot)):
+                rows[i]["reason"] = "no finite prediction"
+                continue
             rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True)
     out = summarize(pd.DataFrame(rows))
     groups = _repeat_keys(df)
@@ -274,7 +342,7 @@ def _repeat_keys(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if "silicon_data_source" in df.columns:
         inputs["concurrency"] = df["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
     key = pd.factorize(pd.MultiIndex.from_frame(inputs.fillna("")))[0]
-    tpot = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce")
+    tpot = pd.to_numeric(df["silicon_tpot_ms"].map(_num), errors="coerce")
     g = tpot.groupby(key)
     return key, (g.transform("max") / g.transform("min")).to_numpy()
 
@@ -307,7 +375,7 @@ def speculative_check(df: pd.DataFrame, configs: list, groups=None) -> dict:
     cfgs = [{**c, "spec_tokens": k} for c in first.values() for k in (0, *SPEC_DRAFTS)]
     cols = {k: [c.get(k, COLUMNS[k]) for c in cfgs] for k in sorted({k for c in cfgs for k in c})}
     tpot = evaluate(strict=False, **cols).tpot_ms.to_numpy().reshape(len(first), 1 + len(SPEC_DRAFTS))
-    meas = pd.to_numeric(df["silicon_tpot_ms"], errors="coerce").groupby(key).agg(["min", "max"])
+    meas = pd.to_numeric(df["silicon_tpot_ms"].map(_num), errors="coerce").groupby(key).agg(["min", "max"])
     out = []
     for (k, cfg), t in zip(first.items(), tpot):
         ratio = float(meas.loc[k, "max"] / meas.loc[k, "min"])

@@ -148,7 +148,7 @@ def test_infinity_means_no_limit(tmp_path):
 def test_space_size_is_exact_and_bounded_by_the_index(tmp_path):
     axes = {"device": ["h100_sxm"], "isl": {"range": [1, 1000]}, "osl": {"range": [1, 1000]},
             "batch_size": {"range": [1, 1000]}, "prefill_workers": {"range": [1, 1000]},
-            "decode_workers": {"range": [1, 1000]}, "spec_tokens": {"range": [0, 999]}}
+            "decode_workers": {"range": [1, 1000]}, "decode_batch_size": {"range": [1, 1000]}}
     small = {"model": SMALL["model"], "axes": axes}
     space = load_space(write(tmp_path / "big.yaml", small))
     assert space.size == 10**18 and isinstance(space.size, int)

@@ -73,7 +73,7 @@ def _header(row) -> str:
 def _one(cfg: dict, as_json: bool) -> int:
     from dse import api
 
-    row = api.evaluate(strict=False, **cfg).iloc[0]
+    row = api.evaluate(**cfg).iloc[0]           # strict: a layout that cannot exist is an error
     if not row["feasible"]:
         if as_json:
             print(to_json({"metrics": dict(row.items())}))

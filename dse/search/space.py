@@ -128,10 +128,10 @@ def _model_id(ref: str, where: str, fail) -> str:
 
 
 def _set_fields(section, raw: Any) -> list[str]:
-    """The keys a section was given, in the file's order."""
+    """The keys a section was given a value (not null) for, in the file's order."""
     if section is None or not isinstance(raw, dict):
         return []
-    return [k for k in raw if k in section.model_fields_set]
+    return [k for k in raw if k in section.model_fields_set and getattr(section, k) is not None]
 
 
 def _fixed_and_constraints(scn: Scenario, data: dict, model_id: str):

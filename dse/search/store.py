@@ -58,7 +58,7 @@ def disk_error(exc: OSError, where: Path) -> DSEError | None:
     permission), else None: such a failure is the user's to fix, not a traceback."""
     text = str(exc)
     if exc.errno in DISK_ERRNOS or "No space left" in text or "Read-only file system" in text:
-        what = exc.strerror or text.splitlines()[0]
+        what = exc.strerror or ("No space left on device" if "No space left" in text else text.splitlines()[0])
         name = exc.filename or where
         return DSEError(f"{name}: {what} while writing the run; nothing was left half-written under a final "
                         f"name; fix the disk and rerun with the same --out to resume")
@@ -117,10 +117,11 @@ def verify_run_dir(path: str | Path) -> dict[str, Any]:
         if not p.is_file():
             raise DSEError(f"{p}: listed in {MANIFEST} but missing; rerun the sweep with the same --out")
         size = p.stat().st_size
-        if size != want.get("size") or _sha256(p) != want.get("sha256"):
-            raise DSEError(f"{p}: does not match {MANIFEST} (size {size:,}, expected {want.get('size'):,} "
-                           "or a different sha256): the directory mixes files of different runs; rerun "
-                           "the sweep with the same --out")
+        why = f"{size:,} bytes, the manifest says {want.get('size')}" if size != want.get("size") else (
+            "its sha256 differs from the manifest's" if _sha256(p) != want.get("sha256") else "")
+        if why:
+            raise DSEError(f"{p}: does not match {MANIFEST} ({why}): the directory mixes files of different "
+                           "runs or was edited; rerun the sweep with the same --out (or --force)")
     return doc
 
 

@@ -107,9 +107,17 @@ def _storage_kind(storage: str | None) -> str:
                    f"journal:PATH, a *.journal file or 'memory', got {storage!r}")
 
 
+def _own_journal(run_dir: Path) -> tuple[Any, str]:
+    """RUN/study.journal. Its lock file, if a killed worker left one, is stale (we hold the
+    run directory's lock), so it goes instead of stalling the resume for optuna's 30 s grace."""
+    path = run_dir / "study.journal"
+    Path(f"{path}.lock").unlink(missing_ok=True)
+    return _journal(path), f"journal:{path}"
+
+
 # storage kind -> opener(storage argument, run directory) -> (storage, description)
 STORAGES: dict[str, Callable[[Any, Path], tuple[Any, str]]] = {
-    "run": lambda s, run_dir: (_journal(run_dir / "study.journal"), f"journal:{run_dir / 'study.journal'}"),
+    "run": lambda s, run_dir: _own_journal(run_dir),
     "memory": lambda s, run_dir: (optuna.storages.InMemoryStorage(), "memory"),
     "journal": lambda s, run_dir: (_journal(Path(s[len("journal:"):] if s.startswith("journal:") else s)),
                                    f"journal:{s[len('journal:'):] if s.startswith('journal:') else s}"),

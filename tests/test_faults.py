@@ -308,3 +308,38 @@ def test_spaces_beyond_64_bit_ids_are_refused(tmp_path):
         with pytest.raises(DSEError, match=r"the space has 12,812,803,200,000,000,000 configurations, more "
                                            r"than 2\^63 - 1"):
             sweep(space, strategy=strategy, budget=100, out=tmp_path / strategy)
+
+
+# ----------------------------------------------------------------------------- calibrate output
+KERNELS = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "kernels" / "h100_sxm"
+
+
+def test_calibrate_refuses_an_empty_directory_and_keeps_shipped_data(tmp_path, monkeypatch, capsys):
+    from dse import cli
+    from dse.deploy.kernel_params import calibration_dir
+
+    shipped = calibration_dir() / "h100_sxm.yaml"
+    before = shipped.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["calibrate", "--kernels", str(empty), "--device", "h100_sxm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dse: error: --kernels {empty}: no kernel tables; expected one or more of gemm.csv")
+    assert shipped.read_bytes() == before
+    if not (KERNELS / "custom_allreduce.csv.gz").is_file():
+        pytest.skip("calibration tables not present")
+    tables = tmp_path / "k"
+    tables.mkdir()
+    shutil.copy(KERNELS / "custom_allreduce.csv.gz", tables)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert cli.main(["calibrate", "--kernels", str(tables), "--device", "h100_sxm"]) == 0
+    out = capsys.readouterr().out
+    assert "custom_allreduce" in out and "median APE %" in out                  # the fit summary
+    written = tmp_path / "xdg" / "dse" / "calibration" / "h100_sxm.yaml"
+    assert f"wrote {written}" in out
+    assert set(yaml.safe_load(written.read_text())["params"]) == {"custom_allreduce"}
+    assert cli.main(["calibrate", "--kernels", str(tables), "--device", "h100_sxm",
+                     "--out", str(calibration_dir())]) == 2
+    err = capsys.readouterr().err
+    assert "holds the shipped calibration" in err and "pass --in-place to replace it" in err
+    assert shipped.read_bytes() == before

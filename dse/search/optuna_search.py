@@ -48,8 +48,6 @@ __all__ = ["run_optuna", "open_storage", "gene_labels", "study_name", "SAMPLER_F
 HEARTBEAT_SECONDS = 60     # RDB storages: a worker's heartbeat period, ...
 STALE_SECONDS = 600        # ... and how long a RUNNING trial may go without one (shared journals: since its start)
 RDB_ATTEMPTS = 5
-# we record heartbeats ourselves around ask/tell batches (optuna assumes Study.optimize)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def gene_labels(space: Space) -> list[str]:
@@ -230,7 +228,9 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
         while n_done < budget:
             gc.freeze()        # a study holds ~1e6 trial objects; spare them the cyclic collector
             batch = min(pop_size, budget - n_done)
-            trials = [study.ask(dists) for _ in range(batch)]
+            with warnings.catch_warnings():   # heartbeats are ours to record (optuna assumes Study.optimize)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trials = [study.ask(dists) for _ in range(batch)]
             if heartbeat is not None:
                 for t in trials:
                     heartbeat(t._trial_id)

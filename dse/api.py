@@ -23,13 +23,13 @@ __all__ = ["evaluate", "evaluate_mix", "explain", "check_config", "grid", "sweep
 
 def sweep(space: Any, **options: Any):
     """Search a scenario (a path to a YAML file or a loaded Space) and write its results
-    directory, with the interactive report; see dse.search.run.sweep for the options."""
+    directory with the interactive report (written once, before the run is committed);
+    see dse.search.run.sweep for the options."""
     from dse.report.html import write_report
     from dse.search.run import sweep as _sweep
 
-    res = _sweep(space, **options)
-    write_report(res.run_dir)
-    return res
+    options.setdefault("report", write_report)
+    return _sweep(space, **options)
 
 
 def load_scenario(path: Any):

@@ -80,7 +80,9 @@ def leftovers(run_dir: Path) -> list[str]:
 def test_grid_writes_every_configuration_with_flags(grid_small, small_path):
     space = load_space(small_path)
     run_dir = grid_small.run_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["configs.parquet", "pareto.csv", "report.html", "run.json"]
+    # search.run.sweep draws no report (api.sweep passes the writer); the lock file is hidden
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
+        "configs.parquet", "pareto.csv", "run.json", "run_manifest.json"]
     df = pd.read_parquet(run_dir / "configs.parquet")
     assert len(df) == space.size == 2 * 4 * 2 * 9 * 2
     np.testing.assert_array_equal(np.sort(df["config_id"].to_numpy()), np.arange(space.size))
@@ -102,7 +104,7 @@ def test_grid_writes_every_configuration_with_flags(grid_small, small_path):
     assert not df.loc[~df["feasible"], "is_pareto"].any()
 
 
-def test_pareto_csv_and_run_json(grid_small):
+def test_pareto_csv_and_run_json(grid_small, small_path):
     run_dir = grid_small.run_dir
     pareto = pd.read_csv(run_dir / "pareto.csv")
     run = json.loads((run_dir / "run.json").read_text())
@@ -126,9 +128,31 @@ def test_pareto_csv_and_run_json(grid_small):
     vals = pareto[["e2e_ms", "joules_per_token", "usd_per_mtok"]].to_numpy()
     assert hypervolume_against(vals, run["objectives"], ref) == pytest.approx(run["hypervolume"])
     assert hypervolume_against(vals[::2], run["objectives"], ref) < run["hypervolume"]
-    html = (run_dir / "report.html").read_text()
-    assert "<table" in html and "small" in html and f"{len(pareto):,} configurations" in html
+    assert run["fingerprint"] == load_space(small_path).fingerprint
     assert load_result(run_dir).run == run
+
+
+def test_api_sweep_writes_the_report_once_before_the_manifest(small_path, tmp_path, monkeypatch):
+    import dse.report.html as report_html
+    from dse import api
+    from dse.search.store import verify_run_dir
+
+    calls = []
+    real = report_html.write_report
+
+    def counting(run_dir, **kw):
+        calls.append(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))
+        return real(run_dir, **kw)
+
+    monkeypatch.setattr(report_html, "write_report", counting)
+    res = api.sweep(small_path, strategy="grid", out=tmp_path / "r", chunk_size=100, progress=False)
+    assert len(calls) == 1                                     # written once, by the real writer
+    assert "run_manifest.json" not in calls[0] and "run.json" in calls[0]   # before the commit
+    page = (res.run_dir / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="pair-0"' in page
+    manifest = verify_run_dir(res.run_dir)
+    assert manifest["views"] == ["report.html"] and set(manifest["files"]) == {"configs.parquet", "pareto.csv",
+                                                                                "run.json"}
 
 
 def test_grid_resumes_after_interruption(small_path, grid_small, tmp_path):

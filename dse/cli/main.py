@@ -56,7 +56,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     from dse.fit import calibrate
 
     params = calibrate.fit(a.kernels, a.device)
-    path = calibrate.write(params, a.device, out_dir=a.out)
+    path = calibrate.write(params, a.device, out_dir=a.out, in_place=a.in_place)
+    print("\n".join(calibrate.summary_lines(params)))
     print(f"wrote {path}")
     return 0
 
@@ -104,10 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("id", nargs="?", help="device id or YAML path for `show`")
     hw.set_defaults(func=_cmd_hardware)
 
-    cal = sub.add_parser("calibrate", help="fit kernel efficiencies from measured kernel tables")
+    cal = sub.add_parser("calibrate", help="fit kernel efficiencies from measured kernel tables",
+                         description="Fit the kernel-model parameters of a device from its measured kernel "
+                                     "tables, print the fit error per family and write <device>.yaml to --out "
+                                     "(default $XDG_DATA_HOME/dse/calibration, else ~/.local/share/dse/"
+                                     "calibration). The shipped hardware/calibration is replaced only with "
+                                     "--in-place.")
     cal.add_argument("--kernels", required=True, help="directory of kernel tables (gemm.csv[.gz], ...)")
     cal.add_argument("--device", required=True)
-    cal.add_argument("--out", default=None, help="directory for <device>.yaml (default hardware/calibration)")
+    where = cal.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help="directory for <device>.yaml (default: the user data "
+                                                   "directory above, never the installed package)")
+    where.add_argument("--in-place", action="store_true",
+                       help="replace the shipped hardware/calibration/<device>.yaml (what the model uses)")
     cal.set_defaults(func=_cmd_calibrate)
 
     val = sub.add_parser("validate", help="model vs measured kernels or deployments")

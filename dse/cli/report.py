@@ -1,15 +1,33 @@
 """`dse report DIR`: rebuild DIR/report.html from a results directory.
 
+A sweep's directory is checked against its run_manifest.json first (refused, one line,
+when its files are of different runs or the run is unfinished); a directory assembled by
+hand (no manifest, no sweep state) is drawn as it is, with a notice.
 `add_parser(subparsers)` registers the sub-command on the main parser (dse/cli.py).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+__all__ = ["add_parser", "main"]
+
+
+def _check(run_dir: Path) -> None:
+    from dse.search.store import MANIFEST, verify_run_dir, warn
+
+    if not run_dir.is_dir():
+        return                       # write_report names the problem
+    if (run_dir / MANIFEST).is_file() or (run_dir / "state" / "meta.json").is_file():
+        verify_run_dir(run_dir)
+    else:
+        warn(f"{run_dir}: no {MANIFEST} (not written by dse sweep); its files are not verified")
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     from dse.report.html import write_report
 
+    _check(Path(a.dir))
     path = write_report(a.dir, out=a.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-
+__all__ = ["add_parser", "run_command", "pareto_table"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sweep", help="search a scenario (grid, NSGA-II or Optuna) for its Pareto front",
@@ -21,9 +21,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="default: the scenario's search.strategy, else grid")
     p.add_argument("--budget", type=int, default=None,
                    help="evaluations for nsga2/optuna; for grid, refuse spaces larger than this")
+    p.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="refuse a grid over more than N configurations unless --budget allows it "
+                        "(default 100,000,000)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: scenario's, else 0)")
     p.add_argument("--out", default=None, help="run directory (default results/<scenario>-<timestamp>); "
                                                "rerun into the same directory to resume")
+    p.add_argument("--force", action="store_true",
+                   help="replace a run directory that holds another scenario's run (or an unreadable one)")
     p.add_argument("--jobs", type=int, default=1, help="parallel workers for grid chunks")
     p.add_argument("--backend", choices=["joblib", "dask"], default="joblib", help="where grid chunks run")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) for --backend dask")
@@ -44,9 +49,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_command(a: argparse.Namespace) -> int:
     from dse.api import sweep
 
+    extra = {"max_evaluations": a.max_evaluations} if a.max_evaluations is not None else {}
     res = sweep(a.space, strategy=a.strategy, budget=a.budget, seed=a.seed, out=a.out, jobs=a.jobs,
                 backend=a.backend, scheduler=a.scheduler, storage=a.storage, sampler=a.sampler,
-                pop_size=a.pop_size, chunk_size=a.chunk_size, tol=a.tol, progress=not a.quiet)
+                pop_size=a.pop_size, chunk_size=a.chunk_size, tol=a.tol, progress=not a.quiet,
+                force=a.force, **extra)
     run = res.run
     print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations in "
           f"{run['eval_seconds']:.1f} s ({run['evals_per_second'] or 0:,.0f}/s), {run['n_feasible']:,} feasible, "

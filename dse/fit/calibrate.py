@@ -9,16 +9,18 @@ physically meaningful parameters per family, with a deterministic Nelder-Mead in
 bounded coordinates (numpy only; discrete choices such as tile sizes by grid).
 
     python -m dse.fit.calibrate ../shared/calibration/kernels/h100_sxm h100_sxm
-`write` stores the result with its provenance as hardware/calibration/<device>.yaml;
-`load_params` reads it back, falling back to the device's `calibration_from` and then
-to `kernels.DEFAULT_PARAMS`.
+`write` stores the result with its provenance as <out>/<device>.yaml: by default in the
+user's data directory ($XDG_DATA_HOME/dse/calibration, else ~/.local/share/dse/calibration),
+never over the shipped hardware/calibration unless `in_place` (a fit of a partial or
+wrong table must not silently replace the calibration every user's model runs on).
+`load_params` reads the shipped files, falling back to the device's `calibration_from`
+and then to `kernels.DEFAULT_PARAMS`.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import itertools
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,10 +31,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dse import io
 from dse.catalog import dtypes
 from dse.catalog.devices import Device, get_device
 from dse.deploy.kernel_params import calibration_dir, load_params
+from dse.errors import DSEError
 from dse.model import kernels as K
+
+__all__ = ["fit", "fit_family", "write", "read_tables", "require_tables", "predict", "error_summary",
+           "summary_lines", "user_calibration_dir", "calibration_dir", "load_params", "FAMILIES", "RECIPES",
+           "nccl_ops", "log_error", "main"]
 
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce")
 ATTRIBUTION = ("measured by NVIDIA AIConfigurator, redistributed in aiconfigurator-core 0.12.0, "
@@ -332,8 +340,27 @@ def read_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]
     for path in sorted(Path(kernels_dir).iterdir()):
         stem = path.name.split(".")[0]
         if stem in FAMILIES and path.name.endswith((".csv", ".csv.gz")):
-            out[stem] = (path, pd.read_csv(path))
+            try:
+                out[stem] = (path, pd.read_csv(path))
+            except (OSError, ValueError) as exc:
+                raise DSEError(f"{path}: unreadable kernel table ({str(exc).splitlines()[0]})") from None
     return out
+
+
+def require_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]:
+    """read_tables, refusing a directory that is missing or holds no kernel table (a fit
+    of nothing would write an empty calibration)."""
+    d = Path(kernels_dir)
+    if not d.is_dir():
+        raise DSEError(f"--kernels {d}: not a directory")
+    tables = read_tables(d)
+    if not tables:
+        raise DSEError(f"--kernels {d}: no kernel tables; expected one or more of "
+                       f"{', '.join(f + '.csv[.gz]' for f in FAMILIES)}")
+    empty = [str(p) for p, df in tables.values() if df.empty]
+    if empty:
+        raise DSEError(f"{empty[0]}: kernel table without rows")
+    return tables
 
 
 def _evaluate(fn: Callable[..., np.ndarray], args: dict, fmt: Any, p: Mapping[str, Any]) -> np.ndarray:
@@ -371,7 +398,7 @@ def fit(kernels_dir: str | Path, device_id: str) -> dict[str, Any]:
     """
     device = get_device(device_id)
     result: dict[str, Any] = {"device": device.id, "params": {}, "errors": {}, "sources": {}}
-    for family, (path, df) in read_tables(kernels_dir).items():
+    for family, (path, df) in require_tables(kernels_dir).items():
         params = fit_family(family, df, device)
         result["params"][family] = params
         result["errors"][family] = error_summary(predict(family, df, device, params),
@@ -387,10 +414,29 @@ def _short_path(path: str) -> str:
     return str(Path(*parts[parts.index("shared"):])) if "shared" in parts else str(path)
 
 
-def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None = None) -> Path:
-    """Write a `fit` result as <out_dir>/<device>.yaml atomically, with provenance."""
-    out = Path(out_dir) if out_dir is not None else calibration_dir()
-    out.mkdir(parents=True, exist_ok=True)
+def user_calibration_dir() -> Path:
+    """Where `dse calibrate` writes by default: $XDG_DATA_HOME/dse/calibration, else
+    ~/.local/share/dse/calibration (never the installed package)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dse" / "calibration"
+
+
+def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None = None, *,
+          in_place: bool = False) -> Path:
+    """Write a `fit` result as <out_dir>/<device>.yaml atomically, with provenance.
+
+    out_dir: default `user_calibration_dir()`; in_place=True writes the shipped
+    hardware/calibration (the only way to replace a shipped file)."""
+    if in_place and out_dir is not None:
+        raise DSEError("calibrate: give --out DIR or --in-place, not both")
+    if not params.get("params"):
+        raise DSEError(f"calibrate: nothing was fitted for {device_id}; refusing to write an empty calibration")
+    out = calibration_dir() if in_place else Path(out_dir) if out_dir is not None else user_calibration_dir()
+    target = out / f"{device_id}.yaml"
+    shipped = calibration_dir().resolve()
+    if not in_place and out.resolve() == shipped and target.exists():
+        raise DSEError(f"--out {out}: holds the shipped calibration ({target.name}); write elsewhere, or pass "
+                       "--in-place to replace it")
     doc = {
         "device": device_id,
         "provenance": {
@@ -406,33 +452,39 @@ def write(params: Mapping[str, Any], device_id: str, out_dir: str | Path | None 
         "fit_error": params.get("errors", {}),
         "params": params["params"],
     }
-    target = out / f"{device_id}.yaml"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{device_id}.", suffix=".yaml.tmp")
+    text = yaml.safe_dump(doc, sort_keys=False, width=100)
     try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(doc, fh, sort_keys=False, width=100)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        return io.write_text(target, text)
+    except OSError as exc:
+        raise DSEError(f"--out {out}: cannot write {target.name} ({exc.strerror or exc})") from None
+
+
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
+    """The fit summary: per family, rows and median / mean absolute percentage error."""
+    lines = [f"{'family':<22} {'rows':>6} {'median APE %':>13} {'MAPE %':>8}"]
+    for family, err in result["errors"].items():
+        lines.append(f"{family:<22} {err['n']:>6} {err['median_ape']:>13.1f} {err['mape']:>8.1f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m dse.fit.calibrate KERNELS_DIR DEVICE [--out DIR]: fit and write the YAML."""
+    """python -m dse.fit.calibrate KERNELS_DIR DEVICE [--out DIR | --in-place]: fit and write the YAML."""
     import argparse
+    import sys
 
     ap = argparse.ArgumentParser(prog="python -m dse.fit.calibrate", description=main.__doc__)
     ap.add_argument("kernels_dir")
     ap.add_argument("device")
-    ap.add_argument("--out", default=None, help="output directory (default: the package's "
-                                                "hardware/calibration)")
+    ap.add_argument("--out", default=None, help=f"output directory (default {user_calibration_dir()})")
+    ap.add_argument("--in-place", action="store_true", help="replace the shipped hardware/calibration file")
     args = ap.parse_args(argv)
-    result = fit(args.kernels_dir, args.device)
-    path = write(result, args.device, args.out)
-    for family, err in result["errors"].items():
-        print(f"{args.device:<10} {family:<22} rows {err['n']:>6}  median APE {err['median_ape']:5.1f} %"
-              f"  MAPE {err['mape']:5.1f} %")
+    try:
+        result = fit(args.kernels_dir, args.device)
+        path = write(result, args.device, args.out, in_place=args.in_place)
+    except DSEError as exc:
+        print(f"dse: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(result)))
     print(f"wrote {path}")
     return 0
 

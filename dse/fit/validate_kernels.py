@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dse.fit.calibrate import error_summary, load_params, predict, read_tables
+from dse.fit.calibrate import error_summary, load_params, predict, require_tables
 from dse.catalog.devices import get_device
 
 __all__ = ["validate", "main"]
@@ -28,7 +28,7 @@ def validate(kernels_dir: str | Path, device_id: str,
     device = get_device(device_id)
     params = load_params(device_id) if params is None else params
     families = {}
-    for family, (_, df) in read_tables(kernels_dir).items():
+    for family, (_, df) in require_tables(kernels_dir).items():
         pred = predict(family, df, device, params[family])
         families[family] = error_summary(pred, df.latency.to_numpy(dtype=float))
     return {"device": device.id, "families": families}

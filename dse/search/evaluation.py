@@ -15,6 +15,8 @@ import pandas as pd
 from dse.search.space import Space
 from dse.deploy.evaluate import evaluate
 
+__all__ = ["evaluate_batch", "evaluate_chunk"]
+
 
 def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows for `indices` (config_id first, then evaluate's columns) and the n x (1 + c)

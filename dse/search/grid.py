@@ -3,12 +3,15 @@
 The ground truth for small and medium spaces. Memory is bounded by the chunk size
 and the number of chunks in flight, whatever the size of the space; each finished chunk
 becomes a part file named by its index range, so a rerun into the same directory
-evaluates only the chunks that are missing.
+evaluates only the chunks that are missing. Chunks are pure functions of their range, and
+the final results read the parts in range order, so a resumed grid is bit-for-bit the
+uninterrupted one; a part whose footer is unreadable or whose row count is wrong (a
+damaged disk) is discarded and recomputed.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -18,36 +21,56 @@ from dse.search.progress import Progress, ProgressArg
 from dse.search.space import Space
 from dse.search.store import RunStore
 
+__all__ = ["run_grid", "DEFAULT_CHUNK", "BACKENDS"]
+
 DEFAULT_CHUNK = 50_000   # the model's throughput peaks around 20k-50k rows per call
-BACKENDS = ("joblib", "dask")
 
 
 def _part_name(lo: int, hi: int) -> str:
     return f"grid-{lo:015d}-{hi:015d}"
 
 
-def _done_ranges(store: RunStore) -> set[tuple[int, int]]:
-    out = set()
+def _done_ranges(store: RunStore, chunks: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The chunks whose part is whole; parts of other chunkings or damaged ones are removed."""
+    wanted, out = set(chunks), set()
     for p in store.parts():
-        _, lo, hi = p.stem.split("-")
-        out.add((int(lo), int(hi)))
+        try:
+            _, lo, hi = p.stem.split("-")
+            rng = (int(lo), int(hi))
+        except ValueError:
+            rng = (-1, -1)
+        if rng not in wanted:
+            store.remove_parts([p])
+            continue
+        rows = store.part_rows(p)
+        if rows is None:
+            continue
+        if rows != rng[1] - rng[0]:
+            store.discard_part(p, ValueError(f"{rows} rows, expected {rng[1] - rng[0]}"))
+            continue
+        out.add(rng)
     return out
 
 
-def _local(space: Space, todo: list[tuple[int, int]]) -> Iterator[tuple[int, int, pd.DataFrame, float]]:
+Chunks = Iterator[tuple[int, int, pd.DataFrame, float]]
+
+
+def _local(space: Space, todo: list[tuple[int, int]], jobs: int, scheduler: str | None) -> Chunks:
     for lo, hi in todo:
         yield evaluate_chunk(space, lo, hi)
 
 
-def _joblib(space: Space, todo: list[tuple[int, int]], jobs: int) -> Iterator[tuple[int, int, pd.DataFrame, float]]:
+def _joblib(space: Space, todo: list[tuple[int, int]], jobs: int, scheduler: str | None) -> Chunks:
+    if jobs == 1 or len(todo) <= 1:
+        yield from _local(space, todo, jobs, scheduler)
+        return
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
     yield from parallel(delayed(evaluate_chunk)(space, lo, hi) for lo, hi in todo)
 
 
-def _dask(space: Space, todo: list[tuple[int, int]], scheduler: str | None, jobs: int
-          ) -> Iterator[tuple[int, int, pd.DataFrame, float]]:
+def _dask(space: Space, todo: list[tuple[int, int]], jobs: int, scheduler: str | None) -> Chunks:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -83,26 +106,23 @@ def _dask(space: Space, todo: list[tuple[int, int]], scheduler: str | None, jobs
             cluster.close()
 
 
+BACKENDS: dict[str, Callable[[Space, list[tuple[int, int]], int, str | None], Chunks]] = {
+    "joblib": _joblib, "dask": _dask}
+
+
 def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, jobs: int = 1,
              backend: str = "joblib", scheduler: str | None = None, progress: ProgressArg = False) -> dict[str, Any]:
     """Evaluate every configuration not yet in the store; returns counters for run.json."""
     if backend not in BACKENDS:
         raise DSEError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     chunks = list(space.chunks(chunk_size))
-    done = _done_ranges(store)
-    stray = [p for p in store.parts() if tuple(int(x) for x in p.stem.split("-")[1:]) not in set(chunks)]
-    store.remove_parts(stray)
+    done = _done_ranges(store, chunks)
     todo = [c for c in chunks if c not in done]
     n_done = sum(hi - lo for lo, hi in chunks if (lo, hi) in done)
     bar = Progress(space.size, "grid", progress, start=n_done)
     t0 = time.perf_counter()
     model_seconds = 0.0
-    if backend == "dask":
-        results = _dask(space, todo, scheduler, jobs)
-    elif jobs > 1 and len(todo) > 1:
-        results = _joblib(space, todo, jobs)
-    else:
-        results = _local(space, todo)
+    results = BACKENDS[backend](space, todo, jobs, scheduler)
     try:
         for lo, hi, df, secs in results:
             store.write_part(_part_name(lo, hi), df)

@@ -12,8 +12,10 @@ once the hypervolume of its feasible front has stopped growing (`tol`). Offsprin
 evaluated in this run (keyed by config id, so genes a mode ignores do not make a copy
 look new) are treated as duplicates and re-drawn by pymoo's mating loop; anything that
 still repeats is answered from a cache without counting. Evaluated rows go to the run
-store as they come, and the pickled algorithm (its RNG included) is checkpointed with
-them, so a resumed run continues exactly where the checkpoint left it.
+store as they come, and the pickled algorithm (its RNG included), the convergence
+monitor's history and the idle-generation counter are checkpointed with them, so a
+resumed run continues exactly where the checkpoint left it: same configurations, same
+evaluation order, same stopping point as the uninterrupted run (tested under SIGKILL).
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ from dse.search.evaluation import evaluate_batch
 from dse.pareto import log_transform
 from dse.search.progress import Progress, ProgressArg
 from dse.search.space import Space
-from dse.search.store import RunStore
+from dse.search.store import RunStore, warn
+
+__all__ = ["run_nsga2", "default_pop_size", "SpaceProblem", "CHECKPOINT_SECONDS", "FLUSH_ROWS"]
 
 CHECKPOINT_SECONDS = 5.0
 FLUSH_ROWS = 200_000
@@ -104,19 +108,29 @@ class _Archive:
             self.n_parts += 1
             self.buffer, self.buffered = [], 0
 
-    def reload(self, n_parts: int, directions: list[str]) -> None:
+    def reload(self, n_parts: int, directions: list[str]) -> bool:
         """After a resume: parts up to the checkpoint are kept (later ones dropped) and their
-        configurations re-evaluated into the cache (the model is deterministic)."""
+        configurations re-evaluated into the cache (the model is deterministic). False if a
+        part the checkpoint counts on is missing or unreadable (the run must restart)."""
         parts = self.store.parts()
         self.store.remove_parts([p for p in parts if int(p.stem.split("-")[1]) >= n_parts])
+        kept = self.store.parts()
+        if [p.name for p in kept] != [f"nsga2-{i:09d}.parquet" for i in range(n_parts)]:
+            warn(f"{self.store.parts_dir}: part files of the checkpoint are missing; the run restarts")
+            return False
         self.n_parts = n_parts
-        for part in self.store.parts():
-            t = pd.read_parquet(part, columns=["config_id", "eval_index"]).sort_values("eval_index")
+        for part in kept:
+            try:
+                t = pd.read_parquet(part, columns=["config_id", "eval_index"]).sort_values("eval_index")
+            except (OSError, ValueError) as exc:
+                self.store.discard_part(part, exc)
+                return False
             ids = t["config_id"].to_numpy(dtype=np.int64)
             for s in range(0, ids.size, 50_000):
                 df, G = evaluate_batch(self.space, ids[s:s + 50_000])
                 F = log_transform(df[self.space.objective_names()].to_numpy(dtype=float), directions)
                 self._remember(ids[s:s + 50_000], np.nan_to_num(F, nan=1e300, posinf=1e300, neginf=-1e300), G)
+        return True
 
 
 class _Convergence:
@@ -212,13 +226,18 @@ def run_nsga2(space: Space, store: RunStore, *, budget: int, seed: int, pop_size
     """Run (or resume) NSGA-II until `budget` distinct configurations are evaluated, or
     earlier once the front has converged (see `_Convergence`; tol=0 uses the whole budget)."""
     state = store.load_checkpoint() if store.resumed else None
+    if not isinstance(state, dict) or "convergence" not in state:
+        state = None                           # none, or of an older dse: restart (the same result)
     if state is not None:
         algorithm = state["algorithm"]
         problem = algorithm.problem
         archive = _Archive(space, store, problem.n_obj, problem.n_ieq_constr)
-        archive.reload(state["n_parts"], problem.directions)
-        archive.requests = state["requests"]
-    else:
+        if archive.reload(state["n_parts"], problem.directions):
+            archive.requests = state["requests"]
+            conv, idle = state["convergence"], state["idle"]
+        else:
+            state = None
+    if state is None:
         store.remove_parts(store.parts())
         problem = SpaceProblem(space)
         archive = _Archive(space, store, problem.n_obj, problem.n_ieq_constr)
@@ -227,10 +246,8 @@ def run_nsga2(space: Space, store: RunStore, *, budget: int, seed: int, pop_size
                           mutation=PM(eta=3, vtype=float, repair=RoundingRepair()),
                           eliminate_duplicates=_ConfigDuplicates(problem))
         algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
+        conv, idle = _Convergence(tol, min_evals=10 * pop_size), 0
     problem.archive = archive
-    conv = _Convergence(tol, min_evals=10 * pop_size)
-    if archive.n_distinct:
-        conv.update(archive.F[:archive.n_distinct], archive.G[:archive.n_distinct], archive.n_distinct)
     converged = False
     bar = Progress(budget, "nsga2", progress, start=archive.n_distinct)
     t0 = time.perf_counter()
@@ -238,9 +255,9 @@ def run_nsga2(space: Space, store: RunStore, *, budget: int, seed: int, pop_size
 
     def checkpoint() -> None:
         archive.flush()
-        store.save_checkpoint({"algorithm": algorithm, "n_parts": archive.n_parts, "requests": archive.requests})
+        store.save_checkpoint({"algorithm": algorithm, "n_parts": archive.n_parts, "requests": archive.requests,
+                               "convergence": conv, "idle": idle})
 
-    idle = 0
     try:
         while archive.n_distinct < budget and idle < MAX_IDLE_GENERATIONS:
             pop = algorithm.ask()

@@ -31,6 +31,8 @@ from optuna.samplers import NSGAIISampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+__all__ = ["BatchedNSGAIISampler"]
+
 
 class BatchedNSGAIISampler(NSGAIISampler):
     def __init__(self, **kwargs: Any) -> None:

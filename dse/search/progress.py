@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Callable, Union
 
+__all__ = ["Progress", "ProgressArg"]
+
 ProgressArg = Union[bool, Callable[[int, int], None], None]
 
 

@@ -1,8 +1,11 @@
-"""Final results of a run: configs.parquet, pareto.csv, run.json and a minimal report.html.
+"""Final results of a run: configs.parquet, pareto.csv, run.json (and report.html), committed.
 
 Written from the part files of `RunStore` in two streaming passes (the Pareto front
 first, then every row with its `is_pareto` flag), so a run of tens of millions of
-configurations never needs them all in memory. Every file is written atomically.
+configurations never needs them all in memory. Every file is written atomically, the
+report (drawn by the caller's `report` writer: search does not import dse.report) next,
+and the run's manifest last (RunStore.commit), so a directory is either committed whole
+or refused by `verify_run_dir`.
 
 Hypervolume: objectives are mapped to a log-like scale (asinh(v / 1e-6), i.e. ln of the
 value for every positive metric; max objectives negated) so that a factor of two counts
@@ -15,12 +18,11 @@ any other front can be measured against the same box (`hypervolume_against`).
 from __future__ import annotations
 
 import dataclasses
-import html
 import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -30,8 +32,11 @@ import pyarrow.parquet as pq
 from dse import io
 from dse.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
 from dse.search.space import Space
-from dse.search.store import RunStore
+from dse.search.store import RESULT_FILES, RunStore, verify_run_dir
 from dse.schema import METRICS
+
+__all__ = ["SweepResult", "finalize", "load_result", "hypervolume_reference", "hypervolume_against", "versions",
+           "HV_TRANSFORM"]
 
 HV_TRANSFORM = "asinh(value / 1e-6) (max objectives negated); volume divided by the ideal..reference box"
 
@@ -100,7 +105,7 @@ def _front(store: RunStore, space: Space) -> tuple[np.ndarray, np.ndarray, int, 
     front_F, front_ids = np.empty((0, k)), np.empty(0, dtype=np.int64)
     n_rows = n_feasible = 0
     for part in store.parts():
-        t = pq.read_table(part, columns=["config_id", "feasible", *names]).to_pandas()
+        t = store.read_part(part, columns=["config_id", "feasible", *names]).to_pandas()
         n_rows += len(t)
         ok = t["feasible"].to_numpy(dtype=bool)
         n_feasible += int(ok.sum())
@@ -124,8 +129,10 @@ def _order_columns(df: pd.DataFrame, space: Space) -> pd.DataFrame:
     return df[first + rest]
 
 
-def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: float) -> SweepResult:
-    """Write configs.parquet, pareto.csv, run.json and report.html from the store's parts."""
+def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: float,
+             report: Callable[[Path], Any] | None = None) -> SweepResult:
+    """Write configs.parquet, pareto.csv, run.json, then report.html with `report(run_dir)`
+    (if given), then the manifest; the state is dropped once the run is committed."""
     run_dir = store.path
     front_F, front_ids, n_rows, n_feasible = _front(store, space)
     pareto_parts: list[pd.DataFrame] = []
@@ -134,7 +141,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         writer = None
         try:
             for part in store.parts():
-                table = pq.read_table(part)
+                table = store.read_part(part)
                 mask = np.isin(table["config_id"].to_numpy(), front_ids)
                 table = table.append_column("is_pareto", pa.array(mask))
                 if writer is None:
@@ -170,6 +177,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
     eval_seconds = float(meta.get("eval_seconds", 0.0))
     run = {
         "scenario": space.resolved,
+        "fingerprint": space.fingerprint,
         "strategy": meta.get("strategy"),
         "seed": meta.get("seed"),
         "objectives": objectives,
@@ -189,51 +197,21 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         "versions": versions(),
         "started_at": meta.get("started_at"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": ["configs.parquet", "pareto.csv", "run.json", "report.html"],
+        "files": [f for f in RESULT_FILES if report is not None or f != "report.html"],
     }
     run["wall_seconds"] = round(time.perf_counter() - t_start, 4)
     io.write_json(run_dir / "run.json", run)
-    write_minimal_report(run_dir)
+    if report is not None:
+        report(run_dir)
+    store.commit(run["files"])
     return SweepResult(run_dir=run_dir, run=run, pareto=pareto)
 
 
 def load_result(run_dir: str | Path) -> SweepResult:
-    """A finished run read back from its directory."""
+    """A finished run read back from its directory (verified against its manifest)."""
     import json
 
     run_dir = Path(run_dir)
+    verify_run_dir(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     return SweepResult(run_dir=run_dir, run=run, pareto=pd.read_csv(run_dir / "pareto.csv"))
-
-
-def write_minimal_report(run_dir: str | Path) -> Path:
-    """A small self-contained report.html (run summary and the Pareto table).
-
-    Placeholder until dse/report provides the full report; the one function it replaces.
-    """
-    import json
-
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    pareto = pd.read_csv(run_dir / "pareto.csv")
-    scen = run.get("scenario", {})
-    rows = [("scenario", scen.get("name")), ("model", scen.get("model")), ("strategy", run.get("strategy")),
-            ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in run.get("objectives", []))),
-            ("space size", f"{run.get('space_size', 0):,}"), ("evaluated", f"{run.get('n_evaluated', 0):,}"),
-            ("feasible", f"{run.get('n_feasible', 0):,}"), ("Pareto set", f"{run.get('n_pareto', 0):,}"),
-            ("hypervolume", f"{run.get('hypervolume', 0):.4f}"),
-            ("evaluation time", f"{run.get('eval_seconds', 0):.2f} s"),
-            ("wall time", f"{run.get('wall_seconds', 0):.2f} s")]
-    summary = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    table = pareto.head(500).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0)
-    doc = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>dse sweep: {html.escape(str(scen.get('name')))}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}th{{text-align:left}}</style></head>
-<body><h1>dse sweep: {html.escape(str(scen.get('name')))}</h1>
-<table>{summary}</table>
-<h2>Pareto set ({len(pareto):,} configurations{', first 500 shown' if len(pareto) > 500 else ''})</h2>
-{table}
-</body></html>
-"""
-    return io.write_text(run_dir / "report.html", doc)

@@ -224,7 +224,7 @@ def test_manifest_mismatch_is_refused_by_report_and_verify(spaces, tmp_path):
     b = sweep(spaces["small"], strategy="nsga2", budget=60, pop_size=20, seed=2, out=tmp_path / "b")
     manifest = verify_run_dir(a.run_dir)
     assert manifest["fingerprint"] == a.run["fingerprint"] and set(manifest["files"]) == {
-        "configs.parquet", "pareto.csv", "run.json"}
+        "configs.parquet", "pareto.csv", "recommendation.json", "run.json"}
     # what a kill between file writes would leave: a new configs.parquet beside an old run.json
     shutil.copy(b.run_dir / "configs.parquet", a.run_dir / "configs.parquet")
     with pytest.raises(DSEError, match=r"configs\.parquet: does not match run_manifest\.json"):

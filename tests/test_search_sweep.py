@@ -82,7 +82,7 @@ def test_grid_writes_every_configuration_with_flags(grid_small, small_path):
     run_dir = grid_small.run_dir
     # search.run.sweep draws no report (api.sweep passes the writer); the lock file is hidden
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
-        "configs.parquet", "pareto.csv", "run.json", "run_manifest.json"]
+        "configs.parquet", "pareto.csv", "recommendation.json", "run.json", "run_manifest.json"]
     df = pd.read_parquet(run_dir / "configs.parquet")
     assert len(df) == space.size == 2 * 4 * 2 * 9 * 2
     np.testing.assert_array_equal(np.sort(df["config_id"].to_numpy()), np.arange(space.size))
@@ -152,7 +152,7 @@ def test_api_sweep_writes_the_report_once_before_the_manifest(small_path, tmp_pa
     assert page.startswith("<!DOCTYPE html>") and 'id="pair-0"' in page
     manifest = verify_run_dir(res.run_dir)
     assert manifest["views"] == ["report.html"] and set(manifest["files"]) == {"configs.parquet", "pareto.csv",
-                                                                                "run.json"}
+                                                                                "recommendation.json", "run.json"}
 
 
 def test_grid_resumes_after_interruption(small_path, grid_small, tmp_path):

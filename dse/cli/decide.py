@@ -28,6 +28,9 @@ def _cmd_recommend(a: argparse.Namespace) -> int:
     from dse.report.rundata import RECOMMENDATION_JSON, read_json
     from dse.search.recommend import format_recommendation
 
+    from dse.search.store import verify_run_dir
+
+    verify_run_dir(a.run_dir)
     rec = read_json(Path(a.run_dir) / RECOMMENDATION_JSON)
     if a.objective:
         if a.objective not in rec.get("best", {}):
@@ -40,7 +43,10 @@ def _cmd_recommend(a: argparse.Namespace) -> int:
 
 def _cmd_compare(a: argparse.Namespace) -> int:
     from dse.report.compare import compare_runs, format_comparison
+    from dse.search.store import verify_run_dir
 
+    for d in (a.run_a, a.run_b):          # a directory mixing files of different runs is refused
+        verify_run_dir(d)
     cmp = compare_runs(a.run_a, a.run_b)
     print(format_comparison(cmp))
     if a.html:

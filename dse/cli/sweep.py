@@ -47,7 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_command(a: argparse.Namespace) -> int:
+    import json
+
     from dse.api import sweep
+    from dse.search.recommend import format_recommendation
 
     extra = {"max_evaluations": a.max_evaluations} if a.max_evaluations is not None else {}
     res = sweep(a.space, strategy=a.strategy, budget=a.budget, seed=a.seed, out=a.out, jobs=a.jobs,
@@ -59,30 +62,42 @@ def run_command(a: argparse.Namespace) -> int:
           f"{run['eval_seconds']:.1f} s ({run['evals_per_second'] or 0:,.0f}/s), {run['n_feasible']:,} feasible, "
           f"{run['n_pareto']:,} on the Pareto front, hypervolume {run['hypervolume']:.4f}; "
           f"wall {run['wall_seconds']:.1f} s")
-    print(f"results: {res.run_dir}/ (configs.parquet, pareto.csv, run.json, report.html)")
+    print(f"results: {res.run_dir}/ (configs.parquet, pareto.csv, recommendation.json, run.json, report.html)")
     if len(res.pareto):
         print()
         print(pareto_table(res.pareto, run))
+    print()
+    print(format_recommendation(json.loads((res.run_dir / "recommendation.json").read_text())))
     return 0
 
 
+DECIDING = ("mode", "device", "prefill_device", "decode_device", "attn_device", "ffn_device", "tp", "pp", "dp", "ep",
+            "weight_dtype", "kv_dtype", "batch_size")
+
+
 def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> str:
-    """The Pareto set as a short text table: the axes that vary, then the objectives."""
+    """The Pareto set as a short text table: rows that tie on every objective as one (the
+    simplest, with how many it stands for); the deciding columns always, then the axes that
+    vary, then the objectives."""
+    from dse.search.recommend import representatives, tie_groups
+
     objectives = [o["name"] for o in run["objectives"]]
+    rep = representatives(pareto, tie_groups(pareto, objectives)).sort_values(objectives[0])
     axes = list(run["scenario"].get("axes", {}))
     for spec in run["scenario"].get("modes", {}).values():
         axes += [a for a in spec if a not in axes]
-    if len(run["scenario"].get("modes", {})) > 1:
-        axes = ["mode", *axes]
-    cols = [c for c in axes if c in pareto.columns and pareto[c].nunique() > 1] + objectives
+    roles = [c for c in DECIDING if c.endswith("_device") and c in rep.columns and (rep[c].astype(str) != "").any()]
+    deciding = [c for c in DECIDING if c in rep.columns and (not c.endswith("_device") or c in roles)]
+    cols = deciding + [c for c in axes if c in rep.columns and c not in deciding and rep[c].nunique() > 1] + objectives
     shown_extra = (("placed_num_gpus", "placed_tokens_per_s", "placed_gain", "placement")
                    if run["scenario"].get("placement") else ("num_gpus", "tokens_per_s"))
-    extra = [c for c in shown_extra if c in pareto.columns and c not in cols]
-    if len(pareto) > rows:  # spread the rows along the first objective
-        pick = sorted({round(i * (len(pareto) - 1) / (rows - 1)) for i in range(rows)})
-        shown = pareto.iloc[pick]
+    extra = [c for c in (*shown_extra, "n_equivalent") if c in rep.columns and c not in cols]
+    if len(rep) > rows:  # spread the rows along the first objective
+        pick = sorted({round(i * (len(rep) - 1) / (rows - 1)) for i in range(rows)})
+        shown = rep.iloc[pick]
     else:
-        shown = pareto
+        shown = rep
     text = shown[cols + extra].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
-    more = f"\n({len(pareto) - len(shown):,} more in pareto.csv)" if len(pareto) > len(shown) else ""
-    return f"Pareto set ({len(pareto):,} configurations):\n{text}{more}"
+    more = f"\n({len(rep) - len(shown):,} more in pareto.csv)" if len(rep) > len(shown) else ""
+    return (f"Pareto set ({len(pareto):,} configurations, {len(rep):,} distinct on the objectives):\n"
+            f"{text}{more}")

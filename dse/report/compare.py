@@ -95,7 +95,8 @@ def _pick_text(p: dict | None) -> str:
         return "(none)"
     c = p["configuration"]
     pools = "; ".join(f"{x['role']} {x['gpus']} x {x['device']}" for x in c.get("pools", []))
-    return f"{c.get('mode')} | {pools} | {c.get('weight_dtype')}/{c.get('kv_dtype')} batch {c.get('batch_size')}"
+    cap = f" power cap {c['power_cap']:g}" if c.get("power_cap") not in (None, 1, 1.0) else ""
+    return f"{c.get('mode')} | {pools} | {c.get('weight_dtype')}/{c.get('kv_dtype')} batch {c.get('batch_size')}{cap}"
 
 
 def format_comparison(cmp: dict[str, Any], rows: int = 8) -> str:

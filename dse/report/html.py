@@ -515,5 +515,6 @@ def _cmp_pick(p: dict | None) -> str:
     if not p:
         return "(none)"
     c = p["configuration"]
+    cap = f", power cap {c['power_cap']:g}" if c.get("power_cap") not in (None, 1, 1.0) else ""
     return f"{c.get('mode')}: " + "; ".join(_pool_line(x) for x in c.get("pools", [])) + \
-        f"; {c.get('weight_dtype')}/{c.get('kv_dtype')}, batch {c.get('batch_size')}"
+        f"; {c.get('weight_dtype')}/{c.get('kv_dtype')}, batch {c.get('batch_size')}{cap}"

@@ -17,7 +17,7 @@ import pandas as pd
 from dse.deploy import roles
 from dse.schema import METRIC_INFO, MODES
 
-__all__ = ["tie_groups", "recommend", "describe", "format_recommendation"]
+__all__ = ["tie_groups", "representatives", "recommend", "describe", "format_recommendation"]
 
 # the plainest configuration first: fewer GPUs, one pool before two, smaller layouts
 _SIMPLE = ("num_gpus", "mode_rank", "tp", "pp", "dp", "ep", "replicas", "batch_size")
@@ -50,7 +50,7 @@ def tie_groups(pareto: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def _representatives(pareto: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
+def representatives(pareto: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
     """One row per tie group, the simplest, with the group's size in `n_equivalent`."""
     order = _simplicity_order(pareto)
     first = pd.Series(groups[order]).drop_duplicates().index.to_numpy()
@@ -78,6 +78,10 @@ def _value(row: pd.Series, col: str) -> Any:
     return v
 
 
+def _whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def describe(row: pd.Series) -> dict[str, Any]:
     """A configuration as a person deploys it: mode, and per role its device, GPUs and
     parallel layout (role defaults resolved), then the formats and runtime knobs."""
@@ -101,7 +105,7 @@ def describe(row: pd.Series) -> dict[str, Any]:
         lay = {k: int(_value(row, k) or 1) for k in _ROLE_LAYOUT}
         pools.append({"role": "agg", "device": str(_value(row, "device")), "gpus": lay["tp"] * lay["dp"] * lay["pp"],
                       **lay})
-    knobs = {k: _value(row, k) for k in _KNOBS if k in row.index}
+    knobs = {k: _whole(_value(row, k)) for k in _KNOBS if k in row.index}
     return {"mode": mode, "pools": pools, **knobs}
 
 
@@ -137,7 +141,7 @@ def recommend(pareto: pd.DataFrame, objectives: Sequence[dict], limits: Sequence
     if not len(pareto):
         return {"best": {}, "balanced": None, "n_choices": 0, "objectives": list(objectives)}
     groups = tie_groups(pareto, names)
-    rep = _representatives(pareto, groups).reset_index(drop=True)
+    rep = representatives(pareto, groups).reset_index(drop=True)
     best = {}
     for o in objectives:
         col = rep[o["name"]].to_numpy(float)
@@ -172,7 +176,7 @@ def format_recommendation(rec: dict[str, Any]) -> str:
         eq = f"  [{p['n_equivalent']} equivalent]" if p["n_equivalent"] > 1 else ""
         m = p["metrics"]
         figs = ", ".join(f"{k} {m[k]:,.4g}" for k in ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "usd_per_mtok",
-                                                     "joules_per_token") if k in m and m[k] is not None)
+                                                     "joules_per_token", "quality_loss") if k in m and m[k] is not None)
         lines.append(f"  {p['why']}: {c['mode']} | {pools} | {fmt}{eq}")
         lines.append(f"      {figs}")
         if p["binds"]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from dse import io
 from dse.pareto import log_inverse, log_transform, normalized_hypervolume, pareto_mask, reference_box
 from dse.search.space import Space
+from dse.search.recommend import recommend, tie_groups
 from dse.search.store import RESULT_FILES, RunStore, verify_run_dir
 from dse.schema import METRICS
 
@@ -168,6 +169,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         pareto = _order_columns(pareto, space)
     else:
         pareto = pd.DataFrame(columns=["config_id", *space.axis_names, *names])
+    pareto["tie_group"] = tie_groups(pareto, names)      # rows alike on every objective share a group
     io.write_text(run_dir / "pareto.csv", pareto.to_csv(index=False))
 
     values = pareto[names].to_numpy(dtype=float) if len(pareto) else np.empty((0, len(names)))
@@ -199,6 +201,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": [f for f in RESULT_FILES if report is not None or f != "report.html"],
     }
+    io.write_json(run_dir / "recommendation.json", recommend(pareto, objectives, run["constraints"]))
     run["wall_seconds"] = round(time.perf_counter() - t_start, 4)
     io.write_json(run_dir / "run.json", run)
     if report is not None:

@@ -41,7 +41,7 @@ __all__ = ["RunStore", "verify_run_dir", "write_manifest", "read_manifest", "war
 
 MANIFEST = "run_manifest.json"
 LOCK = ".dse.lock"
-RESULT_FILES = ("configs.parquet", "pareto.csv", "run.json", "report.html")
+RESULT_FILES = ("configs.parquet", "pareto.csv", "recommendation.json", "run.json", "report.html")
 VIEWS = ("report.html",)   # rebuilt by `dse report` at will: listed in the manifest, not hashed
 MANIFEST_FORMAT = 1
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)

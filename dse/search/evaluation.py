@@ -33,6 +33,7 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
     G = np.zeros((idx.size, 1 + len(space.constraints)))
     G[:, 0] = np.where(model_ok, 0.0, 1.0)
     reason = df["infeasible_reason"].to_numpy(dtype=object)
+    code = df["infeasible_code"].to_numpy(dtype=object)
     ok = model_ok.copy()
     for j, c in enumerate(space.constraints):
         v = df[c.metric].to_numpy(dtype=float)
@@ -42,9 +43,11 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
         G[:, 1 + j] = viol
         bad = viol > 0
         reason = np.where(ok & bad, f"{c.key}: {c.metric} {'>' if c.bound == 'max' else '<'} {c.limit:g}", reason)
+        code = np.where(ok & bad, "constraint", code)
         ok &= ~bad
     df["feasible"] = ok
     df["infeasible_reason"] = reason.astype(str)
+    df["infeasible_code"] = code.astype(str)
     return df, G
 
 

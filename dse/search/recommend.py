@@ -146,8 +146,8 @@ def recommend(pareto: pd.DataFrame, objectives: Sequence[dict], limits: Sequence
     for o in objectives:
         col = rep[o["name"]].to_numpy(float)
         i = int(np.argmax(col) if o["direction"] == "max" else np.argmin(col))
-        best[o["name"]] = _pick(rep.iloc[i], f"best {METRIC_INFO[o['name']].label if o['name'] in METRIC_INFO else o['name']}",
-                                limits)
+        label = METRIC_INFO[o["name"]].label if o["name"] in METRIC_INFO else o["name"]
+        best[o["name"]] = _pick(rep.iloc[i], f"best {label}", limits)
     balanced = None
     if len(names) > 1 and len(rep) > 2:
         i = _knee(rep[names].to_numpy(float), [o["direction"] for o in objectives])

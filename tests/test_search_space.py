@@ -239,7 +239,7 @@ BAD = [
     (("constraints.facility", {"colour": 1}), "constraints.facility.colour", "unknown override 'colour'; allowed: pue"),
     (("constraints.max", {"speed": 1}), "constraints.max.speed", "unknown metric"),
     (("reference_point", {"e2e_ms": 1}), "reference_point", "one number per objective"),
-    (("search.strategy", "random"), "search.strategy", "expected one of grid, nsga2, optuna"),
+    (("search.strategy", "random"), "search.strategy", "expected one of auto, grid, nsga2, optuna"),
     (("search.budget", 0), "search.budget", "expected a positive integer"),
 ]
 

@@ -27,7 +27,7 @@ __all__ = ["Scenario", "Objective", "Constraints", "Search", "Modes", "Placement
 # TTFT/TPOT targets are constraints under `slos:`.
 DEFAULT_OBJECTIVES = ("e2e_ms", "joules_per_token", "usd_per_mtok")
 MAX_OBJECTIVES = 4
-STRATEGIES = ("grid", "nsga2", "optuna")
+STRATEGIES = ("auto", "grid", "nsga2", "optuna")
 SAMPLERS = ("nsga2", "tpe")
 OBJECTIVE_METRICS = NUMERIC_METRICS + PLACED_METRICS
 MetricName = Literal[OBJECTIVE_METRICS]  # type: ignore[valid-type]
@@ -91,7 +91,8 @@ class Constraints(DataModel):
 class Search(DataModel):
     """How `dse sweep` searches (command-line flags override these); not part of the fingerprint."""
     strategy: Optional[Literal[STRATEGIES]] = Field(  # type: ignore[valid-type]
-        None, description="grid (every configuration), nsga2 (pymoo) or optuna (default: grid)")
+        None, description="auto (grid up to 2 million configurations, else nsga2), grid (every configuration), "
+                          "nsga2 (pymoo) or optuna (default: auto)")
     budget: Optional[PositiveInt] = Field(None, description="evaluations the optimiser may spend (nsga2, optuna)")
     seed: Optional[NonNegativeInt] = Field(None, description="random seed of the optimiser")
     pop_size: Optional[PositiveInt] = Field(None, description="population size (nsga2; optuna's nsga2 sampler)")

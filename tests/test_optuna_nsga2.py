@@ -64,3 +64,24 @@ def test_generation_count_survives_trials_told_elsewhere(tmp_path):
     t = sa.ask(dists)                      # 5 complete in generation 0 >= 4: next generation
     assert storage.get_trial(t._trial_id).system_attrs[key] == 1
     sa.tell(t, [0, 0])
+
+
+def test_study_reads_in_optuna_dashboard(tmp_path):
+    """Objective names set, categorical parameters stored as their values, the scenario in the
+    study's user attributes: what optuna-dashboard shows."""
+    import optuna
+    import yaml
+
+    import dse
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "search_spaces" / "quickstart.yaml").read_text())
+    res = dse.sweep(root / "search_spaces" / "quickstart.yaml", strategy="optuna", budget=60, out=tmp_path / "o")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(next(Path(res.run_dir).glob("*.journal")))))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert study.metric_names == [o if isinstance(o, str) else next(iter(o)) for o in data["objectives"]]
+    t = study.best_trials[0]
+    assert t.params["device"] in data["axes"]["device"] and t.params["weight_dtype"] in data["axes"]["weight_dtype"]
+    assert study.user_attrs["scenario"]["name"] == "quickstart"

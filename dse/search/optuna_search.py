@@ -31,11 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.distributions import IntDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from dse.errors import DSEError
+from dse.io import jsonable
 from dse.search.evaluation import evaluate_batch
 from dse.search.optuna_nsga2 import BatchedNSGAIISampler
 from dse.search.progress import Progress, ProgressArg
@@ -188,6 +189,22 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def _distributions(space: Space, labels: list[str], active: list[int]):
+    """Per active gene, its Optuna distribution and how a sampled value maps back to the gene
+    index: categorical axes (devices, formats, modes) are sampled as their values, so a study
+    reads as the scenario in optuna-dashboard; numeric axes as the index of their sorted values."""
+    dists, lookup = {}, {}
+    for i in active:
+        values = list(jsonable(list(space.genes[i].values)))
+        if any(isinstance(v, str) for v in values):
+            dists[labels[i]] = CategoricalDistribution(values)
+            lookup[i] = {v: k for k, v in enumerate(values)}.__getitem__
+        else:
+            dists[labels[i]] = IntDistribution(0, space.genes[i].size - 1)
+            lookup[i] = int
+    return dists, lookup
+
+
 def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler: str, pop_size: int,
                storage: str | None, progress: ProgressArg = False) -> dict[str, Any]:
     """Add trials until the study holds `budget` complete ones, then write their
@@ -196,7 +213,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
     backend, desc = open_storage(storage, store.path)
     labels = gene_labels(space)
     active = [i for i, g in enumerate(space.genes) if g.size > 1]
-    dists = {labels[i]: IntDistribution(0, space.genes[i].size - 1) for i in active}
+    dists, lookup = _distributions(space, labels, active)
     constraints: dict[int, list[float]] = {}
     name = study_name(space)
     try:
@@ -218,8 +235,10 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
         return counter(study) if counter else len(_complete(study))
 
     if not study.user_attrs.get("genes"):
-        study.set_user_attr("genes", {labels[i]: list(space.genes[i].values) for i in active})
+        study.set_user_attr("genes", {labels[i]: jsonable(list(space.genes[i].values)) for i in active})
         study.set_user_attr("objectives", space.objective_names())
+        study.set_user_attr("scenario", jsonable(space.resolved))     # what optuna-dashboard shows as the question
+        study.set_metric_names(space.objective_names())
     names = space.objective_names()
     n_done = done()
     bar = Progress(budget, f"optuna-{sampler}", progress, start=n_done)
@@ -240,7 +259,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
                 for r, t in enumerate(trials):
                     params = t.params          # a copy per access: take it once
                     for i in active:
-                        X[r, i] = params[labels[i]]
+                        X[r, i] = lookup[i](params[labels[i]])
                 df, G = evaluate_batch(space, space.index(X))
                 values = np.nan_to_num(df[names].to_numpy(dtype=float), nan=1e300, posinf=1e300, neginf=-1e300)
                 for r, t in enumerate(trials):
@@ -256,14 +275,14 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
         gc.unfreeze()
         bar.close()
     eval_seconds = time.perf_counter() - t0
-    n_configs = _write_trials(space, store, study, labels, active)
+    n_configs = _write_trials(space, store, study, labels, active, lookup)
     return {"n_evaluated": n_done, "eval_seconds": eval_seconds,
             "settings": {"sampler": sampler, "pop_size": pop_size, "storage": desc, "study_name": name,
                          "distinct_configurations": n_configs, "stale_trials_retried": retried}}
 
 
 def _write_trials(space: Space, store: RunStore, study: optuna.Study, labels: list[str], active: list[int],
-                  chunk: int = 50_000) -> int:
+                  lookup: dict, chunk: int = 50_000) -> int:
     """Re-evaluate the configurations of the study's complete trials into parts, once each;
     eval_index = position of the first trial that asked for it."""
     store.remove_parts(store.parts())
@@ -271,7 +290,7 @@ def _write_trials(space: Space, store: RunStore, study: optuna.Study, labels: li
     X = np.zeros((len(trials), len(space.genes)), dtype=np.int64)
     for r, t in enumerate(trials):
         for i in active:
-            X[r, i] = t.params.get(labels[i], 0)
+            X[r, i] = lookup[i](t.params[labels[i]])
     idx = space.index(X) if len(trials) else np.empty(0, dtype=np.int64)
     _, first = np.unique(idx, return_index=True)
     first.sort()                       # distinct configurations in the order first tried

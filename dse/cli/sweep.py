@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "run.json and report.html to the run directory.")
     p.add_argument("space", help="scenario file (search_spaces/*.yaml)")
     p.add_argument("--strategy", choices=["auto", "grid", "nsga2", "optuna"], default=None,
-                   help="auto: grid up to 2 million configurations, NSGA-II beyond (default: the scenario's "
+                   help="auto: grid up to 5 million configurations, NSGA-II beyond (default: the scenario's "
                         "search.strategy, else auto)")
     p.add_argument("--budget", type=int, default=None,
                    help="evaluations for nsga2/optuna; for grid, refuse spaces larger than this")

@@ -228,3 +228,17 @@ def test_annotate_validation(data):
     assert s["ttft_width_80"] == pytest.approx(np.median([r["ttft_ms_p90"] / r["ttft_ms_p10"] for r in ok]))
     assert all(r["ttft_ms_p10"] is None for r in out["rows"] if not r["supported"])
     assert "80 % intervals" in out["table"]
+
+
+def test_broken_table_is_a_one_line_error(tmp_path):
+    src = hardware_dir() / "intervals.yaml"
+    doc = yaml.safe_load(src.read_text())
+    cells = pd.read_csv(hardware_dir() / doc["table"], keep_default_na=False)
+    cells.iloc[:-1].to_csv(tmp_path / doc["table"], index=False)
+    (tmp_path / "intervals.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(DSEError, match=r"intervals.csv.gz: expected one row per cell of the .* grid, got 200703 rows"):
+        iv.load_intervals(str(tmp_path / "intervals.yaml"))
+    del doc["correlation"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(DSEError, match=r"bad.yaml: not an interval table \(KeyError: 'correlation'\)"):
+        iv.load_intervals(str(tmp_path / "bad.yaml"))

@@ -35,15 +35,14 @@ from dse.errors import DSEError
 
 __all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "Z90", "IntervalTable", "Factors", "load_intervals",
            "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "model_flags", "bucket",
-           "INTERVAL_COLUMNS"]
+           "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
 
 CATEGORICAL = ("mode", "recorded", "moe", "mla", "backend", "bottleneck")
 NUMERIC = ("concurrency", "isl", "osl")        # stored as log2 buckets
 FEATURES = CATEGORICAL + NUMERIC
 ALIASES = {"mode": {"afd": "disagg"}}          # categories without measurements read as their nearest kin
 Z90 = 1.2815515655446004                       # standard normal 90th percentile
-PAIRS = {"ttft": "ttft_ms", "tpot": "tpot_ms"}
-# derived metric -> (direction of the latency factor that gives its p10 ("hi": the slow end), kind)
+METRICS = ("ttft", "tpot")
 INTERVAL_COLUMNS = tuple(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
                                               "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
                                               "goodput_tokens_per_s") for q in ("p10", "p90"))
@@ -85,23 +84,39 @@ def load_intervals(path: str | None = None) -> IntervalTable:
     doc = read_mapping(p)
     try:
         levels = {f: tuple(doc["levels"][f]) for f in FEATURES}
-        cells = pd.read_csv(p.parent / doc["table"], keep_default_na=False)
         rho = float(doc["correlation"]["rho"])
+        cells = pd.read_csv(p.parent / doc["table"], keep_default_na=False)
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DSEError(f"{p}: not an interval table ({type(exc).__name__}: {exc})") from None
+    return table_from_cells(cells, levels, rho=rho, meta=doc, source=f"{p}: {doc['table']}")
+
+
+def table_from_cells(cells: pd.DataFrame, levels: dict[str, tuple], *, rho: float = 0.0, meta: dict | None = None,
+                     source: str = "intervals") -> IntervalTable:
+    """Dense arrays from one row per grid cell (columns FEATURES and <metric>_p10 / _p90)."""
     shape = tuple(len(levels[f]) for f in FEATURES)
-    idx = np.zeros(len(cells), dtype=np.int64)
-    for f, n in zip(FEATURES, shape):
-        codes = _codes(f, cells[f].to_numpy(), levels[f], bucketed=True, source=str(p))
-        idx = idx * n + codes
+    try:
+        idx = np.zeros(len(cells), dtype=np.int64)
+        for f, n in zip(FEATURES, shape):
+            idx = idx * n + _codes(f, cells[f].to_numpy(), levels[f], bucketed=True, source=source)
+        bands = {(m, q): cells[f"{m}_{q}"].to_numpy(float) for m in METRICS for q in ("p10", "p90")}
+    except (KeyError, ValueError) as exc:
+        raise DSEError(f"{source}: not an interval table ({type(exc).__name__}: {exc})") from None
     if len(cells) != int(np.prod(shape)) or len(np.unique(idx)) != len(cells):
-        raise DSEError(f"{p}: {doc['table']}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
+        raise DSEError(f"{source}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
                        f"got {len(cells)} rows")
     lo, hi = np.empty((len(cells), 2)), np.empty((len(cells), 2))
-    for j, name in enumerate(PAIRS):
-        lo[idx, j] = cells[f"{name}_p10"].to_numpy(float)
-        hi[idx, j] = cells[f"{name}_p90"].to_numpy(float)
-    return IntervalTable(levels=levels, lo=lo, hi=hi, rho=rho, meta=doc)
+    for j, m in enumerate(METRICS):
+        lo[idx, j], hi[idx, j] = bands[m, "p10"], bands[m, "p90"]
+    return IntervalTable(levels=levels, lo=lo, hi=hi, rho=rho, meta=meta or {})
+
+
+def concurrency(mode, batch_size, decode_batch_size=0, decode_workers=1) -> np.ndarray:
+    """Users of one deployment unit as the engine's columns give them: batch_size (agg,
+    afd) or decode_batch_size (0: batch_size) x decode_workers (disagg)."""
+    mode = np.asarray(mode.astype(str) if isinstance(mode, pd.Categorical) else mode)
+    dec = np.where(np.asarray(decode_batch_size) > 0, decode_batch_size, batch_size)
+    return np.where(mode == "disagg", dec * np.asarray(decode_workers), batch_size).astype(float)
 
 
 def bucket(x: Any) -> np.ndarray:

@@ -41,7 +41,7 @@ import yaml
 
 from dse.catalog.models import get_model
 from dse.deploy import intervals as rt
-from dse.deploy.intervals import CATEGORICAL, FEATURES, NUMERIC, bucket
+from dse.deploy.intervals import CATEGORICAL, FEATURES, METRICS, NUMERIC, bucket
 from dse.errors import DSEError
 from dse.io import write_text
 from dse.schema import BOTTLENECKS
@@ -58,7 +58,6 @@ FALLBACK = (("mode", "recorded", "moe", "mla", "backend"), ("mode", "recorded", 
 CATEGORIES = {"mode": ("agg", "disagg"), "recorded": (False, True), "moe": (False, True), "mla": (False, True),
               "backend": ("", "trtllm", "vllm", "sglang"), "bottleneck": tuple(BOTTLENECKS)}
 SEED = 0
-METRICS = ("ttft", "tpot")
 
 
 def loso_constants(data) -> dict[str, dict]:
@@ -72,15 +71,16 @@ def loso_constants(data) -> dict[str, dict]:
 def config_features(cfgs: list[dict], bottleneck, recorded) -> dict[str, np.ndarray]:
     """Interval features of evaluate() configurations (as dse.fit.validate maps rows)."""
     flags = {m: rt.model_flags(get_model(m)) for m in {c["model"] for c in cfgs}}
-    conc = [c["batch_size"] if c["mode"] != "disagg" else c["decode_batch_size"] * c.get("decode_workers", 1)
-            for c in cfgs]
-    return {"mode": np.array([c["mode"] for c in cfgs], dtype=object),
+    mode = np.array([c["mode"] for c in cfgs], dtype=object)
+    conc = rt.concurrency(mode, [c.get("batch_size", 1) for c in cfgs], [c.get("decode_batch_size", 0) for c in cfgs],
+                          [c.get("decode_workers", 1) for c in cfgs])
+    return {"mode": mode,
             "recorded": np.asarray(recorded, dtype=bool),
             "moe": np.array([flags[c["model"]]["moe"] for c in cfgs], dtype=bool),
             "mla": np.array([flags[c["model"]]["mla"] for c in cfgs], dtype=bool),
             "backend": np.array([c.get("backend", "") for c in cfgs], dtype=object),
             "bottleneck": np.asarray(bottleneck, dtype=object).astype(str),
-            "concurrency": np.asarray(conc, dtype=float), "isl": np.array([c["isl"] for c in cfgs], dtype=float),
+            "concurrency": conc, "isl": np.array([c["isl"] for c in cfgs], dtype=float),
             "osl": np.array([c["osl"] for c in cfgs], dtype=float)}
 
 
@@ -207,12 +207,8 @@ def fit_cells(res: pd.DataFrame, levels: dict, *, seed: int = SEED) -> pd.DataFr
     return grid.drop(columns="combo")
 
 
-def _table(cells: pd.DataFrame, levels: dict, rho: float = 0.0) -> rt.IntervalTable:
-    idx = np.ravel_multi_index(tuple(_encode(cells, levels).T), [len(levels[f]) for f in FEATURES])
-    lo, hi = np.empty((len(cells), 2)), np.empty((len(cells), 2))
-    for j, m in enumerate(METRICS):
-        lo[idx, j], hi[idx, j] = cells[f"{m}_p10"], cells[f"{m}_p90"]
-    return rt.IntervalTable(levels=levels, lo=lo, hi=hi, rho=rho, meta={})
+def _table(cells: pd.DataFrame, levels: dict) -> rt.IntervalTable:
+    return rt.table_from_cells(cells, levels, source="fit_cells")
 
 
 def bounds(table: rt.IntervalTable, res: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,0 +1,237 @@
+"""Calibrated 80 % prediction intervals for TTFT and TPOT, applied by table lookup.
+
+The point predictions of the engine are not exact: held against measured deployments on
+hardware whose measurements it was not fitted on, TTFT and TPOT are off by tens of
+percent. `hardware/intervals.yaml` + `intervals.csv.gz` (written by `python -m
+dse.fit.intervals`, conformalized quantile regression on leave-one-system-out residuals)
+hold, per cell of discrete features, the 10th and 90th percentiles of
+log(measured / predicted). Here they become per-row factors (a vectorized gather: no
+fitting library at run time), the *_p10 / *_p90 metric columns derived from them, and
+the probability that a row meets both latency SLOs.
+
+Features of a row (dict of arrays or scalars, broadcast together):
+  mode        agg / disagg (afd, never measured, is read as disagg: both split pools)
+  backend     trtllm / vllm / sglang / "" (the pooled constants)
+  bottleneck  compute / memory / comm / kv_capacity (the engine's column)
+  moe, mla    bool: the model has MoE FFNs / MLA attention (`model_flags`)
+  concurrency users of the deployment unit; isl, osl tokens (log2 buckets, clipped to
+              the range the table was fitted on)
+  recorded    bool, default True: the deployment is known in full (False only for the
+              measured disagg rows whose worker counts the file leaves out)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from dse.catalog.runtime import hardware_dir
+from dse.catalog.yamlfile import read_mapping
+from dse.errors import DSEError
+
+__all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "Z90", "IntervalTable", "Factors", "load_intervals",
+           "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "model_flags", "bucket",
+           "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
+
+CATEGORICAL = ("mode", "recorded", "moe", "mla", "backend", "bottleneck")
+NUMERIC = ("concurrency", "isl", "osl")        # stored as log2 buckets
+FEATURES = CATEGORICAL + NUMERIC
+ALIASES = {"mode": {"afd": "disagg"}}          # categories without measurements read as their nearest kin
+Z90 = 1.2815515655446004                       # standard normal 90th percentile
+METRICS = ("ttft", "tpot")
+INTERVAL_COLUMNS = tuple(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
+                                              "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
+                                              "goodput_tokens_per_s") for q in ("p10", "p90"))
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalTable:
+    """The fitted cells as dense arrays over the feature grid (C order over FEATURES)."""
+    levels: dict[str, tuple]        # categorical: the values; numeric: the log2 buckets lo..hi
+    lo: np.ndarray                  # (cells, 2) log factors at p10 for (ttft, tpot)
+    hi: np.ndarray                  # (cells, 2) at p90
+    rho: float                      # correlation of the TTFT and TPOT log errors
+    meta: dict
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(self.levels[f]) for f in FEATURES)
+
+
+class Factors(NamedTuple):
+    """Multiplicative factors on the point prediction at p10 and p90, per row."""
+    ttft_lo: np.ndarray
+    ttft_hi: np.ndarray
+    tpot_lo: np.ndarray
+    tpot_hi: np.ndarray
+    rho: float
+
+
+def _default_path() -> Path:
+    return hardware_dir() / "intervals.yaml"
+
+
+@functools.lru_cache(maxsize=4)
+def load_intervals(path: str | None = None) -> IntervalTable:
+    """The interval table (default hardware/intervals.yaml and the CSV it names)."""
+    p = Path(path) if path else _default_path()
+    if not p.is_file():
+        raise DSEError(f"{p}: no such file (refit with `python -m dse.fit.intervals`)")
+    doc = read_mapping(p)
+    try:
+        levels = {f: tuple(doc["levels"][f]) for f in FEATURES}
+        rho = float(doc["correlation"]["rho"])
+        cells = pd.read_csv(p.parent / doc["table"], keep_default_na=False)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise DSEError(f"{p}: not an interval table ({type(exc).__name__}: {exc})") from None
+    return table_from_cells(cells, levels, rho=rho, meta=doc, source=f"{p}: {doc['table']}")
+
+
+def table_from_cells(cells: pd.DataFrame, levels: dict[str, tuple], *, rho: float = 0.0, meta: dict | None = None,
+                     source: str = "intervals") -> IntervalTable:
+    """Dense arrays from one row per grid cell (columns FEATURES and <metric>_p10 / _p90)."""
+    shape = tuple(len(levels[f]) for f in FEATURES)
+    try:
+        idx = np.zeros(len(cells), dtype=np.int64)
+        for f, n in zip(FEATURES, shape):
+            idx = idx * n + _codes(f, cells[f].to_numpy(), levels[f], bucketed=True, source=source)
+        bands = {(m, q): cells[f"{m}_{q}"].to_numpy(float) for m in METRICS for q in ("p10", "p90")}
+    except (KeyError, ValueError) as exc:
+        raise DSEError(f"{source}: not an interval table ({type(exc).__name__}: {exc})") from None
+    if len(cells) != int(np.prod(shape)) or len(np.unique(idx)) != len(cells):
+        raise DSEError(f"{source}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
+                       f"got {len(cells)} rows")
+    lo, hi = np.empty((len(cells), 2)), np.empty((len(cells), 2))
+    for j, m in enumerate(METRICS):
+        lo[idx, j], hi[idx, j] = bands[m, "p10"], bands[m, "p90"]
+    return IntervalTable(levels=levels, lo=lo, hi=hi, rho=rho, meta=meta or {})
+
+
+def concurrency(mode, batch_size, decode_batch_size=0, decode_workers=1) -> np.ndarray:
+    """Users of one deployment unit as the engine's columns give them: batch_size (agg,
+    afd) or decode_batch_size (0: batch_size) x decode_workers (disagg)."""
+    mode = np.asarray(mode.astype(str) if isinstance(mode, pd.Categorical) else mode)
+    dec = np.where(np.asarray(decode_batch_size) > 0, decode_batch_size, batch_size)
+    return np.where(mode == "disagg", dec * np.asarray(decode_workers), batch_size).astype(float)
+
+
+def bucket(x: Any) -> np.ndarray:
+    """log2 bucket of a count (1 -> 0, 2 -> 1, 3 -> 2, 6 -> 3 ...)."""
+    return np.rint(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0))).astype(np.int64)
+
+
+def _codes(name: str, values: Any, levels: tuple, *, bucketed: bool = False, source: str = "intervals") -> np.ndarray:
+    """Index of each value into the feature's levels (numeric features: its clipped bucket)."""
+    if name in NUMERIC:
+        b = np.asarray(values, dtype=np.int64) if bucketed else bucket(values)
+        return np.clip(b, levels[0], levels[-1]) - levels[0]
+    if name in ("recorded", "moe", "mla"):
+        v = np.asarray(values)
+        if v.dtype.kind in "OUS":
+            v = np.isin(v.astype(str), ("True", "true", "1"))
+        return np.asarray(v, dtype=bool).astype(np.int64)   # levels are (False, True)
+    cat = values if isinstance(values, pd.Categorical) else pd.Categorical(np.asarray(values, dtype=object))
+    alias = ALIASES.get(name, {})
+    words = [alias.get(str(c), str(c)) for c in cat.categories]
+    lut = pd.Index(list(levels), dtype=object).get_indexer(words).astype(np.int64)
+    if (lut < 0).any():
+        bad = words[int(np.argmax(lut < 0))]
+        raise DSEError(f"{source}: {name}: no interval for {bad!r}; allowed: {', '.join(map(repr, levels))}")
+    if (cat.codes < 0).any():
+        raise DSEError(f"{source}: {name}: missing value; allowed: {', '.join(map(repr, levels))}")
+    return lut[cat.codes]
+
+
+def feature_codes(features: dict, table: IntervalTable) -> np.ndarray:
+    """Flat cell index of every row."""
+    missing = [f for f in FEATURES if f not in features and f != "recorded"]
+    if missing:
+        raise DSEError(f"intervals: features: missing {missing[0]!r}; required: {', '.join(FEATURES)}")
+    vals = {f: features.get(f, True) for f in FEATURES}
+    n = max((np.size(v) for v in vals.values() if not isinstance(v, str)), default=1)
+    idx = np.zeros(n, dtype=np.int64)
+    for f, size in zip(FEATURES, table.shape):
+        v = vals[f]
+        if np.ndim(v) == 0:
+            v = [v]
+        idx = idx * size + _codes(f, v, table.levels[f])
+    return idx
+
+
+def intervals(features: dict, table: IntervalTable | None = None) -> Factors:
+    """Per-row p10 and p90 factors on the point TTFT and TPOT (gather from the table)."""
+    t = table or load_intervals()
+    idx = feature_codes(features, t)
+    lo, hi = np.exp(t.lo[idx]), np.exp(t.hi[idx])
+    return Factors(ttft_lo=lo[:, 0], ttft_hi=hi[:, 0], tpot_lo=lo[:, 1], tpot_hi=hi[:, 1], rho=t.rho)
+
+
+def model_flags(model) -> dict[str, bool]:
+    """The model features of a dse.catalog.models.Model."""
+    return {"moe": bool(model.is_moe), "mla": any(g.attention.kind == "mla" for g in model.groups)}
+
+
+def add_interval_columns(metrics: dict[str, np.ndarray], features: dict, table: IntervalTable | None = None,
+                         factors: Factors | None = None) -> Factors:
+    """Add the *_p10 / *_p90 columns (INTERVAL_COLUMNS) to `metrics` in place.
+
+    Latencies scale by their factors. Throughput is the closed loop's
+    concurrency x osl / (ttft + (osl - 1) tpot): its p10 takes both latencies at p90 and
+    its p90 both at p10 (a cost or energy per token is the other way round: its p10 comes
+    from the throughput's p90). Power and $/hour are held at the point value, and goodput
+    scales with throughput at the same load (the SLO-limited load is not searched again).
+    """
+    f = factors or intervals(features, table)
+    ttft, tpot = np.asarray(metrics["ttft_ms"], float), np.asarray(metrics["tpot_ms"], float)
+    steps = np.maximum(np.asarray(features["osl"], float) - 1.0, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e2e = ttft + steps * tpot
+        speed = {"p10": e2e / (ttft * f.ttft_hi + steps * tpot * f.tpot_hi),   # throughput ratio, slow end
+                 "p90": e2e / (ttft * f.ttft_lo + steps * tpot * f.tpot_lo)}
+        for q, other, (tl, pl) in (("p10", "p90", (f.ttft_lo, f.tpot_lo)), ("p90", "p10", (f.ttft_hi, f.tpot_hi))):
+            metrics[f"ttft_ms_{q}"] = ttft * tl
+            metrics[f"tpot_ms_{q}"] = tpot * pl
+            metrics[f"tokens_per_s_per_user_{q}"] = 1e3 / (tpot * (f.tpot_hi if q == "p10" else f.tpot_lo))
+            for m in ("tokens_per_s", "tokens_per_s_per_gpu", "goodput_tokens_per_s"):
+                if m in metrics:
+                    metrics[f"{m}_{q}"] = np.asarray(metrics[m], float) * speed[q]
+            for m in ("usd_per_mtok", "joules_per_token"):
+                if m in metrics:
+                    metrics[f"{m}_{q}"] = np.asarray(metrics[m], float) / speed[other]
+    return f
+
+
+def _phi2(h: np.ndarray, k: np.ndarray, rho: float) -> np.ndarray:
+    """P(X <= h, Y <= k) for standard normals of correlation rho (Owen's T; exact limits)."""
+    from scipy.special import ndtr, owens_t
+
+    h, k = np.broadcast_arrays(np.asarray(h, float), np.asarray(k, float))
+    hc = np.clip(np.where(h == 0, 1e-12, h), -40.0, 40.0)
+    kc = np.clip(np.where(k == 0, 1e-12, k), -40.0, 40.0)
+    s = np.sqrt(1.0 - rho * rho)
+    beta = np.where(hc * kc < 0, 0.5, 0.0)
+    p = 0.5 * (ndtr(hc) + ndtr(kc)) - owens_t(hc, (kc - rho * hc) / (hc * s)) \
+        - owens_t(kc, (hc - rho * kc) / (kc * s)) - beta
+    p = np.where(np.isposinf(h), ndtr(k), np.where(np.isposinf(k), ndtr(h), p))
+    return np.clip(np.where(np.isposinf(h) & np.isposinf(k), 1.0, p), 0.0, 1.0)
+
+
+def meets_slo_prob(ttft, tpot, ttft_slo, tpot_slo, factors: Factors) -> np.ndarray:
+    """Probability that the true TTFT and TPOT both meet their SLOs.
+
+    The log error of each is normal with the median and spread that put its p10 and p90
+    where the table has them; the two errors are correlated by the table's rho (measured
+    on the out-of-sample residuals). Monotone in each SLO; 1 where both SLOs are inf."""
+    out = []
+    for pred, slo, lo, hi in ((ttft, ttft_slo, factors.ttft_lo, factors.ttft_hi),
+                              (tpot, tpot_slo, factors.tpot_lo, factors.tpot_hi)):
+        llo, lhi = np.log(lo), np.log(hi)
+        mu, sd = (llo + lhi) / 2.0, np.maximum((lhi - llo) / (2.0 * Z90), 1e-9)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (np.log(np.asarray(slo, float)) - np.log(np.asarray(pred, float)) - mu) / sd
+        out.append(np.where(np.isposinf(np.asarray(slo, float)), np.inf, np.nan_to_num(z, nan=-np.inf)))
+    return _phi2(out[0], out[1], factors.rho)

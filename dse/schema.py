@@ -49,8 +49,8 @@ COLUMNS: dict[str, Any] = {
     # afd: attention pool (attn_gpus GPUs, attention TP attn_tp, the rest data-parallel)
     # and FFN pool (ffn_gpus GPUs: expert parallel for MoE, tensor parallel for dense)
     "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
-    # service-level objectives (inf = none)
-    "ttft_slo_ms": math.inf, "tpot_slo_ms": math.inf,
+    # service-level objectives (inf = none), and how sure a configuration must be to meet them
+    "ttft_slo_ms": math.inf, "tpot_slo_ms": math.inf, "slo_confidence": 0.0,
 }
 STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
                   "attn_device", "ffn_device", "backend")
@@ -101,12 +101,16 @@ COLUMN_HELP = {
     "ffn_gpus": "afd: GPUs of the FFN pool: expert parallel (MoE) or tensor parallel (dense) (0 = the engine's choice)",
     "ttft_slo_ms": "TTFT target for goodput, ms (set by slos.ttft_ms; .inf = none)",
     "tpot_slo_ms": "TPOT target for goodput, ms (set by slos.tpot_ms; .inf = none)",
+    "slo_confidence": "probability with which the SLOs must hold, in [0, 1) (0 = the point prediction decides)",
 }
 
 # the engine's output columns, in this order
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
            "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
-           "capex_usd", "meets_slo", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "quality_loss", "quality_loss_p90",
+           "capex_usd", "meets_slo", "meets_slo_prob", "goodput_tokens_per_s", "usd_per_mtok_at_slo", "quality_loss",
+           "quality_loss_p90", *(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
+                                                       "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
+                                                       "goodput_tokens_per_s") for q in ("p10", "p90")),
            "feasible", "infeasible_reason", "bottleneck")
 NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck", "meets_slo")
 
@@ -134,6 +138,7 @@ METRIC_INFO: dict[str, Metric] = {
     "capex_usd": Metric("capex", "$", "min"),
     "num_gpus": Metric("GPUs", "", "min"),
     "memory_gb_per_gpu": Metric("memory per GPU", "GB", "min"),
+    "meets_slo_prob": Metric("chance of meeting the SLOs", "", "max"),
     # expected drop in answer quality from the weight and KV formats (hardware/quality.yaml)
     "quality_loss": Metric("quality loss", "pp", "min"),
     "quality_loss_p90": Metric("quality loss (p90)", "pp", "min"),
@@ -145,6 +150,12 @@ METRIC_INFO: dict[str, Metric] = {
     "placed_num_gpus": Metric("placed GPUs", "", "min"),
     "placed_gain": Metric("placement gain over the split", "x", "max"),
 }
+
+# the 80 % prediction interval of a metric: its p10 and p90 (dse.deploy.intervals)
+for _m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
+           "joules_per_token", "goodput_tokens_per_s"):
+    for _q in ("p10", "p90"):
+        METRIC_INFO[f"{_m}_{_q}"] = Metric(f"{METRIC_INFO[_m].label} {_q}", METRIC_INFO[_m].unit, METRIC_INFO[_m].direction)
 
 # what binds the decode step (the `bottleneck` column's categories, in code order)
 BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]

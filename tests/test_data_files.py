@@ -142,7 +142,7 @@ def test_infinity_means_no_limit(tmp_path):
     data = dict(SMALL, slos={"ttft_ms": math.inf}, constraints={"max_power_kw": math.inf})
     space = load_space(write(tmp_path / "s.yaml", data))
     limits = {c.key: c.limit for c in space.constraints}
-    assert limits == {"slos.ttft_ms": math.inf, "constraints.max_power_kw": math.inf}
+    assert limits == {"slos.ttft_ms": math.inf, "constraints.max_power_kw": math.inf, "slo_confidence": 0.9}
 
 
 def test_space_size_is_exact_and_bounded_by_the_index(tmp_path):

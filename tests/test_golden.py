@@ -51,3 +51,22 @@ def test_shipped_pareto_sets_are_unchanged(name, tmp_path):
     key = "config_id" if "config_id" in want.columns else want.columns[0]
     got, want = (d.sort_values(key).reset_index(drop=True) for d in (got, want))
     assert_frames_equal(got[want.columns], want, name)
+
+
+def test_slo_confidence_zero_is_the_point_prediction_exactly(tmp_path):
+    """slo_confidence: 0 gives the point-prediction feasibility of before the intervals: the
+    quickstart front then equals the one written before they existed (pareto_quickstart_point)."""
+    import yaml
+
+    import dse
+    data = yaml.safe_load((make_golden.ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    data["slo_confidence"] = 0
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = dse.sweep(path, out=tmp_path / "q")
+    want = pd.read_csv(GOLDEN / "pareto_quickstart_point.csv")
+    got = pd.read_csv(Path(res.run_dir) / "pareto.csv")
+    got, want = (d.sort_values("config_id").reset_index(drop=True) for d in (got, want))
+    assert_frames_equal(got[want.columns], want, "quickstart at slo_confidence 0")
+    shipped = pd.read_csv(GOLDEN / "pareto_quickstart.csv")
+    assert (shipped.meets_slo_prob >= 0.9).all() and len(shipped) != len(want)     # the default moves the front

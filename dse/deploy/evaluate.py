@@ -11,6 +11,7 @@ import pandas as pd
 from dse.catalog.models import Model, get_model
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
+from dse.deploy import intervals
 from dse.deploy.context import Context, make_context
 from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
@@ -175,13 +176,40 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
                        f"{first[2]}")
     if keep is not None:
         keep.update(result=res, pools=pools)
-    out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb)
+    bottleneck = _bottleneck(*res.steps["decode"], reasons)
+    factors = intervals.intervals({
+        "mode": mode, "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
+        "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
+        "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"]})
+    out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb, factors)
+    out["bottleneck"] = bottleneck
+    intervals.add_interval_columns(out, {"osl": c["osl"]}, factors=factors)
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(
         model, pools.wd, c["kv_dtype"], weight_vocab=pools.wd_names, kv_vocab=vocab["kv_dtype"])
     return out, reasons
 
 
-def _metrics(res, used, load, c, ctx: Context, reasons: Reasons, mem_gb) -> dict[str, np.ndarray]:
+def _slo_check(res, c, factors, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(meets the SLOs, the chance it does, the TTFT and TPOT limits goodput is searched at).
+
+    With slo_confidence 0 the point prediction decides, as it always did. Above 0 a row
+    meets its SLOs when the chance that both hold (the calibrated error model of
+    dse.deploy.intervals) is at least that confidence, and goodput is the load at which each
+    latency's confidence-quantile (not its point) meets its limit."""
+    prob = intervals.meets_slo_prob(res.ttft_ms, res.tpot_ms, c["ttft_slo_ms"], c["tpot_slo_ms"], factors)
+    conf = np.asarray(c["slo_confidence"], dtype=float)
+    point = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"])
+    if not np.any(conf > 0):
+        return point & ok, prob, c["ttft_slo_ms"], c["tpot_slo_ms"]
+    q = {m: intervals.quantile_factor(lo, hi, np.maximum(conf, 0.5)) for m, lo, hi in
+         (("ttft", factors.ttft_lo, factors.ttft_hi), ("tpot", factors.tpot_lo, factors.tpot_hi))}
+    sure = conf > 0
+    meets = np.where(sure, prob >= conf, point) & ok
+    return (meets, prob, np.where(sure, c["ttft_slo_ms"] / q["ttft"], c["ttft_slo_ms"]),
+            np.where(sure, c["tpot_slo_ms"] / q["tpot"], c["tpot_slo_ms"]))
+
+
+def _metrics(res, used, load, c, ctx: Context, reasons: Reasons, mem_gb, factors) -> dict[str, np.ndarray]:
     """The deployment's metric columns from its serving result and its pools' hardware."""
     replicas = c["replicas"]
     num_gpus = res.gpus * replicas
@@ -196,8 +224,8 @@ def _metrics(res, used, load, c, ctx: Context, reasons: Reasons, mem_gb) -> dict
                                  provisioned_w=provisioned, pue=fac.pue, usd_per_kwh=fac.usd_per_kwh,
                                  amortization_years=fac.amortization_years,
                                  facility_usd_per_kw_month=fac.facility_usd_per_kw_month)
-    meets = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"]) & (reasons.codes == 0)
-    goodput = _goodput(res, load, c["ttft_slo_ms"], c["tpot_slo_ms"], meets) * replicas
+    meets, prob, ttft_slo, tpot_slo = _slo_check(res, c, factors, reasons.codes == 0)
+    goodput = _goodput(res, load, ttft_slo, tpot_slo, meets) * replicas
     goodput = np.where(reasons.codes == 0, goodput, 0.0)
     return {
         "ttft_ms": res.ttft_ms,
@@ -214,9 +242,9 @@ def _metrics(res, used, load, c, ctx: Context, reasons: Reasons, mem_gb) -> dict
         "memory_gb_per_gpu": mem_gb,
         "capex_usd": capex,
         "meets_slo": meets,
+        "meets_slo_prob": prob,
         "goodput_tokens_per_s": goodput,
         "usd_per_mtok_at_slo": np.where(goodput > 0, cost.usd_per_mtok(usd_hour, goodput), np.inf),
-        "bottleneck": _bottleneck(*res.steps["decode"], reasons),
     }
 
 

@@ -34,7 +34,7 @@ from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
 __all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "Z90", "IntervalTable", "Factors", "load_intervals",
-           "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "model_flags", "bucket",
+           "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "quantile_factor", "model_flags", "bucket",
            "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
 
 CATEGORICAL = ("mode", "recorded", "moe", "mla", "backend", "bottleneck")
@@ -206,18 +206,32 @@ def add_interval_columns(metrics: dict[str, np.ndarray], features: dict, table: 
 
 
 def _phi2(h: np.ndarray, k: np.ndarray, rho: float) -> np.ndarray:
-    """P(X <= h, Y <= k) for standard normals of correlation rho (Owen's T; exact limits)."""
+    """P(X <= h, Y <= k) for standard normals of correlation rho (Owen's T; exact limits).
+
+    Owen's T is evaluated only where both arguments are within 8 sigma; beyond, the joint
+    probability equals the product of the marginals to double precision (one of them is
+    0 or 1), which keeps the engine's SLO check cheap on rows far from their limits."""
     from scipy.special import ndtr, owens_t
 
     h, k = np.broadcast_arrays(np.asarray(h, float), np.asarray(k, float))
-    hc = np.clip(np.where(h == 0, 1e-12, h), -40.0, 40.0)
-    kc = np.clip(np.where(k == 0, 1e-12, k), -40.0, 40.0)
-    s = np.sqrt(1.0 - rho * rho)
-    beta = np.where(hc * kc < 0, 0.5, 0.0)
-    p = 0.5 * (ndtr(hc) + ndtr(kc)) - owens_t(hc, (kc - rho * hc) / (hc * s)) \
-        - owens_t(kc, (hc - rho * kc) / (kc * s)) - beta
-    p = np.where(np.isposinf(h), ndtr(k), np.where(np.isposinf(k), ndtr(h), p))
-    return np.clip(np.where(np.isposinf(h) & np.isposinf(k), 1.0, p), 0.0, 1.0)
+    out = ndtr(h) * ndtr(k)              # exact at the limits (inf: 1, -inf: 0) and far from the SLO
+    near = (np.abs(h) < 8.0) & (np.abs(k) < 8.0) & (rho != 0.0)
+    if near.any():
+        hn, kn = h[near], k[near]
+        hc, kc = np.where(hn == 0, 1e-12, hn), np.where(kn == 0, 1e-12, kn)
+        s = np.sqrt(1.0 - rho * rho)
+        beta = np.where(hc * kc < 0, 0.5, 0.0)
+        out[near] = 0.5 * (ndtr(hc) + ndtr(kc)) - owens_t(hc, (kc - rho * hc) / (hc * s)) \
+            - owens_t(kc, (hc - rho * kc) / (kc * s)) - beta
+    return np.clip(out, 0.0, 1.0)
+
+
+def quantile_factor(lo, hi, q) -> np.ndarray:
+    """The q-quantile factor of a metric whose log error is normal with p10/p90 at lo/hi."""
+    from scipy.special import ndtri
+
+    llo, lhi = np.log(lo), np.log(hi)
+    return np.exp((llo + lhi) / 2.0 + ndtri(np.asarray(q, float)) * (lhi - llo) / (2.0 * Z90))
 
 
 def meets_slo_prob(ttft, tpot, ttft_slo, tpot_slo, factors: Factors) -> np.ndarray:

@@ -150,6 +150,12 @@ def _fixed_and_constraints(scn: Scenario, data: dict, model_id: str):
         if slo_col in schema.COLUMNS:   # evaluate takes the target too (goodput): pass it on
             fixed[slo_col] = limit
             fixed_keys[slo_col] = key
+    slo_cols = [c for c in ("ttft_slo_ms", "tpot_slo_ms") if c in fixed]
+    if slo_cols and scn.slo_confidence > 0:
+        # the SLOs must hold with this chance (the point checks above stay: 0 = exactly those)
+        fixed["slo_confidence"] = float(scn.slo_confidence)
+        fixed_keys["slo_confidence"] = "slo_confidence"
+        constraints.append(Constraint("meets_slo_prob", "min", float(scn.slo_confidence), "slo_confidence"))
     cons = scn.constraints
     if cons is not None:
         if cons.max_gpus is not None:

@@ -219,7 +219,7 @@ def test_annotate_validation(data):
         rows[i].update(ttft_ms_pred=float(t), tpot_ms_pred=float(p), supported=True, config=cfg, bottleneck=b)
     res = pd.DataFrame(rows)
     out = validate.summarize(res)
-    fi.annotate_validation(res, out)
+    __import__('dse.fit.coverage', fromlist=['x']).annotate_validation(res, out)
     s = out["summary"]
     ok = [r for r in out["rows"] if r["supported"]]
     assert ok and all(r["ttft_ms_p10"] <= r["ttft_ms_pred"] <= r["ttft_ms_p90"] for r in ok)

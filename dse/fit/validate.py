@@ -42,6 +42,7 @@ from dse.catalog.runtime import serving_runtime
 from dse.deploy.evaluate import evaluate
 from dse.deploy.explain import check_config
 from dse.errors import DSEError
+from dse.fit.coverage import annotate_validation
 from dse.schema import COLUMNS
 
 __all__ = ["REQUIRED", "BACKENDS", "read_measurements", "row_config", "map_rows", "predict", "validate_measurements",
@@ -286,12 +287,16 @@ def validate_measurements(path: str | Path, *, bench_rounds: float | None = None
     rows, configs = map_rows(df, bench_rounds=bench_rounds)
     if configs:
         pred = predict(configs)
-        for (i, _, _), ttft, tpot, code in zip(configs, pred.ttft_ms, pred.tpot_ms, pred.infeasible_code):
+        for (i, cfg, _), ttft, tpot, code, bn in zip(configs, pred.ttft_ms, pred.tpot_ms, pred.infeasible_code,
+                                                     pred.bottleneck.astype(str)):
             if code in _UNMODELLED or not (np.isfinite(ttft) and np.isfinite(tpot)):
                 rows[i]["reason"] = "no finite prediction"
                 continue
-            rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True)
-    out = summarize(pd.DataFrame(rows))
+            rows[i].update(ttft_ms_pred=float(ttft), tpot_ms_pred=float(tpot), supported=True, config=cfg, bottleneck=bn)
+    res = pd.DataFrame(rows)
+    out = summarize(res.drop(columns=[c for c in ("config", "bottleneck") if c in res.columns]))
+    if "config" in res.columns:
+        annotate_validation(res, out)       # p10 / p90 per row, 80 % coverage and width in the summary
     groups = _repeat_keys(df)
     rep = repeats(df, groups)
     out["repeats"] = rep

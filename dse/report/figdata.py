@@ -46,6 +46,9 @@ class Series:
     x: np.ndarray     # float32
     y: np.ndarray
     z: np.ndarray | None = None
+    # the 80 % interval (p10, p90) of x and y where the run has one (Pareto points)
+    x_band: tuple[np.ndarray, np.ndarray] | None = None
+    y_band: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -233,6 +236,13 @@ def nondominated_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return pareto_mask(np.asarray(values, dtype=float) * sign)
 
 
+def _band(rows: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    lo, hi = f"{metric}_p10", f"{metric}_p90"
+    if lo not in rows.columns or hi not in rows.columns:
+        return None
+    return rows[lo].to_numpy(dtype=np.float32), rows[hi].to_numpy(dtype=np.float32)
+
+
 def _use_log(*arrays: np.ndarray) -> bool:
     v = np.concatenate([np.asarray(a, dtype=float) for a in arrays if len(a)]) if any(len(a) for a in arrays) else []
     v = np.asarray(v)
@@ -251,8 +261,9 @@ def scatter_data(rd: RunData, axes: tuple[Objective, ...] | list[Objective],
     out: list[Series] = []
     for ps in sets:
         xyz = [ps.rows[m].to_numpy(dtype=np.float32) for m in names]
+        bands = [_band(ps.rows, m) if ps.role == "pareto" else None for m in names[:2]]
         out.append(Series(role=ps.role, group=ps.group, key=ps.key, x=xyz[0], y=xyz[1],
-                          z=xyz[2] if len(xyz) > 2 else None))
+                          z=xyz[2] if len(xyz) > 2 else None, x_band=bands[0], y_band=bands[1]))
     par = rd.pareto
     if len(axes) == 2 and len(par):
         vals = par[names].to_numpy(dtype=float)

@@ -95,7 +95,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
                 fig.add_trace(go.Scatter3d(**common, mode="markers", marker=dict(size=4, color=colour)))
             else:
                 cls = go.Scattergl if n_par > GL_THRESHOLD else go.Scatter
-                fig.add_trace(cls(**common, mode="markers",
+                fig.add_trace(cls(**common, mode="markers", **_error_bars(s, colour),
                                   marker=dict(size=8, color=colour, line=dict(color="white", width=1))))
         elif s.role == "dominated":
             lone = s.group not in with_pareto  # no Pareto point: the legend entry goes here
@@ -127,6 +127,17 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         layout["xaxis"], layout["yaxis"] = axes
     fig.update_layout(**layout)
     return fig
+
+
+def _error_bars(s: fd.Series, colour: str) -> dict[str, Any]:
+    """The p10-p90 interval of a Pareto point as asymmetric error bars (where the run has one)."""
+    out: dict[str, Any] = {}
+    for axis, band, v in (("error_x", s.x_band, s.x), ("error_y", s.y_band, s.y)):
+        if band is not None:
+            lo, hi = band
+            out[axis] = dict(type="data", symmetric=False, array=np.maximum(hi - v, 0),
+                             arrayminus=np.maximum(v - lo, 0), color=colour, thickness=1, width=0)
+    return out
 
 
 def _axis_type(sd: fd.ScatterData, i: int) -> dict[str, Any]:
@@ -318,7 +329,7 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 
 
 REC_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
-               "joules_per_token", "num_gpus", "quality_loss")
+               "joules_per_token", "num_gpus", "quality_loss", "meets_slo_prob")
 
 
 def _recommended_html(rd: fd.RunData) -> str:
@@ -337,7 +348,7 @@ def _recommended_html(rd: fd.RunData) -> str:
         knobs = ", ".join(f"{k} {_fmt(c[k])}" for k in ("weight_dtype", "kv_dtype", "batch_size", "power_cap")
                           if k in c)
         m = p.get("metrics", {})
-        figs = "<br>".join(f"{_esc(metric_label(k))}: {_esc(_fmt(v))}" for k, v in m.items()
+        figs = "<br>".join(f"{_esc(metric_label(k))}: {_esc(_fmt(v))}{_esc(_band(m, k))}" for k, v in m.items()
                            if v is not None and k in REC_METRICS)
         eq = f" ({p['n_equivalent']} equivalent)" if p.get("n_equivalent", 1) > 1 else ""
         binds = "<br>".join(_esc(b) for b in p.get("binds", []))
@@ -348,6 +359,11 @@ def _recommended_html(rd: fd.RunData) -> str:
             "normalised over the front. Configurations tying on every objective count as one (the simplest "
             "shown).</p><table class='kv rec'><thead><tr><th>choice</th><th>configuration</th><th>metrics</th>"
             "<th>what binds it</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
+
+
+def _band(m: dict, k: str) -> str:
+    lo, hi = m.get(f"{k}_p10"), m.get(f"{k}_p90")
+    return f" (80 %: {_fmt(lo)} to {_fmt(hi)})" if lo is not None and hi is not None else ""
 
 
 def _pool_line(p: dict) -> str:

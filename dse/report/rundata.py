@@ -30,7 +30,8 @@ RECOMMENDATION_JSON = "recommendation.json"
 
 # metrics shown on hover and in the table, in this order, after the objectives
 KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "tokens_per_s",
-               "usd_per_mtok", "joules_per_token", "power_w", "usd_per_hour", "memory_gb_per_gpu", "quality_loss")
+               "usd_per_mtok", "joules_per_token", "power_w", "usd_per_hour", "memory_gb_per_gpu", "quality_loss",
+               "meets_slo_prob", "tpot_ms_p10", "tpot_ms_p90", "ttft_ms_p10", "ttft_ms_p90")
 NON_CONFIG = frozenset({"feasible", "infeasible_reason", "infeasible_code", "is_pareto", "bottleneck", "meets_slo",
                         "config_id", "eval_index"})
 # configuration columns shown on hover for every point, whether they vary or not

@@ -25,7 +25,9 @@ _ROLE_LAYOUT = ("tp", "dp", "ep", "pp")
 _KNOBS = ("weight_dtype", "kv_dtype", "batch_size", "power_cap", "backend", "spec_tokens", "replicas", "isl", "osl")
 _SHOWN_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
                   "usd_per_mtok", "joules_per_token", "power_w", "num_gpus", "memory_gb_per_gpu", "quality_loss",
-                  "quality_loss_p90")
+                  "quality_loss_p90", "meets_slo_prob",
+                  *(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
+                                         "usd_per_mtok", "joules_per_token") for q in ("p10", "p90")))
 
 
 def _simplicity_order(df: pd.DataFrame) -> np.ndarray:
@@ -163,11 +165,16 @@ def _pool_text(p: dict) -> str:
     return f"{p['role']}: {p['gpus']} x {p['device']}{lay}"
 
 
+def _band_text(m: dict, k: str) -> str:
+    lo, hi = m.get(f"{k}_p10"), m.get(f"{k}_p90")
+    return f" [{lo:,.3g}-{hi:,.3g}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
+
+
 def format_recommendation(rec: dict[str, Any]) -> str:
     """The Recommended block of the console."""
     if not rec["best"]:
         return "Recommended: nothing meets the SLOs and limits (see the report's Why infeasible)."
-    lines = [f"Recommended ({rec['n_choices']} distinct choices on the front):"]
+    lines = [f"Recommended ({rec['n_choices']} distinct choices on the front; [p10-p90] = the 80 % interval):"]
     picks = [(k, v) for k, v in rec["best"].items()] + ([("balanced", rec["balanced"])] if rec["balanced"] else [])
     for _, p in picks:
         c = p["configuration"]
@@ -175,8 +182,8 @@ def format_recommendation(rec: dict[str, Any]) -> str:
         fmt = f"weights {c.get('weight_dtype')}, KV {c.get('kv_dtype')}, batch {c.get('batch_size')}"
         eq = f"  [{p['n_equivalent']} equivalent]" if p["n_equivalent"] > 1 else ""
         m = p["metrics"]
-        figs = ", ".join(f"{k} {m[k]:,.4g}" for k in ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "usd_per_mtok",
-                                                     "joules_per_token", "quality_loss") if k in m and m[k] is not None)
+        shown = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "usd_per_mtok", "joules_per_token", "quality_loss")
+        figs = ", ".join(f"{k} {m[k]:,.4g}{_band_text(m, k)}" for k in shown if k in m and m[k] is not None)
         lines.append(f"  {p['why']}: {c['mode']} | {pools} | {fmt}{eq}")
         lines.append(f"      {figs}")
         if p["binds"]:

@@ -112,3 +112,15 @@ def test_cli_main_reports_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dse: error: bench: ") and err.count("\n") == 1
+
+
+def test_dse_validate_reads_benchmark_result_files(tmp_path, capsys):
+    """`dse validate --measurements` takes a benchmark's own result files (here vLLM's
+    --save-result JSON and an AIPerf export) as well as the measured-deployment CSV."""
+    from dse.cli import main
+    root = Path(__file__).resolve().parent / "data" / "bench"
+    for sample in (root / "vllm" / "results" / "bench.json", root / "aiperf" / "results"):
+        out = tmp_path / f"{sample.parent.name}.json"
+        assert main(["validate", "--measurements", str(sample), "--json", str(out)]) == 0
+        summary = json.loads(out.read_text())["summary"]
+        assert summary["n"] >= 1 and summary["n_unsupported"] == 0 and summary["tpot_median_ape"] is not None

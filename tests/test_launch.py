@@ -175,9 +175,10 @@ def test_cli_deploy_reads_recommendation_in_order(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.index("config 33 on vllm") < out.index("config 11 on vllm")
     written = sorted(p.name for p in (run / "deploy").iterdir() if p.is_dir())
-    # 33 is an AMD device: vllm and sglang only; 11 runs everywhere
+    # 33 is an AMD device: vllm and sglang only; 11 runs everywhere; where an engine cannot run a
+    # pick, the next Pareto row it can (22) takes its place, so every engine gets two
     assert written == ["config_11_dynamo", "config_11_sglang", "config_11_trtllm", "config_11_vllm",
-                       "config_33_sglang", "config_33_vllm"]
+                       "config_22_dynamo", "config_22_trtllm", "config_33_sglang", "config_33_vllm"]
     assert "config 33 on trtllm: not expressible" in out
 
 
@@ -223,3 +224,26 @@ def test_rows_from_a_results_csv_resolve_blank_role_columns(tmp_path):
     assert p.ok, p.reasons
     assert [(x.role, x.device, x.tp, x.workers) for x in p.pools] == [("prefill", "h100_sxm", 4, 2),
                                                                       ("decode", "h100_sxm", 4, 1)]
+
+
+def test_deploy_the_quickstart_run_for_every_backend(tmp_path, capsys):
+    """`dse deploy RUN --top 3 --backend all` on a real quickstart sweep: three launch
+    directories per engine (a pick an engine cannot run gives way to the best it can), every
+    flag written a name engines.yaml lists for that engine, the layout the row's."""
+    import dse
+    root = Path(__file__).resolve().parents[1]
+    run = dse.sweep(root / "search_spaces" / "quickstart.yaml", out=tmp_path / "q").run_dir
+    assert main(["deploy", str(run), "--top", "3", "--backend", "all"]) == 0
+    dirs = [p for p in (run / "deploy").iterdir() if p.is_dir()]
+    by = {b: [d for d in dirs if d.name.endswith(f"_{b}")] for b in ("vllm", "sglang", "trtllm", "dynamo")}
+    assert all(len(v) == 3 for v in by.values()), {b: len(v) for b, v in by.items()}
+    for b in ("vllm", "sglang", "trtllm"):
+        for d in by[b]:
+            argv = _exec_argv(d / "serve.sh")
+            assert _flags(argv) <= flag_names(b), _flags(argv) - flag_names(b)
+            dep = json.loads((d / "deployment.json").read_text())
+            f, names = _flag_values(argv), engines()[b]["serve"]["flags"]
+            assert int(f[names["tp"]]) == dep["tp_size"]
+    for d in by["dynamo"]:
+        graph = yaml.safe_load((d / "dynamo_graph.yaml").read_text())
+        assert "VllmPrefillWorker" in graph["spec"]["services"] and "VllmDecodeWorker" in graph["spec"]["services"]

@@ -63,14 +63,62 @@ def select_rows(run_dir: str | Path, top: int | None = None):
     return pareto.head(3 if top is None else top).reset_index(drop=True)
 
 
+FALLBACK_ROWS = 5000
+
+
+def _beyond_the_front(run: Path, pareto):
+    """Feasible configurations off the Pareto set, best first on the run's first objective
+    (at most FALLBACK_ROWS): what an engine that can run none of the front still gets."""
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path, run_json = run / "configs.parquet", run / "run.json"
+    if not path.is_file() or not run_json.is_file():
+        return pareto.iloc[:0]
+    obj = (json.loads(run_json.read_text()).get("objectives") or [{}])[0]
+    table = pq.read_table(path, filters=[("feasible", "==", True), ("is_pareto", "==", False)])
+    if not table.num_rows or obj.get("name") not in table.column_names:
+        return pareto.iloc[:0]
+    order = pc.sort_indices(table, sort_keys=[(obj["name"], "descending" if obj.get("direction") == "max"
+                                               else "ascending")])
+    rows = table.take(order[:FALLBACK_ROWS]).to_pandas()
+    return pd.DataFrame({c: rows[c].astype(str).where(rows[c].astype(str) != "nan", "")
+                         if isinstance(rows[c].dtype, pd.CategoricalDtype) else rows[c] for c in rows.columns})
+
+
+def _per_backend(rows, rest, backend: str, top: int) -> list:
+    """The plans of the picks for one engine; where the engine cannot express a pick (an AMD
+    device on TensorRT-LLM, a disagg pick on a single engine), the next Pareto rows it can
+    express take its place, so every engine gets up to `top` runnable configurations."""
+    from dse.launch import plan
+
+    plans = [plan(r, backend) for _, r in rows.iterrows()]
+    n_ok = sum(p.ok for p in plans)
+    for _, r in rest.iterrows():
+        if n_ok >= top:
+            break
+        p = plan(r, backend)
+        if p.ok:
+            plans.append(p)
+            n_ok += 1
+    return plans
+
+
 def _cmd_deploy(a: argparse.Namespace) -> int:
-    from dse.launch import BACKENDS, plan, write
+    import pandas as pd
+
+    from dse.launch import BACKENDS, write
 
     rows = select_rows(a.run_dir, a.top)
     if not len(rows):
         raise DSEError(f"deploy: {a.run_dir}: pareto.csv has no configurations (nothing met the SLOs)")
+    top = a.top or len(rows)
+    pareto = pd.read_csv(Path(a.run_dir) / "pareto.csv")
+    rest = pareto[~pareto["config_id"].isin(rows["config_id"])] if "config_id" in pareto.columns else pareto.iloc[:0]
+    rest = pd.concat([rest, _beyond_the_front(Path(a.run_dir), pareto)], ignore_index=True)
     backends = BACKENDS if a.backend == "all" else (a.backend,)
-    plans = [plan(r, b) for _, r in rows.iterrows() for b in backends]
+    plans = [p for b in backends for p in _per_backend(rows, rest, b, top)]
     out = Path(a.out) if a.out else Path(a.run_dir) / "deploy"
     dirs = write(plans, out)
     for p in plans:
@@ -84,7 +132,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("deploy", help="launch and benchmark files for a run's recommended configurations")
     p.add_argument("run_dir", metavar="RUN_DIR", help="results directory of `dse sweep` (pareto.csv)")
     p.add_argument("--top", type=int, default=None,
-                   help="at most N configurations: recommendation.json's picks, else pareto.csv's first N (default 3)")
+                   help="N configurations per engine: recommendation.json's picks, else pareto.csv's first N "
+                        "(default 3); a pick an engine cannot express is replaced by the next Pareto row it can")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="vllm", help="serving engine (default vllm)")
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/deploy)")
     p.set_defaults(func=_cmd_deploy)

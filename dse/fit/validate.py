@@ -195,7 +195,14 @@ def _summary(d: pd.DataFrame) -> dict:
 
 
 def read_measurements(path: str | Path) -> pd.DataFrame:
+    """The measured deployments of a CSV (the columns of silicon_h100_b200.csv.gz), or of
+    benchmark result files (`vllm bench serve --save-result` JSON, sglang.bench_serving
+    JSON lines, AIPerf / GenAI-Perf profile exports; a directory of them) beside the
+    deployment.json `dse deploy` wrote."""
     path = Path(path)
+    if path.is_dir() or path.suffix in (".json", ".jsonl"):
+        from dse.fit.bench_results import read_bench_results
+        return read_bench_results(path)
     if not path.is_file():
         raise DSEError(f"validate: {path}: no such file")
     try:

@@ -242,3 +242,23 @@ def test_broken_table_is_a_one_line_error(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(DSEError, match=r"bad.yaml: not an interval table \(KeyError: 'correlation'\)"):
         iv.load_intervals(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize("mode, extra", [("agg", {}), ("disagg", {"prefill_workers": 2}),
+                                          ("afd", {"attn_gpus": 4, "ffn_gpus": 4})])
+def test_every_mode_carries_ordered_intervals(mode, extra):
+    """Every prediction of the engine has its p10 <= point <= p90, in every mode; a cost's
+    p10 comes with the throughput's p90."""
+    import dse
+    from dse.deploy.intervals import INTERVAL_COLUMNS
+    df = dse.evaluate(model="Qwen/Qwen3-30B-A3B", device=["h100_sxm", "b200_sxm"], mode=mode, tp=2,
+                      batch_size=[1, 64], weight_dtype="fp8", ttft_slo_ms=1000, tpot_slo_ms=50, **extra)
+    assert set(INTERVAL_COLUMNS) <= set(df.columns)
+    ok = df[df.feasible]
+    assert len(ok)
+    for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
+              "joules_per_token"):
+        assert (ok[f"{m}_p10"] <= ok[m] * (1 + 1e-12)).all() and (ok[m] <= ok[f"{m}_p90"] * (1 + 1e-12)).all(), m
+    ratio_tok = ok["tokens_per_s_p90"] / ok["tokens_per_s"]
+    assert np.allclose(ok["usd_per_mtok"] / ok["usd_per_mtok_p10"], ratio_tok)
+    assert ((ok.meets_slo_prob >= 0) & (ok.meets_slo_prob <= 1)).all()

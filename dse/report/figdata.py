@@ -319,6 +319,11 @@ def axis_ticks(values: np.ndarray, log: bool, unit: str = "") -> dict:
             "ticktext": [tick_label(x, unit) for x in vals]}
 
 
+# drawn after the objectives where a run has them and they vary: what the choice costs in quality
+# and how sure it is to meet its SLOs
+PARCOORDS_METRICS = ("quality_loss", "meets_slo_prob")
+
+
 def parcoords_data(rd: RunData) -> ParcoordsData:
     """The Pareto set over its varying configuration axes and the objectives; a
     categorical axis becomes integer codes with its labels as ticks, a numeric one
@@ -327,7 +332,9 @@ def parcoords_data(rd: RunData) -> ParcoordsData:
     dims: list[ParcoordsDim] = []
     cols = [c for c in rd.config_columns if c in df.columns and df[c].nunique(dropna=False) > 1
             and _role_mask(df, c).all()]  # a role column is a line only where every row has that role
-    for c in cols + [o.name for o in rd.objectives]:
+    objectives = [o.name for o in rd.objectives]
+    extra = [m for m in PARCOORDS_METRICS if m in df.columns and m not in objectives and df[m].nunique() > 1]
+    for c in cols + objectives + extra:
         s = df[c]
         label = metric_label(c) if c in METRIC_INFO else c
         if c in [o.name for o in rd.objectives]:

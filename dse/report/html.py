@@ -398,7 +398,12 @@ def _accuracy_html(rd: fd.RunData, f: dict) -> str:
     body = ("<p class='note'>How far the engine's TTFT and TPOT have been from measured deployments it was not fitted "
             "on: the serving constants fitted on one system's measurements, scored on the other's (median absolute "
             "percentage error; shared/calibration/silicon_h100_b200.csv.gz, measured by NVIDIA AIConfigurator). "
-            "Read a predicted figure as this far off, typically; modes without a row here are unvalidated.</p>"
+            "Read a predicted figure as this far off, typically; modes without a row here are unvalidated. "
+            "The error bars and the p10 / p90 figures are the 80 % interval of each prediction: the range that "
+            "held 80 % of measured values of similar deployments on a system the serving constants were not "
+            "fitted on (conformalized quantile regression, hardware/intervals.yaml, docs/intervals.md); "
+            "meets_slo_prob is the chance both SLOs hold, and a scenario's slo_confidence the chance they "
+            "must. On hardware with no measurements the intervals are likely too narrow.</p>"
             "<table class='kv' id='accuracy'><thead><tr><th>system / mode</th><th>rows</th><th>TTFT</th>"
             f"<th>TPOT</th></tr></thead><tbody>{rows}</tbody></table>") if rows else (
             "<p class='note'>No validated error figures ship for the modes shown.</p>")

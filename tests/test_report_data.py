@@ -261,8 +261,11 @@ def test_parcoords_categories_become_labelled_codes(tmp_path, grid_df):
     rd = rundata.load_run(write_results_dir(tmp_path / "r", grid_df, objectives=objs))
     pc = fd.parcoords_data(rd)
     labels = [d.label for d in pc.dims]
-    for label, want in zip(labels[-3:], ["TPOT (ms) ↓", "cost ($/Mtok) ↓", "cost rate ($/h) ↓"]):
+    n_obj = next(i for i, d in enumerate(labels) if d.startswith("TPOT"))
+    for label, want in zip(labels[n_obj:n_obj + 3], ["TPOT (ms) ↓", "cost ($/Mtok) ↓", "cost rate ($/h) ↓"]):
         assert label in (want, want + " (log)")
+    # after the objectives: the quality cost and the chance of meeting the SLOs, where they vary
+    assert all(lb.startswith(("quality loss", "chance of meeting")) for lb in labels[n_obj + 3:])
     dev = next(d for d in pc.dims if d.label == "device")
     assert dev.ticktext == sorted(rd.pareto["device"].unique())
     assert dev.values.tolist() == [dev.ticktext.index(v) for v in rd.pareto["device"]]

@@ -61,6 +61,13 @@ class IntervalTable:
     def shape(self) -> tuple[int, ...]:
         return tuple(len(self.levels[f]) for f in FEATURES)
 
+    @functools.cached_property
+    def factors(self) -> tuple[np.ndarray, ...]:
+        """(ttft p10, ttft p90, tpot p10, tpot p90) factors per cell, exponentiated once."""
+        lo, hi = np.exp(self.lo), np.exp(self.hi)
+        return (np.ascontiguousarray(lo[:, 0]), np.ascontiguousarray(hi[:, 0]),
+                np.ascontiguousarray(lo[:, 1]), np.ascontiguousarray(hi[:, 1]))
+
 
 class Factors(NamedTuple):
     """Multiplicative factors on the point prediction at p10 and p90, per row."""
@@ -166,8 +173,8 @@ def intervals(features: dict, table: IntervalTable | None = None) -> Factors:
     """Per-row p10 and p90 factors on the point TTFT and TPOT (gather from the table)."""
     t = table or load_intervals()
     idx = feature_codes(features, t)
-    lo, hi = np.exp(t.lo[idx]), np.exp(t.hi[idx])
-    return Factors(ttft_lo=lo[:, 0], ttft_hi=hi[:, 0], tpot_lo=lo[:, 1], tpot_hi=hi[:, 1], rho=t.rho)
+    tl, th, pl, ph = t.factors
+    return Factors(ttft_lo=tl[idx], ttft_hi=th[idx], tpot_lo=pl[idx], tpot_hi=ph[idx], rho=t.rho)
 
 
 def model_flags(model) -> dict[str, bool]:
@@ -240,6 +247,9 @@ def meets_slo_prob(ttft, tpot, ttft_slo, tpot_slo, factors: Factors) -> np.ndarr
     The log error of each is normal with the median and spread that put its p10 and p90
     where the table has them; the two errors are correlated by the table's rho (measured
     on the out-of-sample residuals). Monotone in each SLO; 1 where both SLOs are inf."""
+    finite = np.isfinite(np.asarray(ttft_slo, float)) | np.isfinite(np.asarray(tpot_slo, float))
+    if not np.any(finite):
+        return np.ones(np.broadcast(np.asarray(ttft, float), np.asarray(tpot, float)).shape)
     out = []
     for pred, slo, lo, hi in ((ttft, ttft_slo, factors.ttft_lo, factors.ttft_hi),
                               (tpot, tpot_slo, factors.tpot_lo, factors.tpot_hi)):

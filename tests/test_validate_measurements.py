@@ -57,8 +57,12 @@ def test_cli_reports_rows_reasons_and_json_keys(csv, tmp_path, capsys):
     assert "unsupported rows: 4 of 9" in text and "h100_sxm/agg/trtllm" in text
     res = json.loads(out.read_text())
     assert set(res["summary"]) >= {"ttft_mape", "tpot_mape", "ttft_median_ape", "tpot_median_ape", "n",
-                                   "n_unsupported"}
-    assert res["summary"]["n"] == 5 and res["summary"]["n_unsupported"] == 4
+                                   "n_unsupported", "n_not_recorded"}
+    # a supported disagg row without worker counts is "deployment not recorded": counted, not scored
+    n_nr = res["summary"]["n_not_recorded"]
+    assert n_nr == sum(1 for r in res["rows"] if r["supported"] and "workers" in r["assumed"]) >= 1
+    assert res["summary"]["n"] + n_nr == 5 and res["summary"]["n_unsupported"] == 4
+    assert "deployment not recorded (disagg without worker counts): 1" in text
     rows = {r["id"]: r for r in res["rows"]}
     assert list(rows) == [r["id"] for r in ROWS]
     for r in rows.values():

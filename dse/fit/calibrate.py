@@ -51,6 +51,10 @@ GEMM_DTYPES = {
     "fp8": (1.0, 1.0, "fp8"),
     "fp8_block": (1.0, 1.0, "fp8_block"),
     "nvfp4": (4.5 / 8, 4.5 / 8, "fp4"),
+    # A100 (TensorRT-LLM 1.0.0): weight-only int4 / int8 run bf16 math; SmoothQuant is W8A8 int8
+    "int4_wo": (2.0, 4.125 / 8, "int4"),
+    "int8_wo": (2.0, 1.0, "int8_wo"),
+    "sq": (1.0, 1.0, "int8"),
 }
 MOE_DTYPES = {
     "bfloat16": (2.0, 2.0, "bf16"),

@@ -36,7 +36,7 @@ __all__ = [
 
 # A format key may name a kernel variant ("fp4@min_latency") or a mixed scheme
 # ("w4a8": 4-bit weights, fp8 math); a missing override falls back along this chain.
-_FORMAT_FALLBACK = {"fp8_block": "fp8", "w4a8": "fp8", "int4": "bf16"}
+_FORMAT_FALLBACK = {"fp8_block": "fp8", "w4a8": "fp8", "int4": "bf16", "int8_wo": "bf16"}
 
 
 def format_chain(fmt: str) -> list[str]:

@@ -20,7 +20,7 @@ from dse.schema import COLUMNS, metric_label
 
 __all__ = ["compare_runs", "format_comparison"]
 
-_IGNORED = ("model",)     # the same question is about one model; a column they share anyway
+_IGNORED = ("model",)     # one question, one model (whose id may be spelt differently between runs)
 
 
 def _read(run_dir: Path) -> tuple[dict, pd.DataFrame, dict | None]:
@@ -51,7 +51,7 @@ def _common_hypervolume(fronts: list[np.ndarray], dirs: list[str]) -> list[float
     return [normalized_hypervolume(x[pareto_mask(x)], ideal, ref) if len(x) else 0.0 for x in t]
 
 
-def _moved(a: dict | None, b: dict | None, names: list[str]) -> list[dict[str, Any]]:
+def _moved(a: dict | None, b: dict | None) -> list[dict[str, Any]]:
     """Each recommendation of either run: its configuration and metrics before and after."""
     out = []
     for key in list(dict.fromkeys([*((a or {}).get("best") or {}), *((b or {}).get("best") or {}), "balanced"])):
@@ -87,7 +87,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     return {"run_a": str(run_a), "run_b": str(run_b), "objectives": oa, "key_columns": cols,
             "n_front": [len(pa), len(pb)], "entered": entered, "left": left,
             "n_stayed": int(kb.isin(set(ka)).sum()) if len(pb) else 0,
-            "hypervolume_common": [hv_a, hv_b], "recommendations": _moved(reca, recb, names)}
+            "hypervolume_common": [hv_a, hv_b], "recommendations": _moved(reca, recb)}
 
 
 def _pick_text(p: dict | None) -> str:

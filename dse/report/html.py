@@ -304,6 +304,7 @@ table.sortable th.asc:after{content:' \\25B2'} table.sortable th.desc:after{cont
 table.sortable td{padding:3px 6px;border-top:1px solid #f0f0f0;white-space:nowrap}
 table.sortable td[data-v]{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable tr:hover td{background:#fff8e0}
+#reason-codes td,#reason-codes th,#reason-texts td,#accuracy td,#accuracy th,table.rec td,table.rec th{padding:2px 10px}
 """
 
 _SORT_JS = """

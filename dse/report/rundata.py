@@ -33,7 +33,7 @@ KEY_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_user", "tokens_per_s_per_
                "usd_per_mtok", "joules_per_token", "power_w", "usd_per_hour", "memory_gb_per_gpu", "quality_loss",
                "meets_slo_prob", "tpot_ms_p10", "tpot_ms_p90", "ttft_ms_p10", "ttft_ms_p90")
 NON_CONFIG = frozenset({"feasible", "infeasible_reason", "infeasible_code", "is_pareto", "bottleneck", "meets_slo",
-                        "config_id", "eval_index"})
+                        "config_id", "eval_index", "tie_group", "n_equivalent"})
 # configuration columns shown on hover for every point, whether they vary or not
 CORE_CONFIG = ("device", "mode", "tp", "pp", "ep", "dp", "weight_dtype", "kv_dtype", "batch_size")
 GROUP_COLUMNS = ("device", "mode", "prefill_device", "decode_device", "attn_device", "ffn_device")

@@ -12,7 +12,7 @@ import yaml
 
 from dse.errors import DSEError
 
-__all__ = ["hardware_dir", "runtime", "parse_runtime", "RUNTIME_KEYS", "serving_runtime", "parse_serving_runtime",
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "parse_serving_runtime",
            "power_coeffs"]
 
 # what the engine reads from runtime.yaml; each needs its `sources:` entry
@@ -53,9 +53,20 @@ def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=1)
+def _serving_file() -> dict:
+    return yaml.safe_load((hardware_dir() / "serving_runtime.yaml").read_text()) or {}
+
+
+@functools.lru_cache(maxsize=1)
 def serving_runtime() -> dict:
     """Per-backend serving constants and the benchmark protocol, as fitted by dse.fit.serving."""
-    return parse_serving_runtime(yaml.safe_load((hardware_dir() / "serving_runtime.yaml").read_text()))
+    return parse_serving_runtime(_serving_file())
+
+
+def serving_cross_system() -> dict:
+    """The fit's out-of-sample check as it recorded it: "fit_<a>_score_<b>" -> {constants, errors}
+    (constants fitted on one system's measurements, errors on the other's)."""
+    return dict(_serving_file().get("cross_system") or {})
 
 
 def parse_serving_runtime(data: dict) -> dict:

@@ -425,17 +425,10 @@ def shipped_accuracy() -> dict[str, dict[str, Any]]:
     """The engine's out-of-sample error against measured deployments, as the serving fit
     recorded it (hardware/serving_runtime.yaml: fitted on one system, scored on the other),
     keyed "<system>/<mode>" -> {n, ttft_median_ape, tpot_median_ape}."""
-    import yaml
+    from dse.catalog.runtime import serving_cross_system
 
-    from dse.catalog.runtime import hardware_dir
-
-    path = hardware_dir() / "serving_runtime.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
     out = {}
-    for run in (doc.get("cross_system") or {}).values():
+    for run in serving_cross_system().values():
         for group, e in (run.get("errors") or {}).items():
             if group.count("/") == 1 and isinstance(e, dict):
                 out[group] = {k: e.get(k) for k in ("n", "ttft_median_ape", "tpot_median_ape")}

@@ -72,10 +72,6 @@ def _resolve_fast(self, kind, value, implicit):
 _Loader.resolve = _resolve_fast
 
 
-def _key_text(node) -> str:
-    return str(node.value) if isinstance(node, yaml.ScalarNode) else "<complex key>"
-
-
 def _build(loader, node, path: str, depth: int, where: str) -> Any:
     """The Python value of a node: duplicate keys (with key path and line), merge keys and
     nesting depth refused; plain numbers and strings built without PyYAML's per-object overhead."""

@@ -260,7 +260,7 @@ def _screen(rows: list[dict], configs: list) -> list:
     return [c for c, b in zip(configs, bad) if not b]
 
 
-def predict(configs: list, df_rows=None, *, serving: dict | None = None) -> "pd.DataFrame":
+def predict(configs: list, *, serving: dict | None = None) -> "pd.DataFrame":
     """Evaluate the mapped configurations in one vectorized call; product-encoded layouts
     whose weights would not fit fall back to the literal reading of the row."""
 

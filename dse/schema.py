@@ -39,6 +39,7 @@ COLUMNS: dict[str, Any] = {
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
     "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
     "bench_rounds": math.inf,  # requests per user of a closed-loop benchmark (inf = steady state)
+    "max_num_tokens": 0,  # token budget of one engine step (max_num_batched_tokens; 0 = the backend's default)
     "spec_tokens": 0,   # speculative decoding: tokens drafted per decode step (MTP / EAGLE; 0 = off)
     "spec_acceptance": math.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
     # disagg: prefill and decode pools
@@ -79,6 +80,9 @@ COLUMN_HELP = {
     "own": "true: own the hardware (capex + energy + facility); false: rent it ($/GPU-hour)",
     "backend": "serving framework constants: trtllm, vllm, sglang ('' = pooled)",
     "bench_rounds": "requests per user of a closed-loop benchmark (.inf = steady state)",
+    "max_num_tokens": ("token budget of one engine step: decodes plus prompt chunks (vLLM max_num_batched_tokens, "
+                       "SGLang chunked_prefill_size, TensorRT-LLM max_num_tokens; 0 = the backend's default, "
+                       "hardware/runtime.yaml engine_limits)"),
     "spec_tokens": "speculative decoding: tokens drafted per decode step (0 = off)",
     "spec_acceptance": "chance a draft token is kept given the ones before it were (default: runtime.yaml)",
     "prefill_device": "disagg: device of the prefill pool ('' = device)",

@@ -12,11 +12,14 @@ import yaml
 
 from dse.errors import DSEError
 
-__all__ = ["hardware_dir", "runtime", "parse_runtime", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "parse_serving_runtime",
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "parse_serving_runtime",
            "power_coeffs"]
 
 # what the engine reads from runtime.yaml; each needs its `sources:` entry
 RUNTIME_KEYS = ("kv_memory_fraction", "activation_reserve_gb", "spec_acceptance", "p2p_hop_ms", "kv_handoff_ms")
+
+
+_LIMIT_KEYS = ("engine_limits", "engine_limits_sources")
 
 
 def hardware_dir() -> Path:
@@ -42,7 +45,7 @@ def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
         if key not in data:
             raise DSEError(f"{where}: {key}: missing; required: {', '.join(RUNTIME_KEYS)}")
     for key, val in data.items():
-        if key == "sources":
+        if key in ("sources",) + _LIMIT_KEYS:
             continue
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not val >= 0:
             raise DSEError(f"{where}: {key}: expected a non-negative number, got {val!r}")
@@ -50,6 +53,44 @@ def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
             raise DSEError(f"{where}: sources.{key}: missing; every figure needs its source")
         out[key] = float(val)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def engine_limits() -> dict[str, list[dict]]:
+    """runtime.yaml engine_limits: backend -> memory tiers of (max_num_seqs, max_num_tokens)."""
+    path = hardware_dir() / "runtime.yaml"
+    return parse_engine_limits(yaml.safe_load(path.read_text()), where=str(path))
+
+
+def parse_engine_limits(data: dict, *, where: str = "runtime.yaml") -> dict[str, list[dict]]:
+    """Check the engine_limits section: each backend a list of tiers, each with a source."""
+    limits, sources = data.get("engine_limits"), data.get("engine_limits_sources") or {}
+    if not isinstance(limits, dict) or "default" not in limits:
+        raise DSEError(f"{where}: engine_limits: expected a mapping of backend -> tiers with a 'default' entry")
+    out = {}
+    for backend, tiers in limits.items():
+        if backend not in sources:
+            raise DSEError(f"{where}: engine_limits_sources.{backend}: missing; every figure needs its source")
+        if not isinstance(tiers, list) or not tiers:
+            raise DSEError(f"{where}: engine_limits.{backend}: expected a list of tiers, got {tiers!r}")
+        for i, t in enumerate(tiers):
+            for k in ("min_memory_gb", "max_num_seqs", "max_num_tokens"):
+                v = t.get(k) if isinstance(t, dict) else None
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                    raise DSEError(f"{where}: engine_limits.{backend}[{i}].{k}: expected a number >= 0, got {v!r}")
+        out[str(backend)] = [{"min_memory_gb": float(t["min_memory_gb"]), "exclude": tuple(t.get("exclude") or ()),
+                              "max_num_seqs": float(t["max_num_seqs"]), "max_num_tokens": float(t["max_num_tokens"])}
+                             for t in tiers]
+    return out
+
+
+def engine_limit(backend: str, device_id: str, memory_gb: float) -> tuple[float, float]:
+    """(max_num_seqs, max_num_tokens) a backend defaults to on a device."""
+    tiers = engine_limits().get(backend or "default", engine_limits()["default"])
+    for t in tiers:
+        if memory_gb >= t["min_memory_gb"] and device_id not in t["exclude"]:
+            return t["max_num_seqs"], t["max_num_tokens"]
+    return tiers[-1]["max_num_seqs"], tiers[-1]["max_num_tokens"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,7 +111,7 @@ def serving_cross_system() -> dict:
 
 
 def parse_serving_runtime(data: dict) -> dict:
-    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms", "max_tokens")}
+    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms")}
                 for k, c in data["backends"].items()}
     return {"backends": backends, "rounds": float(data.get("benchmark", {}).get("rounds", np.inf))}
 

@@ -72,6 +72,7 @@ RULES: dict[str, Rule] = {
     "routing_skew": Rule("must be a finite number >= 0 (0 = balanced)", low=0),
     "power_cap": Rule("is a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
     "bench_rounds": Rule("must be >= 1 (inf = steady state)", low=1, inf=True),
+    "max_num_tokens": Rule("must hold whole numbers >= 0 (0 = the backend's default)", low=0, integer=True),
     # drafts per step: MTP / EAGLE draft a handful, tree drafting a few dozen
     "spec_tokens": Rule("must hold integers >= 0 and <= 64 (0 = no speculative decoding)", low=0, high=64,
                         integer=True),

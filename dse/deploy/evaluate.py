@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dse.catalog.devices import get_device
 from dse.catalog.models import Model, get_model
+from dse.catalog.runtime import engine_limit
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
 from dse.deploy import intervals
@@ -138,10 +140,23 @@ def _spec(c: dict[str, np.ndarray], runtime: dict) -> serving.Spec | None:
 
 
 def _runtime_arrays(c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], table: dict) -> serving.Runtime:
+    """The serving-framework constants of each row (fitted per backend), and the engine's
+    limits (its defaults on the row's device, runtime.yaml engine_limits, unless the row
+    sets max_num_tokens)."""
     names = [str(w) or "default" for w in vocab["backend"]]
-    cols = {k: np.array([table[nm][k] for nm in names])[c["backend"]] for k in ("request_ms", "step_ms", "max_tokens")}
+    cols = {k: np.array([table[nm][k] for nm in names])[c["backend"]] for k in ("request_ms", "step_ms")}
+    pair, inverse = np.unique(np.stack([c["backend"], c["device"]]), axis=1, return_inverse=True)
+    limits = np.array([_engine_limit(str(vocab["backend"][b]), str(vocab["device"][d])) for b, d in pair.T])
+    seqs, tokens = limits[inverse.ravel(), 0], limits[inverse.ravel(), 1]
+    own = np.asarray(c["max_num_tokens"], dtype=float)
     rounds = np.asarray(c["bench_rounds"], dtype=float)
-    return serving.Runtime(rounds=np.maximum(rounds, 1.0), **cols)
+    return serving.Runtime(rounds=np.maximum(rounds, 1.0), max_tokens=np.where(own > 0, own, tokens), max_seqs=seqs,
+                           **cols)
+
+
+def _engine_limit(backend: str, device: str) -> tuple[float, float]:
+    dev = get_device(device)
+    return engine_limit(backend, dev.id, dev.memory_gb)
 
 
 def _by_mode(model, c, vocab, ctx, strict, modes) -> tuple[dict[str, np.ndarray], Reasons]:

@@ -1,13 +1,13 @@
 """Fit the serving-framework constants from measured deployments.
 
 Kernels say how long a step's math and memory traffic take; a serving framework adds
-what no kernel table shows. Per backend (trtllm, vllm, sglang) three constants:
+what no kernel table shows. Per backend (trtllm, vllm, sglang) two constants:
   request_ms  per-request latency outside the GPU (HTTP, tokenisation, admission,
               first-token delivery), in TTFT;
   step_ms     per-iteration cost (scheduler, sampling, launch gaps, small kernels the
               operator list leaves out), on every step;
-  max_tokens  the token budget of one iteration (chunked-prefill size);
-and one constant of the measurement protocol:
+(the engines' step token budget and running-sequence cap are their documented defaults,
+hardware/runtime.yaml engine_limits, not fitted) and one constant of the measurement protocol:
   rounds      requests per user of the closed-loop benchmark: its first round starts all
               users at once, whose queue is part of the measured mean TTFT.
 None is per model or per row. They are fitted by minimising the clipped absolute log
@@ -39,10 +39,9 @@ __all__ = ["Data", "loss", "fit", "errors", "table", "main", "BACKENDS", "START"
 HW = Path(str(resources.files("dse.hardware")))
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
 BACKENDS = ("trtllm", "vllm", "sglang")
-START = {"request_ms": 50.0, "step_ms": 0.5, "max_tokens": 4096.0}
+START = {"request_ms": 50.0, "step_ms": 0.5}
 ROUNDS_GRID = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, np.inf)
 CLIP = 1.0          # a row contributes at most |log(pred/meas)| = 1 (2.7x) to the loss
-TOKENS = (2048.0, 32768.0)   # physical range of the frameworks' per-step token budgets
 
 
 class Data:
@@ -101,17 +100,16 @@ def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pool
     from scipy.optimize import minimize
 
     def unpack(x):
-        return {"request_ms": float(np.exp(x[0])), "step_ms": float(np.exp(x[1])),
-                "max_tokens": float(np.clip(np.exp(x[2]), *TOKENS))}
+        return {"request_ms": float(np.exp(x[0])), "step_ms": float(np.exp(x[1]))}
 
     def f(x):
         return loss(data, _with(runtime, name, unpack(x)), mask, pooled=pooled)
 
     c = runtime["backends"].get(name, START)
-    x0 = np.log([max(c["request_ms"], 1.0), max(c["step_ms"], 0.01), c["max_tokens"]])
-    best = minimize(f, x0, method="Nelder-Mead", options={"maxfev": 120, "xatol": 0.02, "fatol": 1e-4,
-                                                           "initial_simplex": x0 + np.vstack([np.zeros(3),
-                                                                                              np.diag([0.7, 0.7, 0.7])])})
+    x0 = np.log([max(c["request_ms"], 1.0), max(c["step_ms"], 0.01)])
+    best = minimize(f, x0, method="Nelder-Mead", options={"maxfev": 60, "xatol": 0.02, "fatol": 1e-4,
+                                                           "initial_simplex": x0 + np.vstack([np.zeros(2),
+                                                                                              np.diag([0.7, 0.7])])})
     return {k: round(v, 4) for k, v in unpack(best.x).items()}
 
 
@@ -186,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
            "in_sample_errors": errs, "cross_system": cross}
     header = ("# Written by dse/fit_serving.py; do not edit by hand.\n"
               "# Serving-framework constants (see dse/model/serving.py): request_ms per request in TTFT,\n"
-              "# step_ms per iteration, max_tokens per iteration; benchmark.rounds = requests per user of\n"
+              "# step_ms per iteration (the step token budget is the engines' default, runtime.yaml engine_limits);\n"
+              "# benchmark.rounds = requests per user of\n"
               "# the closed-loop benchmark behind the measurements (evaluate's steady state uses inf).\n")
     write_text(Path(a.out), header + yaml.safe_dump(doc, sort_keys=False, width=110))
     print(f"wrote {a.out}")

@@ -18,7 +18,7 @@ import numpy as np
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.models import get_model
-from dse.catalog.runtime import serving_runtime
+from dse.catalog.runtime import engine_limit
 from dse.deploy import roles
 from dse.errors import DSEError
 from dse.launch.engines import BACKENDS, engines
@@ -198,9 +198,13 @@ def _checks(spec: dict, backend: str, r: dict[str, Any], pools: list[Pool]) -> l
 
 
 def _max_tokens(r: dict[str, Any]) -> int:
-    """The per-iteration token budget dse modelled for this row (its backend's constant)."""
-    backends = serving_runtime()["backends"]
-    return int(round(backends.get(r["backend"] or "default", backends["default"])["max_tokens"]))
+    """The per-step token budget dse modelled for this row: its max_num_tokens, else its
+    backend's default on its device (runtime.yaml engine_limits)."""
+    own = float(r.get("max_num_tokens") or 0)
+    if own > 0:
+        return int(own)
+    dev = get_device(r["device"])
+    return int(engine_limit(r["backend"] or "default", dev.id, dev.memory_gb)[1])
 
 
 def _bench(spec: dict, backend: str, p: LaunchPlan, port: int) -> list[str]:

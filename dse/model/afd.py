@@ -10,8 +10,8 @@ from dse.catalog.models import Model
 from dse.model import ops
 from dse.model.ops import Step
 from dse.model.pd import pd_loop, prefill_pool_state
-from dse.model.steps import (MIN_MARGINAL, ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, draft_ms,
-                             marginal_floor, new_tokens, pair_link, phase_power, where_step)
+from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, draft_ms, new_tokens,
+                             pair_link, phase_power, where_step)
 
 __all__ = ["afd", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]
 
@@ -61,8 +61,11 @@ def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl,
     else:
         one = np.ones_like(st["isl_new"])
         t_pre, pa_busy, pf_busy, _, pre_a, pre_f = _pingpong(model, st, dp * one, st["isl_new"], isl, one)
-        st["p1"] = np.maximum(t_pre - marginal_floor(pre_a, attn_pool.hw, pa_busy)
-                              - marginal_floor(pre_f, ffn_pool.hw, pf_busy), MIN_MARGINAL * t_pre)
+        # a prompt costs its share of a full-budget prefill step through both pools (priced
+        # whole, so never less than the kernels say; the decode step's weight stream is not
+        # credited to it)
+        full = np.maximum(rt.max_tokens / st["isl_new"], 1.0)
+        st["p1"] = _pingpong(model, st, dp * full, st["isl_new"], isl, one)[0] / full
         prefill = (pre_a, attn_pool.hw)
     ttft, tpot, x, d, da_busy, df_busy, tx, dec_a, dec_f, micro = _afd_at(model, st, conc, keep=True)
     if pre_pool is not None:
@@ -124,7 +127,7 @@ def _afd_at(model: Model, st: dict, c, *, keep=False):
     ap, rt, osl = st["attn_pool"], st["rt"], st["osl"]
     dp = ap.par.dp
     n = np.maximum(c / dp, 1.0)
-    running = np.minimum(n, np.maximum(ap.max_seqs / dp, 1.0))
+    running = np.minimum(np.minimum(n, np.maximum(ap.max_seqs / dp, 1.0)), np.maximum(rt.max_seqs, 1.0))
     if st.get("pd"):
         ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = pd_loop(st, c, running,
                                                                          lambda b: _afd_token(model, st, b))

@@ -294,45 +294,84 @@ def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:
     return np.where(inside, custom, nccl)
 
 
-def _shape(batch, q_len, ctx, dp, verify: bool) -> _Shape:
-    b_rank = np.maximum(batch / dp, 1.0)
+def _shape(batch, q_len, ctx, dp, verify: bool, *, floor: float = 1.0) -> _Shape:
+    b_rank = np.maximum(batch / dp, floor)
     prefill = (q_len > 1) if not verify else np.zeros(q_len.shape, dtype=bool)
     return _Shape(b_rank=b_rank, t_rank=b_rank * q_len, t_all=batch * q_len, q_len=q_len, ctx=ctx,
                   prefill=prefill, verify=verify)
 
 
+def _chunk_shape(chunk, dp) -> _Shape:
+    """The prompt chunks a mixed step carries: `seqs` sequences (all ranks; a mean, may be
+    fractional or 0) of `q_len` new tokens each, attending to `ctx` tokens."""
+    seqs, q_len, ctx = (np.asarray(x, dtype=float) for x in chunk)
+    b_rank = seqs / dp
+    return _Shape(b_rank=b_rank, t_rank=b_rank * q_len, t_all=seqs * q_len, q_len=q_len, ctx=ctx,
+                  prefill=np.ones(np.broadcast(seqs, q_len).shape, dtype=bool), verify=False)
+
+
+def _joint(sh: _Shape, sc: _Shape | None) -> _Shape:
+    """The token counts every per-token operator (GEMMs, experts, collectives) sees in a
+    step that carries both decodes and prompt chunks."""
+    if sc is None:
+        return sh
+    return dataclasses.replace(sh, t_rank=sh.t_rank + sc.t_rank, t_all=sh.t_all + sc.t_all)
+
+
+def _masked(res, on):
+    """A kernel's (time, FLOPs, bytes) where it runs at all (a step without any prompt
+    chunk, or without decodes, does not pay that kernel's launch floor)."""
+    return tuple(np.where(on, x, 0.0) for x in res)
+
+
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
-            skew=0.0, lm_head: bool = True, verify: bool = False) -> Step:
+            skew=0.0, lm_head: bool = True, verify: bool = False, chunk=None) -> Step:
     """One forward step of `batch` sequences with `q_len` new tokens each, attending to
     `ctx` tokens (ctx includes the new tokens). Returns per-GPU time, FLOPs and bytes.
 
     verify=True is a speculative-decoding verification step: the q_len tokens of a
     sequence (its last token and the drafts) go through the decode attention kernels as
     q_len times the query heads over one read of the KV cache (as TensorRT-LLM's XQA and
-    FlashMLA treat draft tokens), and every one of them gets logits."""
+    FlashMLA treat draft tokens), and every one of them gets logits.
+
+    chunk=(seqs, q_len, ctx) makes it a mixed step (chunked prefill): besides the batch's
+    decodes it carries `seqs` prompt chunks of q_len tokens (seqs may be fractional, the
+    mean of a steady state, or 0; batch may then be 0 too). Every per-token operator runs
+    once over the step's decode and prompt tokens together, at their combined shape; the
+    attention runs the decode kernel over the decodes and the prefill kernel over the
+    chunks. So a prompt costs what the kernels say it adds to the step, never less."""
     batch = np.asarray(batch, dtype=float)
     q_len = np.asarray(q_len, dtype=float)
     ctx = np.asarray(ctx, dtype=float)
     tp, dp, pp = par.tp, par.dp, par.pp
     h = float(model.hidden)
-    sh = _shape(batch, q_len, ctx, dp, verify)
-    acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp).shape))
+    sh = _shape(batch, q_len, ctx, dp, verify, floor=1.0 if chunk is None else 0.0)
+    sc = None if chunk is None else _chunk_shape(chunk, dp)
+    st = _joint(sh, sc)
+    acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp, *(() if chunk is None else chunk)).shape))
     ar_link = _link(tp, hw)
     for g in model.groups:
         a, n = g.attention, float(g.count)
         # attention projections: replicated low-rank parts + TP-split parts
-        acc.add("attn_proj", n, _gemm(sh.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt))
+        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt))
         core = _linear_core if a.kind == "linear" else _softmax_core
-        acc.add("attn_core", n, core(a, tp, sh, hw, dt))
-        _ffn(acc, model, g, sh, hw, par, dt, skew)
+        if sc is None:
+            acc.add("attn_core", n, core(a, tp, sh, hw, dt))
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
+                acc.add("attn_core", n, _masked(core(a, tp, sh, hw, dt), sh.b_rank > 0))
+                acc.add("attn_core", n, _masked(core(a, tp, sc, hw, dt), sc.b_rank > 0))
+        _ffn(acc, model, g, st, hw, par, dt, skew)
         # TP all-reduce after attention and after the FFN (bf16 activations)
-        ar_bytes = sh.t_rank * h * 2.0
+        ar_bytes = st.t_rank * h * 2.0
         acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, tp, ar_link, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
     # pipeline hand-offs and the LM head
-    pp_bytes = sh.t_rank * h * 2.0
+    pp_bytes = st.t_rank * h * 2.0
     t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + hw.hop_ms)
     acc.add("pp_comm", 1.0, (t_pp, acc.zero, (pp - 1) * pp_bytes))
     if lm_head:
         rows = sh.b_rank * q_len if verify else sh.b_rank
+        if sc is not None:
+            rows = np.maximum(rows + sc.b_rank, 1.0)     # a chunk's last position gets logits
         acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
     return acc.step()

@@ -13,7 +13,7 @@ import numpy as np
 
 from dse.catalog.models import Model
 from dse.model.ops import Step
-from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, decode_phase, new_tokens,
+from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency, new_tokens,
                              pair_link, prefill_phase, where_step)
 
 __all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
@@ -23,28 +23,31 @@ def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, co
         spec: Spec | None = None) -> ModeResult:
     conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
     osl = np.asarray(osl, dtype=float)
-    pre, _, p_pre, p1 = prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)
-    st = dict(pool=pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, isl_new=new_tokens(isl, prefix_hit),
-              ctx=np.asarray(isl, dtype=float) + osl / 2.0, p1=p1, spec=spec)
+    isl = np.asarray(isl, dtype=float)
+    pre, _, _, _ = prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)
+    isl_new = new_tokens(isl, prefix_hit)
+    st = dict(pool=pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, isl_new=isl_new, cached=isl - isl_new,
+              ctx=isl + osl / 2.0, spec=spec)
     ttft, tpot, x, d, dec, p_dec = _agg_at(model, st, conc, keep=True)
-    share = np.minimum(x / pool.par.dp * st["p1"], 1.0)               # prefill share of GPU time
-    gpu_w = share * p_pre + (1.0 - share) * p_dec
-    rep = PoolReport("agg", d, np.ones_like(d), gpu_w, pool.gpus)
+    rep = PoolReport("agg", d, np.ones_like(d), p_dec, pool.gpus)
     return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=pool.gpus,
-                      gpu_power_w=gpu_w * pool.gpus, pools=[rep], transfer_ms=np.zeros_like(ttft),
+                      gpu_power_w=p_dec * pool.gpus, pools=[rep], transfer_ms=np.zeros_like(ttft),
                       steps={"prefill": (pre, pool.hw), "decode": (dec, pool.hw)},
                       load_fn=_agg_at, load_state=st, model=model)
 
 
 def _agg_at(model: Model, st: dict, c, *, keep=False):
+    """Steady state at concurrency c: every step mixes the running decodes with prompt
+    chunks (steps.mixed_latency); the closed loop, the KV slots, the engine's cap on
+    running sequences and the ranks' prompt capacity bound the throughput."""
     pool, rt, osl = st["pool"], st["rt"], st["osl"]
     dp = pool.par.dp
     n = np.maximum(c / dp, 1.0)
-    running = np.minimum(n, np.maximum(pool.max_seqs / dp, 1.0))
-    d, per_step, dec, p_dec = decode_phase(model, pool, running * dp, st)
-    ttft, tpot = chunked_latency(n=n, running=running, d=d, p1=st["p1"], isl_new=st["isl_new"], osl=osl, rt=rt,
-                                 per_step=per_step)
-    x = c / (ttft + np.maximum(osl - 1.0, 0.0) * tpot)                # requests per ms, whole replica
+    running = np.minimum(np.minimum(n, np.maximum(pool.max_seqs / dp, 1.0)), np.maximum(rt.max_seqs, 1.0))
+    ttft, tpot, capacity, d, dec, p_dec = mixed_latency(model, st, n, running)
+    osl1 = np.maximum(osl - 1.0, 0.0)
+    x = np.minimum(c / (ttft + osl1 * tpot), capacity * dp)                 # requests per ms, whole replica
+    ttft = np.maximum(ttft, c / x - osl1 * tpot)                            # the backlog waits for a prefill
     if not keep:
         return ttft, tpot, x * osl * 1e3
     return ttft, tpot, x, d, dec, p_dec
@@ -89,7 +92,8 @@ def disagg(model: Model, pre_pool: Pool, dec_pool: Pool, *, prefill_workers, dec
 
 def _disagg_at(model: Model, st: dict, c, *, keep=False):
     pool = st["dec_pool"]
-    running = np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0))
+    running = np.minimum(np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0)),
+                         np.maximum(st["rt"].max_seqs, 1.0))
 
     def decode(batch):
         d, per_step, dec, p_dec = decode_phase(model, pool, batch * pool.par.dp, st)
@@ -103,15 +107,20 @@ def _disagg_at(model: Model, st: dict, c, *, keep=False):
 
 def prefill_pool_state(model: Model, pre_pool: Pool, dst: Pool, *, prefill_workers, isl, prefix_hit, skew, coeffs,
                         same_domain, rt: Runtime) -> tuple[dict, Step, np.ndarray]:
-    """What a separate prefill pool contributes: its step, batching, KV hand-off and rate."""
+    """What a separate prefill pool contributes: its step, batching, KV hand-off and rate.
+
+    A prefill batch of g prompts takes the chord between one prompt's step and a full
+    batch's (max_tokens of prompt), both priced through the kernels; its pp stages work on
+    different batches at once, so the pool's rate is pp full batches per full-batch time."""
     isl_new = new_tokens(isl, prefix_hit)
-    pre, t_pre, p_pre, p1 = prefill_phase(model, pre_pool, isl, prefix_hit, skew, coeffs)
-    t_pre = t_pre + rt.step_ms
-    xfer = kv_transfer_ms(model, isl=isl, kv_bytes=dst.dt.kv_bytes, same_domain=same_domain, src=pre_pool, dst=dst)
     full = np.maximum(rt.max_tokens / isl_new, 1.0)      # prompts in a full prefill batch
+    pre, t_pre, p_pre, t_full = prefill_phase(model, pre_pool, isl, prefix_hit, skew, coeffs, full=full)
+    t_pre, t_full = t_pre + rt.step_ms, t_full + rt.step_ms
+    slope = np.where(full > 1.0, (t_full - t_pre) / np.maximum(full - 1.0, 1e-9), 0.0)
+    xfer = kv_transfer_ms(model, isl=isl, kv_bytes=dst.dt.kv_bytes, same_domain=same_domain, src=pre_pool, dst=dst)
     p_ranks = np.asarray(prefill_workers, dtype=float) * pre_pool.par.dp
-    st = dict(t_pre=t_pre, p1=p1, xfer=xfer, full=full, p_ranks=p_ranks,
-              pre_rate=p_ranks * full / (t_pre + (full - 1.0) * p1))   # requests per ms the prefill pool sustains
+    st = dict(t_pre=t_pre, p1=slope, xfer=xfer, full=full, p_ranks=p_ranks,
+              pre_rate=p_ranks * pre_pool.par.pp * full / t_full)   # requests per ms the prefill pool sustains
     return st, pre, p_pre
 
 

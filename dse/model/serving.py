@@ -14,18 +14,20 @@ fitted by `python -m dse.fit.serving` from measured deployments):
   max_tokens   token budget of one iteration (max_num_batched_tokens / chunked-prefill
                size): how much prompt one step may carry.
 
-agg: one pool, continuous batching with chunked prefill. Each step carries the running
-    decodes plus up to `max_tokens` prompt tokens. A prompt costs its marginal prefill
-    time p1 (its prefill step minus the weight streaming a decode step already pays).
-    Requests whose prompts shared a step finish together and come back together, so
-    prompts arrive in groups of g = min(running, max_tokens / isl): a request's TTFT
-    is its group's step(s), and the other running requests' prompts are spread over
-    its decode steps:
-        TTFT = request_ms + ceil(isl / max_tokens) d + g p1
-        TPOT = d + (running - g) p1 / (osl - 1),      d = decode step + step_ms.
+agg: one pool, continuous batching with chunked prefill. A step holds at most
+    `max_tokens` tokens: the running decodes, then prompt chunks in the rest. Every step
+    is priced whole through the kernels (ops.forward with a chunk): its GEMMs, experts and
+    collectives see the decode and prompt tokens together, its attention runs the decode
+    kernel over the decodes and the prefill kernel over the chunks. In steady state the
+    other running requests' prompts are spread over a request's decode steps, so
+        TPOT = step(running decodes + their mean prompt tokens per step) + step_ms,
+    and a request's own prompt (with the group of prompts that arrive with it) fills
+    ceil(group x isl / budget) steps, the later ones overlapped across pipeline stages:
+        TTFT = request_ms + step(others' decodes + the group's chunk) (1 + (chunks - 1) / pp).
     A benchmark of `rounds` requests per user starts all users at once: its first round
     queues the whole concurrency's prompts and adds (TTFT_first - TTFT) / rounds to the
-    mean (rounds = inf: steady state). More users than KV slots wait for a slot.
+    mean (rounds = inf: steady state). More users than KV slots (or than the engine's
+    `max_seqs`) wait for a slot; prompts beyond the steps' prompt capacity queue in TTFT.
 disagg: a prefill pool and a decode pool, possibly of different devices. Prefill
     workers batch whole prompts up to `max_tokens`; the KV cache of each prompt moves
     to a decode worker (scale-up fabric inside one domain, NICs otherwise) and its time
@@ -54,10 +56,10 @@ from __future__ import annotations
 
 from dse.model.afd import AFD_MICROBATCHES, ATTN_OPS, FFN_OPS, afd
 from dse.model.pd import agg, disagg, kv_transfer_ms
-from dse.model.steps import (MIN_MARGINAL, ModeResult, Pool, PoolReport, Runtime, Spec, bound_split,
-                             chunked_latency, compute_bound_share, draft_ms, marginal_floor, marginal_prefill_ms,
+from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, bound_split,
+                             chunked_latency, compute_bound_share, draft_ms, mixed_latency,
                              new_tokens, prefill_phase, rows_of)
 
 __all__ = ["agg", "disagg", "afd", "Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "bound_split",
-           "compute_bound_share", "prefill_phase", "marginal_prefill_ms", "marginal_floor", "new_tokens",
-           "chunked_latency", "draft_ms", "kv_transfer_ms", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES", "MIN_MARGINAL"]
+           "compute_bound_share", "prefill_phase", "new_tokens",
+           "chunked_latency", "mixed_latency", "draft_ms", "kv_transfer_ms", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]

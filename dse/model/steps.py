@@ -22,11 +22,9 @@ from dse.catalog.models import Model
 from dse.model import ops, power
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
-__all__ = ["MIN_MARGINAL", "Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
+__all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
            "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
-           "marginal_prefill_ms", "marginal_floor", "new_tokens", "chunked_latency", "where_step", "pair_link"]
-
-MIN_MARGINAL = 0.1         # a prompt never costs less than this share of its own prefill step
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link"]
 
 
 @dataclasses.dataclass
@@ -36,6 +34,7 @@ class Runtime:
     step_ms: np.ndarray
     max_tokens: np.ndarray
     rounds: np.ndarray         # requests per user of a closed-loop benchmark (inf = steady state)
+    max_seqs: np.ndarray | float = np.inf   # the engine's cap on running sequences per rank
 
 
 @dataclasses.dataclass
@@ -207,64 +206,57 @@ def _gather_step(step: Step, idx) -> Step:
                 bytes=_Gathered(step.bytes, idx))
 
 
-def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs):
+def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=None):
     """Prefill of one request's uncached prompt on every attention rank (the cached prefix
-    is attended, not recomputed): (its Step, time under the power cap, power per GPU,
-    marginal time p1 of one more prompt in a step that already streams the weights).
+    is attended, not recomputed): (its Step, time under the power cap, power per GPU, and
+    -- given `full`, prompts per rank in a full prefill batch -- that batch's time).
 
-    It does not depend on the batch, so a sweep's many rows share few distinct prefills:
-    each distinct (hardware, layout, formats, prompt) is computed once and gathered."""
+    It does not depend on the concurrency, so a sweep's many rows share few distinct
+    prefills: each distinct (hardware, layout, formats, prompt) is computed once and gathered."""
     n = np.broadcast(isl, pool.par.tp, pool.hw.peak_gemm).shape[0] if np.ndim(isl) or np.ndim(pool.par.tp) else 1
     isl = np.broadcast_to(np.asarray(isl, dtype=float), (n,))
     cached = np.floor(isl * prefix_hit)
     new = np.maximum(isl - cached, 1.0)
     skew = np.broadcast_to(np.asarray(skew, dtype=float), (n,))
+    fl = np.broadcast_to(np.asarray(1.0 if full is None else full, dtype=float), (n,))
     key_cols = (pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached,
-                skew, pool.cap_w)
+                skew, pool.cap_w, fl)
     first, inverse = _unique_rows(*key_cols)
     sub = _take(pool, first, n)
-    step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp, q_len=new[first],
-                       ctx=(cached + new)[first], skew=skew[first])
-    p_pre, stretch = phase_power(sub, step, step.total_ms, coeffs)
-    t_pre = step.total_ms * stretch
-    p1 = marginal_prefill_ms(step, sub.hw, t_pre)
-    return _gather_step(step, inverse), t_pre[inverse], p_pre[inverse], p1[inverse]
+
+    def run(prompts):
+        step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp * prompts, q_len=new[first],
+                           ctx=(cached + new)[first], skew=skew[first])
+        p, stretch = phase_power(sub, step, step.total_ms, coeffs)
+        return step, step.total_ms * stretch, p
+
+    step, t_pre, p_pre = run(1.0)
+    t_full = None if full is None else run(fl[first])[1][inverse]
+    return _gather_step(step, inverse), t_pre[inverse], p_pre[inverse], t_full
 
 
-def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None = None) -> Step:
+def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None = None, chunk=None) -> Step:
     """One decode step of `batch` sequences, pipelined over pp stages as pp micro-batches:
     a token's step crosses every stage once, so TPOT is one micro-batch through all layers.
-    With speculative decoding it is the verification step of 1 + k tokens per sequence."""
-    micro = np.maximum(np.asarray(batch, dtype=float) / pool.par.pp, 1.0)
+    With speculative decoding it is the verification step of 1 + k tokens per sequence.
+    `chunk` (seqs, q_len, ctx): the prompt chunks one micro-batch carries (ops.forward)."""
+    b = np.asarray(batch, dtype=float) / pool.par.pp
+    micro = np.maximum(b, 1.0) if chunk is None else b
     q = np.ones_like(micro) if spec is None else (1.0 + spec.tokens) * np.ones_like(micro)
     return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=micro, q_len=q, ctx=ctx, skew=skew,
-                       verify=spec is not None)
+                       verify=spec is not None, chunk=chunk)
 
 
-def decode_phase(model: Model, pool: Pool, batch, st: dict):
-    """A decode step of `batch` sequences on `pool`: (its time with step_ms and drafting,
-    tokens per sequence it yields, its Step, power per GPU)."""
+def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
+    """A decode step of `batch` sequences on `pool` (carrying prompt `chunk`s, if given):
+    (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU)."""
     spec = st.get("spec")
-    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec)
+    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec, chunk)
     p_dec, s_dec = phase_power(pool, dec, dec.total_ms, st["coeffs"])
     d = dec.total_ms * s_dec + st["rt"].step_ms
     if spec is None:
         return d, 1.0, dec, p_dec
     return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec
-
-
-def marginal_prefill_ms(step: Step, hw: Hw, time_ms) -> np.ndarray:
-    """What one more prompt adds to a step that already streams the weights: the prefill
-    step without its memory-bound (weight-streaming) operators, at least MIN_MARGINAL of it."""
-    _, mem, _ = bound_split(step, hw)
-    scale = time_ms / np.maximum(step.total_ms, 1e-12)
-    return np.maximum(time_ms - mem * scale, MIN_MARGINAL * time_ms)
-
-
-def marginal_floor(step: Step, hw: Hw, busy_ms) -> np.ndarray:
-    """The memory-bound (weight-streaming) share of `busy_ms` of a pool's step."""
-    _, mem, _ = bound_split(step, hw)
-    return busy_ms * mem / np.maximum(step.total_ms, 1e-12)
 
 
 def new_tokens(isl, prefix_hit) -> np.ndarray:
@@ -289,6 +281,53 @@ def chunked_latency(*, n, running, d, p1, isl_new, osl, rt: Runtime, per_step=1.
     life = ttft + osl1 * tpot
     ttft = np.maximum(ttft, n / running * life - osl1 * tpot)       # wait for a KV slot
     return ttft, tpot
+
+
+def mixed_latency(model: Model, st: dict, n, running):
+    """TTFT, TPOT and the prompt capacity of one attention rank whose steps mix decodes and
+    prompt chunks (continuous batching with chunked prefill, agg).
+
+    A step holds at most max_tokens tokens: the running decodes first, prompt chunks in the
+    rest (`budget`), each pipeline micro-batch its own. A prompt enters in whole chunks of
+    up to `budget` tokens. In steady state the other running requests' prompts arrive
+    spread over a request's decode steps: when they average k chunks per step, a share
+    min(k, 1) of the steps carries max(k, 1) chunks and the rest none, each kind of step
+    priced whole through the kernels (so TPOT is a mean of steps that really run). A
+    request's own prompt (with the group of prompts that arrive with it) fills steps of
+    up to `budget` prompt tokens. Returns (TTFT, TPOT, requests per ms the rank can
+    prefill, the decode-only step's time, the chunk-carrying Step, mean power per GPU)."""
+    pool, rt, osl = st["pool"], st["rt"], st["osl"]
+    dp, pp = pool.par.dp, pool.par.pp
+    spec = st.get("spec")
+    q_dec = 1.0 if spec is None else 1.0 + spec.tokens
+    isl_new, cached = st["isl_new"], st["cached"]
+    osl1 = np.maximum(osl - 1.0, 1.0)
+    budget = np.maximum(rt.max_tokens - running / pp * q_dec, 1.0)       # prompt tokens per micro-batch step
+    chunk_len = np.minimum(isl_new, budget)
+    chunk_ctx = cached + chunk_len + (isl_new - chunk_len) / 2.0          # mean position of a chunk
+    group = np.clip(budget / isl_new, 1.0, running)
+    per_step = 1.0 if spec is None else spec.per_step()
+    demand = (running - group) * isl_new * per_step / osl1                 # others' prompt tokens per step
+    k = np.minimum(demand, pp * budget) / pp / chunk_len                  # chunks per micro-batch step
+    share = np.minimum(k, 1.0)
+    d0, per_step, dec0, p0 = decode_phase(model, pool, running * dp, st)
+    dk, _, deck, pk = decode_phase(model, pool, running * dp, st, chunk=(dp * np.maximum(k, 1.0), chunk_len, chunk_ctx))
+    d = (1.0 - share) * d0 + share * dk
+    p_mean = ((1.0 - share) * d0 * p0 + share * dk * pk) / np.maximum(d, 1e-12)
+    tpot = d / per_step
+    own = group * isl_new
+    steps_own = np.maximum(own / budget, 1.0)
+    s_own, _, _, _ = decode_phase(model, pool, (running - group) * dp, st,
+                                  chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx))
+    ttft = rt.request_ms + s_own * (1.0 + (steps_own - 1.0) / pp)
+    steps_first = np.maximum(running * isl_new / (pp * budget), 1.0)       # a benchmark's first round
+    first = rt.request_ms + (steps_first + 1.0) / 2.0 * s_own
+    ttft = ttft + np.maximum(first - ttft, 0.0) / rt.rounds
+    life = ttft + osl1 * tpot
+    ttft = np.maximum(ttft, n / running * life - osl1 * tpot)           # wait for a KV slot
+    capacity = pp * budget / isl_new / dk                                  # requests per ms the rank prefills
+    dec = where_step(share > 0.0, deck, dec0)
+    return ttft, tpot, capacity, d0, dec, p_mean
 
 
 def where_step(mask, a: Step, b: Step) -> Step:

@@ -34,7 +34,7 @@ COLUMNS: dict[str, Any] = {
     "isl": 1024,
     "osl": 256,
     "prefix_hit": 0.0,  # fraction of prompt tokens served from the prefix cache
-    "routing_skew": 0.0,  # power-law exponent of expert popularity (0 = balanced)
+    "routing_skew": math.nan,  # power-law exponent of expert popularity (0 = balanced; nan = fitted typical)
     "power_cap": 1.0,   # fraction of TDP
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
     "backend": "",      # serving framework (trtllm / vllm / sglang; "" = their pooled constants)
@@ -75,7 +75,8 @@ COLUMN_HELP = {
     "isl": "prompt (input) tokens per request",
     "osl": "generated (output) tokens per request",
     "prefix_hit": "fraction of prompt tokens served from the prefix cache, in [0, 1)",
-    "routing_skew": "power-law exponent of expert popularity (0 = balanced routing)",
+    "routing_skew": ("power-law exponent of expert popularity (0 = balanced routing; nan, the default = the typical "
+                     "skew fitted from measured MoE deployments, serving_runtime.yaml benchmark.routing_skew)"),
     "power_cap": "GPU power cap as a fraction of TDP, in (0, 1]",
     "own": "true: own the hardware (capex + energy + facility); false: rent it ($/GPU-hour)",
     "backend": "serving framework constants: trtllm, vllm, sglang ('' = pooled)",

@@ -113,7 +113,9 @@ def serving_cross_system() -> dict:
 def parse_serving_runtime(data: dict) -> dict:
     backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms")}
                 for k, c in data["backends"].items()}
-    return {"backends": backends, "rounds": float(data.get("benchmark", {}).get("rounds", np.inf))}
+    bench = data.get("benchmark", {}) or {}
+    return {"backends": backends, "rounds": float(bench.get("rounds", np.inf)),
+            "routing_skew": float(bench.get("routing_skew", 0.0))}
 
 
 @functools.lru_cache(maxsize=1)

@@ -69,7 +69,8 @@ RULES: dict[str, Rule] = {
     "prefix_hit": Rule("must be in [0, 1) (a fraction of the prompt)", low=0, high=1, high_open=True),
     "slo_confidence": Rule("must be in [0, 1) (a probability; 0 = the point prediction decides)", low=0, high=1,
                            high_open=True),
-    "routing_skew": Rule("must be a finite number >= 0 (0 = balanced)", low=0),
+    "routing_skew": Rule("must be a number >= 0 (0 = balanced; nan = the typical skew fitted from measured "
+                         "deployments, serving_runtime.yaml benchmark.routing_skew)", low=0, nan=True),
     "power_cap": Rule("is a fraction of TDP in (0, 1]", low=0, high=1, low_open=True),
     "bench_rounds": Rule("must be >= 1 (inf = steady state)", low=1, inf=True),
     "max_num_tokens": Rule("must hold whole numbers >= 0 (0 = the backend's default)", low=0, integer=True),

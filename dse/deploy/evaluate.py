@@ -180,7 +180,9 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         return _by_mode(model, c, vocab, ctx, strict, modes)
     mode = str(vocab["mode"][modes[0]])
     pools = Pools(model, c, vocab, ctx.runtime)
-    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=c["routing_skew"], coeffs=ctx.power,
+    skew = np.asarray(c["routing_skew"], dtype=float)
+    skew = np.where(np.isnan(skew), ctx.serving.get("routing_skew", 0.0), skew)
+    common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=ctx.power,
                   rt=_runtime_arrays(c, vocab, ctx.serving["backends"]), spec=_spec(c, ctx.runtime))
     res, used, load = MODES[mode](model, pools, c, code_of(vocab, "device", ""), common)
     reasons = pools.reasons

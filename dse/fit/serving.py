@@ -7,9 +7,11 @@ what no kernel table shows. Per backend (trtllm, vllm, sglang) two constants:
   step_ms     per-iteration cost (scheduler, sampling, launch gaps, small kernels the
               operator list leaves out), on every step;
 (the engines' step token budget and running-sequence cap are their documented defaults,
-hardware/runtime.yaml engine_limits, not fitted) and one constant of the measurement protocol:
+hardware/runtime.yaml engine_limits, not fitted) and two constants of the measured workload:
   rounds      requests per user of the closed-loop benchmark: its first round starts all
-              users at once, whose queue is part of the measured mean TTFT.
+              users at once, whose queue is part of the measured mean TTFT;
+  routing_skew  the power-law exponent of expert popularity of the measured traffic
+              (0 = every expert equally likely): the default of the routing_skew column.
 None is per model or per row. They are fitted by minimising the clipped absolute log
 error of TTFT and TPOT (robust to rows the model cannot know about, e.g. speculative
 decoding) over the measured rows that record their deployment in full (disagg rows
@@ -40,6 +42,7 @@ HW = Path(str(resources.files("dse.hardware")))
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
 BACKENDS = ("trtllm", "vllm", "sglang")
 START = {"request_ms": 50.0, "step_ms": 0.5}
+SKEW_GRID = (0.0, 0.3, 0.6, 0.8, 1.0, 1.2, 1.5)   # power-law exponents of expert popularity
 ROUNDS_GRID = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, np.inf)
 CLIP = 1.0          # a row contributes at most |log(pred/meas)| = 1 (2.7x) to the loss
 
@@ -93,7 +96,7 @@ def loss(data: Data, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -
 
 
 def _with(runtime: dict, name: str, consts: dict) -> dict:
-    return {"backends": {**runtime["backends"], name: consts}, "rounds": runtime["rounds"]}
+    return {**runtime, "backends": {**runtime["backends"], name: consts}}
 
 
 def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pooled: bool) -> dict:
@@ -116,7 +119,7 @@ def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pool
 def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
     """Constants fitted on the rows in `mask`: backends one by one, then the protocol's
     rounds on all of them; twice round."""
-    runtime = {"backends": {b: dict(START) for b in ("default",) + BACKENDS}, "rounds": 6.0}
+    runtime = {"backends": {b: dict(START) for b in ("default",) + BACKENDS}, "rounds": 6.0, "routing_skew": 0.0}
     for _ in range(cycles):
         for b in BACKENDS:
             m = mask & data.mask(backend=b)
@@ -125,6 +128,8 @@ def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
         runtime["backends"]["default"] = _fit_backend(data, runtime, "default", mask, pooled=True)
         scores = [(loss(data, {**runtime, "rounds": r}, mask), r) for r in ROUNDS_GRID]
         runtime["rounds"] = float(min(scores)[1])
+        scores = [(loss(data, {**runtime, "routing_skew": a}, mask), a) for a in SKEW_GRID]
+        runtime["routing_skew"] = float(min(scores)[1])
     return runtime
 
 
@@ -151,7 +156,7 @@ def table(errs: dict) -> str:
 
 def _yaml_runtime(runtime: dict) -> dict:
     return {"backends": {k: dict(v) for k, v in runtime["backends"].items()},
-            "benchmark": {"rounds": float(runtime["rounds"])}}
+            "benchmark": {"rounds": float(runtime["rounds"]), "routing_skew": float(runtime["routing_skew"])}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,8 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     header = ("# Written by dse/fit_serving.py; do not edit by hand.\n"
               "# Serving-framework constants (see dse/model/serving.py): request_ms per request in TTFT,\n"
               "# step_ms per iteration (the step token budget is the engines' default, runtime.yaml engine_limits);\n"
-              "# benchmark.rounds = requests per user of\n"
-              "# the closed-loop benchmark behind the measurements (evaluate's steady state uses inf).\n")
+              "# benchmark.rounds = requests per user of the closed-loop benchmark behind the measurements\n"
+              "# (evaluate's steady state uses inf); benchmark.routing_skew = the power-law exponent of expert\n"
+              "# popularity that fits the measured MoE deployments (the routing_skew column's default).\n")
     write_text(Path(a.out), header + yaml.safe_dump(doc, sort_keys=False, width=110))
     print(f"wrote {a.out}")
 

@@ -27,6 +27,7 @@ COLUMNS: dict[str, Any] = {
     "pp": 1,            # pipeline stages
     "dp": 1,            # attention data-parallel ranks inside one worker
     "ep": 1,            # expert parallel (MoE tensor parallel = tp*dp/ep)
+    "redundant_experts": 0,  # EPLB replicas of the hottest experts: ep divides experts + this
     "replicas": 1,      # identical copies of the whole deployment unit
     "weight_dtype": "native",
     "kv_dtype": "bf16",
@@ -44,9 +45,9 @@ COLUMNS: dict[str, Any] = {
     "spec_acceptance": math.nan,  # chance a draft is kept given the ones before it were (nan = runtime.yaml)
     # disagg: prefill and decode pools
     "prefill_device": "", "prefill_tp": 0, "prefill_dp": 0, "prefill_ep": 0, "prefill_pp": 0,
-    "prefill_workers": 1,
+    "prefill_redundant_experts": 0, "prefill_workers": 1,
     "decode_device": "", "decode_tp": 0, "decode_dp": 0, "decode_ep": 0, "decode_pp": 0,
-    "decode_workers": 1, "decode_batch_size": 0,
+    "decode_redundant_experts": 0, "decode_workers": 1, "decode_batch_size": 0,
     # afd: attention pool (attn_gpus GPUs, attention TP attn_tp, the rest data-parallel)
     # and FFN pool (ffn_gpus GPUs: expert parallel for MoE, tensor parallel for dense)
     "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
@@ -58,7 +59,8 @@ STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefil
 INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "prefill_workers",
                "decode_workers", "attn_tp")
 ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
-                    "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus")
+                    "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus",
+                    "prefill_redundant_experts", "decode_redundant_experts")
 DEVICE_COLUMNS = ("device", "prefill_device", "decode_device", "attn_device", "ffn_device")
 
 # what each column means, with its unit: the CLI's --help, the scenario docs and schema say this
@@ -68,6 +70,8 @@ COLUMN_HELP = {
     "pp": "pipeline-parallel stages",
     "dp": "attention data-parallel ranks inside one worker",
     "ep": "expert-parallel degree (MoE tensor parallel = tp x dp / ep)",
+    "redundant_experts": "EPLB: extra copies of the hottest experts, so that ep divides experts + this "
+                         "(0 to the expert count; agg, and afd's FFN pool)",
     "replicas": "identical copies of the whole deployment unit",
     "weight_dtype": "weight format: native (the checkpoint's), bf16, fp8, int8, fp4, int4",
     "kv_dtype": "KV-cache format: bf16, fp8, int8, fp4",
@@ -91,12 +95,14 @@ COLUMN_HELP = {
     "prefill_dp": "disagg: prefill attention data parallel (0 = dp)",
     "prefill_ep": "disagg: prefill expert parallel (0 = ep)",
     "prefill_pp": "disagg: prefill pipeline stages (0 = pp)",
+    "prefill_redundant_experts": "disagg: prefill EPLB redundant experts (0 = redundant_experts)",
     "prefill_workers": "disagg: prefill workers (with decode_workers: the prefill:decode ratio)",
     "decode_device": "disagg: device of the decode pool ('' = device)",
     "decode_tp": "disagg: decode tensor parallel (0 = tp)",
     "decode_dp": "disagg: decode attention data parallel (0 = dp)",
     "decode_ep": "disagg: decode expert parallel (0 = ep)",
     "decode_pp": "disagg: decode pipeline stages (0 = pp)",
+    "decode_redundant_experts": "disagg: decode EPLB redundant experts (0 = redundant_experts)",
     "decode_workers": "disagg: decode workers",
     "decode_batch_size": "disagg: decode batch per worker (0 = batch_size)",
     "attn_device": "afd: device of the attention pool ('' = device)",

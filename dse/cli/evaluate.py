@@ -52,7 +52,8 @@ def _parse(name: str, text: str) -> list:
             num = float(v)
         except ValueError:
             raise DSEError(f"--{name.replace('_', '-')}: expected a number, got {v!r}") from None
-        whole = name in schema.INT_COLUMNS or name in schema.ROLE_INT_COLUMNS or name == "spec_tokens"
+        whole = (name in schema.INT_COLUMNS or name in schema.ROLE_INT_COLUMNS
+                 or name in ("spec_tokens", "redundant_experts"))
         if whole and math.isfinite(num) and num == int(num):
             num = int(num)
         out.append(num)

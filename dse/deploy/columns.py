@@ -66,6 +66,8 @@ class Rule:
 RULES: dict[str, Rule] = {
     **{c: Rule("must hold whole numbers >= 1", low=1, integer=True) for c in INT_COLUMNS},
     **{c: Rule("must hold whole numbers >= 0 (0 = inherit)", low=0, integer=True) for c in ROLE_INT_COLUMNS},
+    # EPLB replicas: whole numbers; the model bounds them by its expert count (pools.structure_errors)
+    "redundant_experts": Rule("must hold whole numbers >= 0 (0 = no redundant experts)", low=0, integer=True),
     "prefix_hit": Rule("must be in [0, 1) (a fraction of the prompt)", low=0, high=1, high_open=True),
     "slo_confidence": Rule("must be in [0, 1) (a probability; 0 = the point prediction decides)", low=0, high=1,
                            high_open=True),

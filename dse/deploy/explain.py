@@ -30,8 +30,8 @@ def check_config(**config: Any) -> None:
     reasons = Reasons(n)
     mode = str(vocab["mode"][cols["mode"][0]])
     for r in {"agg": [""], "disagg": ["prefill", "decode"], "afd": [""]}[mode]:
-        tp, dp, ep = (roles.layout(cols, r, k) if r else cols[k] for k in ("tp", "dp", "ep"))
-        structure_errors(model, reasons, tp, dp, ep)
+        tp, dp, ep, red = (roles.layout(cols, r, k) if r else cols[k] for k in ("tp", "dp", "ep", "redundant_experts"))
+        structure_errors(model, reasons, tp, dp, ep, redundant=red)
     first = reasons.first()
     if first:
         raise DSEError(f"evaluate: {model.id}: {first[2]}")

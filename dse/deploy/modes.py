@@ -22,7 +22,7 @@ ModeRun = tuple[serving.ModeResult, list, np.ndarray]
 
 
 def _role_pool(pools: Pools, c: dict, role: str, dev, running) -> tuple[serving.Pool, dict]:
-    return pools.make(dev, *(roles.layout(c, role, k) for k in ("tp", "dp", "ep", "pp")), running=running)
+    return pools.make(dev, *(roles.layout(c, role, k) for k in ("tp", "dp", "ep", "pp")), running=running, role=role)
 
 
 def agg(model: Model, pools: Pools, c: dict, no_dev: int, common: dict) -> ModeRun:

@@ -8,6 +8,7 @@ import numpy as np
 
 from dse.catalog import dtypes
 from dse.catalog.models import Model
+from dse.deploy import roles
 from dse.deploy.reasons import Reasons
 from dse.deploy.spec_table import SpecTable
 from dse.model import memory, serving
@@ -16,16 +17,25 @@ from dse.model.ops import Dtypes, Parallel
 __all__ = ["Pools", "structure_errors"]
 
 
-def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "all", pp=None) -> None:
-    """Flag rows whose parallel layout cannot shard `model`."""
+def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "all", pp=None,
+                     redundant=0) -> None:
+    """Flag rows whose parallel layout cannot shard `model` (`redundant`: EPLB replicas,
+    so that the group holds experts + redundant experts)."""
     if pp is not None:      # a stage holds at least one layer: more stages would be idle GPUs
         reasons.flag(pp > model.num_layers, "structure", f"pp must not exceed the {model.num_layers} layers")
     reasons.flag(dp != np.floor(dp), "structure", "the GPUs must split into whole data-parallel ranks "
                  "(afd: attn_tp must divide attn_gpus)")
+    if holds != "attn":
+        _redundant_errors(model, reasons, ep, redundant)
+    plain = np.asarray(redundant) == 0
     if holds == "ffn":
         ffn = max(g.ffn.num_experts if g.ffn.kind == "moe" else g.ffn.intermediate for g in model.groups)
-        reasons.flag(np.mod(ffn, tp * dp) != 0, "structure",
+        reasons.flag(plain & (np.mod(ffn, tp * dp) != 0), "structure",
                      f"ffn_gpus must divide {ffn} ({'experts' if model.is_moe else 'FFN width'})")
+        if model.is_moe:   # (the check above reads a dense layer's width where it is the widest)
+            experts = max(g.ffn.num_experts for g in model.groups)
+            reasons.flag(~plain & (np.mod(experts + redundant, tp * dp) != 0), "structure",
+                         f"ffn_gpus must divide the {experts} experts + redundant_experts")
         return
     heads = min(g.attention.num_heads for g in model.groups)
     reasons.flag(np.mod(heads, tp) != 0, "structure", f"tp must divide the {heads} attention heads")
@@ -33,10 +43,27 @@ def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "a
         return
     if model.is_moe:
         experts = max(g.ffn.num_experts for g in model.groups)
-        reasons.flag((np.mod(experts, ep) != 0) | (np.mod(tp * dp, ep) != 0), "structure",
+        reasons.flag(plain & ((np.mod(experts, ep) != 0) | (np.mod(tp * dp, ep) != 0)), "structure",
                      f"ep must divide the {experts} experts and tp*dp")
+        reasons.flag(~plain & ((np.mod(experts + redundant, ep) != 0) | (np.mod(tp * dp, ep) != 0)), "structure",
+                     f"ep must divide the {experts} experts + redundant_experts, and tp*dp")
     else:
         reasons.flag(ep > 1, "structure", "ep > 1 needs a MoE model")
+
+
+def _redundant_errors(model: Model, reasons: Reasons, ep, redundant) -> None:
+    """EPLB replicas need experts to copy, a second rank to put them on (SGLang, vLLM and
+    TensorRT-LLM balance over the expert-parallel ranks), and at most one copy per expert
+    on average (as deployed: DeepSeek-V3 32 over 256, Kimi-K2 96 over 384)."""
+    r = np.asarray(redundant)
+    if not np.any(r > 0):
+        return
+    if not model.is_moe:
+        reasons.flag(r > 0, "structure", "redundant_experts needs a MoE model")
+        return
+    experts = max(g.ffn.num_experts for g in model.groups)
+    reasons.flag(r > experts, "structure", f"redundant_experts must not exceed the {experts} experts")
+    reasons.flag((r > 0) & (ep <= 1), "structure", "redundant_experts needs ep > 1 (replicas sit on other ranks)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,13 +114,18 @@ class Pools:
             weights = weights + np.where(c["spec_tokens"] > 0, layer * max(model.mtp_heads, 1), 0.0)
         return weights
 
-    def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None) -> tuple[serving.Pool, dict]:
+    def make(self, device, tp, dp, ep, pp, *, holds: str = "all", running=None,
+             role: str = "") -> tuple[serving.Pool, dict]:
+        """A pool of `role` ("" = the generic columns; prefill / decode read their own
+        redundant_experts, 0 = the generic one); an attention-only pool holds no experts."""
         c, model = self.c, self.model
         hwc, code, w_bytes = self._specs(device)
         hw = SpecTable.hw(hwc, runtime=self.rt)
         dt = Dtypes(w_bytes=w_bytes, a_bytes=hwc["a_bytes"], kv_bytes=self.kv_bytes)
-        par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
-        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp)
+        redundant = 0.0 if holds == "attn" else (roles.layout(c, role, "redundant_experts") if role
+                                                else c["redundant_experts"])
+        par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp, redundant=redundant)
+        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp, redundant=redundant)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         weights = self._weights(par, w_bytes, holds)
         seqs_rank = np.maximum((c["batch_size"] if running is None else running) / dp, 1.0)
@@ -114,5 +146,14 @@ class Pools:
                           "kv_capacity: the batch does not fit the KV cache")
         self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
         pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
-                            cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs, hw_key=code.astype(float))
+                            cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs, hw_key=self._key(code, redundant))
         return pool, hwc
+
+    @staticmethod
+    def _key(code: np.ndarray, redundant) -> np.ndarray:
+        """The pool's dedupe key (prefills are computed once per distinct key and layout): the
+        spec-table code, and the replicas, which change a prefill's MoE time but are no layout
+        column of that key."""
+        if not np.any(redundant):
+            return code.astype(float)
+        return code + (float(np.max(code)) + 1.0) * np.asarray(redundant, dtype=float)

@@ -11,7 +11,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["ROLES", "ROLE_MODE", "device", "layout", "afd_gpus", "attn_tp"]
+from dse.schema import COLUMNS
+
+__all__ = ["ROLES", "ROLE_MODE", "device", "layout", "afd_gpus", "attn_tp", "fewest_redundant"]
 
 ROLES = ("prefill", "decode", "attn", "ffn")
 ROLE_MODE = {"prefill": "disagg", "decode": "disagg", "attn": "afd", "ffn": "afd"}
@@ -38,3 +40,26 @@ def afd_gpus(c: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def attn_tp(c: Mapping[str, Any], attn_gpus: np.ndarray) -> np.ndarray:
     return np.minimum(c["attn_tp"], attn_gpus)
+
+
+def fewest_redundant(c: Mapping[str, Any], experts: int) -> dict[str, np.ndarray]:
+    """The EPLB columns that make each expert-holding pool's ep divide `experts` + its
+    redundant experts with the fewest replicas: agg's ep, afd's FFN GPUs (redundant_experts),
+    disagg's and afd's prefill workers' own ep (prefill_ / decode_redundant_experts).
+    A role that needs none while the generic column is not 0 (which 0 would inherit) gets
+    one replica per rank. `c`: columns as given (scalars or arrays; missing = default)."""
+    n = max([np.size(v) for v in c.values()] + [1])
+    full = {k: np.broadcast_to(np.asarray(c.get(k, COLUMNS[k])), (n,))
+            for k in ("mode", "tp", "dp", "ep", "attn_gpus", "ffn_gpus", "prefill_ep", "decode_ep")}
+    mode = full["mode"].astype(str)
+
+    def need(ep) -> np.ndarray:
+        return np.mod(-int(experts), np.maximum(np.asarray(ep, dtype=np.int64), 1))
+
+    generic = np.where(mode == "agg", need(full["ep"]), np.where(mode == "afd", need(afd_gpus(full)[1]), 0))
+    out = {"redundant_experts": generic.astype(np.int64)}
+    for role, modes in (("prefill", ("disagg", "afd")), ("decode", ("disagg",))):
+        ep = np.asarray(layout(full, role, "ep"), dtype=np.int64)
+        r = np.where((need(ep) == 0) & (generic > 0) & (ep > 1), ep, need(ep))
+        out[f"{role}_redundant_experts"] = np.where(np.isin(mode, modes), r, 0).astype(np.int64)
+    return out

@@ -9,6 +9,7 @@ runs something other than what dse predicted would be worse than none.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -43,6 +44,7 @@ class Pool:
     pp: int
     workers: int
     max_seqs: int        # concurrent sequences one worker admits (0 = leave the engine's default)
+    redundant: int = 0   # EPLB replicas of the hottest experts (redundant_experts)
 
     @property
     def gpus(self) -> int:
@@ -110,6 +112,7 @@ def _pools(r: dict[str, Any]) -> list[Pool]:
         out = []
         for role in ("prefill", "decode"):
             lay = {k: int(roles.layout(c, role, k)[0]) for k in ("tp", "dp", "ep", "pp")}
+            lay["redundant"] = int(roles.layout(c, role, "redundant_experts")[0])
             bs = int(roles.layout(c, role, "batch_size")[0]) if role == "decode" else 0
             out.append(Pool(role, str(roles.device(c, role)[0]), workers=int(r[f"{role}_workers"] or 1),
                             max_seqs=bs, **lay))
@@ -122,12 +125,14 @@ def _pools(r: dict[str, Any]) -> list[Pool]:
                 Pool("ffn", str(roles.device(c, "ffn")[0]), tp=ffn, dp=1, ep=1, pp=int(r["pp"]), workers=1,
                      max_seqs=0)]
     return [Pool("agg", r["device"], tp=int(r["tp"]), dp=int(r["dp"]), ep=int(r["ep"]), pp=int(r["pp"]),
-                 workers=1, max_seqs=int(r["batch_size"]))]
+                 workers=1, max_seqs=int(r["batch_size"]), redundant=int(r["redundant_experts"]))]
 
 
-def _layout_flags(eng: dict, pool: Pool, moe: bool, name: str) -> tuple[list[tuple[str, Any]], list[str]]:
+def _layout_flags(eng: dict, pool: Pool, moe: bool, name: str,
+                  experts: int = 0) -> tuple[list[tuple[str, Any]], list[str]]:
     """The engine's parallel knobs for one pool: [(knob, value)] with knob a key of
-    serve.flags (a switch has value True), and the reasons it cannot be expressed."""
+    serve.flags (a switch has value True; trtllm: of serve.options), and the reasons it
+    cannot be expressed. `experts`: the model's routed experts (for expert slots)."""
     par, out, why = eng["parallel"], [("tp", pool.tp), ("pp", pool.pp)], []
     if pool.dp > 1:
         if par["attention_dp"] == "data_parallel":
@@ -153,7 +158,26 @@ def _layout_flags(eng: dict, pool: Pool, moe: bool, name: str) -> tuple[list[tup
             why.append(f"{name}: ep {pool.ep} does not divide the worker's tp x dp = {world} GPUs")
         else:
             out.append(("ep", pool.ep))
+    if pool.redundant > 0:
+        out += _eplb_knobs(par, pool, name, experts, why)
     return out, why
+
+
+def _eplb_knobs(par: dict, pool: Pool, name: str, experts: int, why: list[str]) -> list[tuple[str, Any]]:
+    """The expert load balancer with `pool.redundant` replicas, as engines.yaml
+    parallel.redundant_experts says the engine takes it: count (a flag with the number),
+    json_config (a JSON config flag), slots (the options' expert slots = experts + replicas)."""
+    how = par.get("redundant_experts")
+    if how == "count":
+        return [("eplb_switch", True), ("redundant_experts", pool.redundant)]
+    if how == "json_config":
+        return [("eplb_switch", True), ("eplb_config", json.dumps({"num_redundant_experts": pool.redundant}))]
+    if how == "slots":
+        # online balancing (layer_updates_per_iter > 0), as SGLang's and vLLM's --enable-eplb
+        return [("redundant_experts", {"num_slots": experts + pool.redundant, "layer_updates_per_iter": 1})]
+    why.append(f"{name}: redundant_experts {pool.redundant} is not expressible: the engine has no expert "
+               "load balancer with redundant experts (hardware/engines.yaml parallel.redundant_experts)")
+    return []
 
 
 def _formats(eng: dict, r: dict[str, Any], name: str, notes: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -232,7 +256,7 @@ def _argv(eng: dict, knobs: list[tuple[str, Any]]) -> list[str]:
     return out
 
 
-def _serve(spec: dict, backend: str, p: LaunchPlan, moe: bool, port: int) -> None:
+def _serve(spec: dict, backend: str, p: LaunchPlan, moe: bool, port: int, experts: int = 0) -> None:
     """Fill p.serve (and trtllm's options, dynamo's graph), or add reasons."""
     flags_engine = spec["dynamo"]["engine"] if backend == "dynamo" else backend
     eng = spec[flags_engine]
@@ -241,7 +265,7 @@ def _serve(spec: dict, backend: str, p: LaunchPlan, moe: bool, port: int) -> Non
     p.reasons += why
     tokens = _max_tokens(p.row)
     for pool in p.pools:
-        lay, why = _layout_flags(eng, pool, moe, f"{name} {pool.role} pool")
+        lay, why = _layout_flags(eng, pool, moe, f"{name} {pool.role} pool", experts)
         p.reasons += why
         knobs = lay + fmt + [("max_batched_tokens", tokens)]
         if pool.max_seqs:
@@ -306,13 +330,15 @@ def plan(row: Mapping[str, Any], backend: str, *, port: int | None = None) -> La
     if p.mode == "afd":
         return p
     try:
-        moe = get_model(r["model"]).is_moe
+        model = get_model(r["model"])
     except DSEError as exc:
         p.reasons.append(f"{backend}: {exc}")
         return p
+    moe = model.is_moe
+    experts = max(g.ffn.num_experts for g in model.groups) if moe else 0
     port = port or (spec["dynamo"]["graph"]["port"] if backend == "dynamo" else spec[backend]["serve"]["port"])
     _workload(p)
-    _serve(spec, backend, p, moe, port)
+    _serve(spec, backend, p, moe, port, experts)
     if p.ok:
         p.bench = _bench(spec, backend, p, port)
         if r["backend"] and r["backend"] != (spec["dynamo"]["engine"] if backend == "dynamo" else backend):

@@ -108,8 +108,9 @@ def _readme(p: LaunchPlan) -> str:
               for k, v in pred.items()]
     lines += ["", f"at isl {p.isl}, osl {p.osl} and {p.concurrency} requests in flight.", "", "## Deployment", ""]
     for pool in p.pools:
+        eplb = f", {pool.redundant} redundant experts (EPLB)" if pool.redundant else ""
         lines.append(f"- {pool.role}: {pool.workers} x {pool.gpus} {pool.device} (tp {pool.tp}, dp {pool.dp}, "
-                     f"ep {pool.ep}, pp {pool.pp})")
+                     f"ep {pool.ep}, pp {pool.pp}{eplb})")
     lines.append(f"- weights {p.row['weight_dtype']}, KV cache {p.row['kv_dtype']}")
     lines += [f"- note: {n}" for n in p.notes]
     run = ("`./serve.sh` applies `dynamo_graph.yaml` (kubectl); port-forward the frontend" if p.backend == "dynamo"

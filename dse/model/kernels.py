@@ -256,8 +256,38 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
 _GL_X, _GL_W = (_GL_X + 1.0) / 2.0, _GL_W / 2.0
 
 
+def _replica_relief(alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray, e: np.ndarray,
+                    r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What r redundant experts buy (EPLB): (the hottest physical copy's load over the
+    hottest expert's, the spread (cv) of the E + r physical loads over that of the E).
+
+    The E loads are the law's order statistics (the k-th hottest at quantile
+    1 - (k - 1/2)/E). Replicas go to the hottest experts and split each one's tokens
+    evenly over its copies, the next replica to the copy carrying the most (DeepSeek's
+    EPLB replicate step), which in the continuous limit fills to one level
+    L = max_m S_m / (r + m), S_m the m hottest loads' sum: every expert above L is cut
+    into copies of load L. L falls strictly with r; at r = 0 it is the hottest load.
+    Computed once per distinct (law, E, r)."""
+    shape = np.shape(alpha)
+    keys = np.stack([np.ravel(v) for v in np.broadcast_arrays(alpha, lo, hi, e, r)])
+    uniq, inv = np.unique(keys, axis=1, return_inverse=True)
+    a, lo_u, hi_u, e_u, r_u = (v[:, None] for v in uniq)
+    k = np.arange(1.0, float(uniq[3].max()) + 1.0)[None, :]
+    valid = k <= e_u
+    x = np.where(valid, _pareto_quantile(np.clip(1.0 - (k - 0.5) / e_u, 0.0, 1.0), a, lo_u, hi_u), 0.0)
+    s = np.cumsum(x, axis=1)
+    level = np.max(np.where(valid, s / (r_u + k), 0.0), axis=1, keepdims=True)
+    total = s[:, -1:]
+    sq_phys = np.sum(np.where(x > level, x * level, x * x), axis=1, keepdims=True)
+    cv_phys = np.sqrt(np.maximum((e_u + r_u) * sq_phys / total ** 2 - 1.0, 0.0))
+    cv_0 = np.sqrt(np.maximum(e_u * np.sum(x * x, axis=1, keepdims=True) / total ** 2 - 1.0, 0.0))
+    spread = np.where(cv_0 > 0, np.minimum(cv_phys / np.where(cv_0 > 0, cv_0, 1.0), 1.0), 1.0)
+    inv = np.ravel(inv)
+    return (level / x[:, :1])[:, 0][inv].reshape(shape), spread[:, 0][inv].reshape(shape)
+
+
 def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
-                  ep: ArrayLike, skew: ArrayLike) -> np.ndarray:
+                  ep: ArrayLike, skew: ArrayLike, redundant: ArrayLike = 0.0) -> np.ndarray:
     """Load of the busiest expert-parallel rank relative to an even split (1 <= . <= ep).
 
     Expert popularity is drawn from a power law p(x) ~ x^-skew (skew 0 = balanced),
@@ -267,8 +297,13 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     (x_max + (g-1) mean) / (x_max + (E-1) mean) over the law of the max of E draws,
     g = E/ep experts per rank), or its g ordinary experts add up high (the max of ep
     sums: 1 + z_ep x cv / sqrt(g)).
+
+    `redundant` replicas (EPLB) split the hottest experts' tokens over copies
+    (_replica_relief): the hottest copy carries rho x x_max, and the ep sums run over
+    g' = (E + r)/ep physical experts of a smaller spread. r = 0 is the plain layout.
     """
-    t, k, e, ep_, a = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew))
+    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
+                                             _f(redundant))
     lo, hi = _popularity_range(t, k, e)
     skewed = a > 0
     alpha = np.where(skewed, a, 2.0)
@@ -277,28 +312,36 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     # E over the largest of E draws: its CDF is F^E, so F(x_max) = v^(1/E), v uniform
     v = _GL_X.reshape((-1,) + (1,) * t.ndim)
     x_max = _pareto_quantile(v ** (1.0 / e), alpha, lo, hi)
-    share = np.tensordot(_GL_W, (x_max + (g - 1.0) * mean) / (x_max + (e - 1.0) * mean), axes=1)
+    top, spread, g_phys = x_max, 1.0, g
+    if np.any(r > 0):
+        rho, spread = _replica_relief(alpha, lo, hi, e, r)
+        rho, spread = np.where(r > 0, rho, 1.0), np.where(r > 0, spread, 1.0)
+        top, g_phys = rho * x_max, (e + r) / ep_
+    share = np.tensordot(_GL_W, (top + (g - 1.0) * mean) / (x_max + (e - 1.0) * mean), axes=1)
     by_top = share * ep_
     second = _pareto_mean(alpha - 1.0, lo, hi) * mean   # E[x^2]
     cv = np.sqrt(np.maximum(second - mean ** 2, 0.0)) / mean
     z = np.interp(np.log2(np.maximum(ep_, 1.0)), np.arange(len(_NORMAL_MAX)), _NORMAL_MAX)
-    by_sum = 1.0 + z * cv / np.sqrt(g)
+    by_sum = 1.0 + z * cv * spread / np.sqrt(g_phys)
     return np.where(skewed, np.clip(np.maximum(by_top, by_sum), 1.0, ep_), 1.0)
 
 
 def moe_experts_hit(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
-                    ep: ArrayLike, skew: ArrayLike) -> np.ndarray:
+                    ep: ArrayLike, skew: ArrayLike, redundant: ArrayLike = 0.0) -> np.ndarray:
     """Expected number of distinct experts on the busiest rank that receive a token.
 
     Their weights must be read, which is what decode pays. With tokens x topk picks,
     an expert of popularity share s is hit with probability 1 - exp(-picks s);
     balanced routing has s = 1/E, skewed routing averages over the popularity law
     (and the busiest rank holds the most popular expert, which is always hit).
+    With `redundant` replicas a rank holds (E + r)/ep physical experts, the picks
+    spread over E + r copies (balanced); the replicated ones are the hottest, still hit.
     """
-    t, k, e, ep_, a = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew))
-    g = e / ep_
+    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
+                                             _f(redundant))
+    g = (e + r) / ep_
     picks = t * k
-    even = g * -np.expm1(-picks / e)
+    even = g * -np.expm1(-picks / (e + r))
     lo, hi = _popularity_range(t, k, e)
     alpha = np.where(a > 0, a, 2.0)
     mean = _pareto_mean(alpha, lo, hi)
@@ -312,10 +355,12 @@ def moe_ms(tokens: ArrayLike, hidden: ArrayLike, inter: ArrayLike, topk: ArrayLi
            num_experts: ArrayLike, moe_tp: ArrayLike, moe_ep: ArrayLike, *, skew: ArrayLike,
            gated: ArrayLike = True, w_bytes: ArrayLike, a_bytes: ArrayLike,
            peak_tflops: ArrayLike, mem_tb_s: ArrayLike, p: Mapping[str, ArrayLike],
-           imbalance: ArrayLike | None = None, experts_hit: ArrayLike | None = None) -> np.ndarray:
+           imbalance: ArrayLike | None = None, experts_hit: ArrayLike | None = None,
+           redundant: ArrayLike = 0.0) -> np.ndarray:
     """Fused MoE FFN on one GPU: `tokens` enter, each routed to topk of num_experts.
 
-    The GPU holds num_experts/moe_ep experts, each sliced to inter/moe_tp columns;
+    The GPU holds (num_experts + redundant)/moe_ep experts (redundant: EPLB replicas of
+    the hottest), each sliced to inter/moe_tp columns;
     gated FFNs have 3 matrices (up, gate, down), non-gated 2. Weight traffic = the
     distinct local experts actually hit x expert bytes (decode is dominated by it);
     compute = the busiest rank's tokens (even share x imbalance from `skew`), padded
@@ -327,9 +372,9 @@ def moe_ms(tokens: ArrayLike, hidden: ArrayLike, inter: ArrayLike, topk: ArrayLi
     t, hid, inter_l = _f(tokens), _f(hidden), _f(inter) / _f(moe_tp)
     e, ep_, k = _f(num_experts), _f(moe_ep), _f(topk)
     mats = np.where(np.asarray(gated, dtype=bool), 3.0, 2.0)
-    hit = _f(experts_hit) if experts_hit is not None else moe_experts_hit(t, k, e, ep_, skew)
+    hit = _f(experts_hit) if experts_hit is not None else moe_experts_hit(t, k, e, ep_, skew, redundant)
     if imbalance is None:
-        imbalance = moe_imbalance(t, k, e, ep_, skew)
+        imbalance = moe_imbalance(t, k, e, ep_, skew, redundant)
     rows = t * k / ep_ * _f(imbalance)
     tile = _f(p["tile_m"])
     rows_pad = hit * _ceil_to(rows / np.maximum(hit, 1e-9), tile)

@@ -55,7 +55,8 @@ def weight_bytes_split(model: Model, par: Parallel, w_bytes) -> tuple[np.ndarray
     """(attention + embedding bytes, FFN/expert bytes) per GPU, for pools that hold only one side."""
     attn = ffn = 0.0
     for g in model.groups:
-        a_params, f_params = layer_params_per_gpu(model, g, par.tp, par.moe_group, count=g.count)
+        a_params, f_params = layer_params_per_gpu(model, g, par.tp, par.moe_group, count=g.count,
+                                                  redundant=par.redundant)
         attn = attn + a_params * w_bytes
         ffn = ffn + f_params * w_bytes
     embed = embedding_bytes_per_gpu(model, par.tp)

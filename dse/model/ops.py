@@ -54,6 +54,7 @@ class Parallel:
     dp: np.ndarray             # attention data parallel ranks inside one instance
     ep: np.ndarray             # expert parallel
     pp: np.ndarray             # pipeline stages
+    redundant: np.ndarray | float = 0.0   # EPLB replicas of the hottest experts (rank holds (E + r)/ep)
 
     @property
     def moe_group(self) -> np.ndarray:
@@ -270,11 +271,13 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
         acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
     t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
                            skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
-                           peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"])
+                           peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"],
+                           redundant=par.redundant)
     group = par.moe_group
     f_moe = 2.0 * t_all * f.top_k * f.mats * h * f.intermediate / group
-    hit = np.minimum(f.num_experts, t_all * f.top_k) / f.num_experts
-    b_moe = f.num_experts * hit * f.mats * h * f.intermediate * dt.w_bytes / group
+    phys = f.num_experts + par.redundant            # physical experts (replicas included)
+    hit = np.minimum(phys, t_all * f.top_k) / phys
+    b_moe = phys * hit * f.mats * h * f.intermediate * dt.w_bytes / group
     acc.add("moe", n, (t_moe, f_moe, b_moe))
     # expert parallel all-to-all: dispatch (activation dtype) and combine (bf16)
     ep_payload = t_all / group * f.top_k * h

@@ -32,21 +32,24 @@ def attn_params_per_gpu(hidden: int, a: Attention, tp, count: float = 1) -> np.n
     return count * a.params(hidden) / tp
 
 
-def ffn_params_per_gpu(hidden: int, f: FFN, tp, moe_group, count: float = 1) -> np.ndarray:
+def ffn_params_per_gpu(hidden: int, f: FFN, tp, moe_group, count: float = 1, redundant=0.0) -> np.ndarray:
     """FFN (dense) or MoE (routed + shared experts + router) weight elements of `count`
-    such layers on one GPU."""
+    such layers on one GPU. `redundant` EPLB replicas add whole experts: the group holds
+    E + r of them, so each GPU (E + r)/ep, each sliced over moe_group/ep."""
     if f.kind == "dense":
         return count * f.params(hidden) / tp
     shared = f.mats * hidden * f.shared_intermediate
     experts = f.params(hidden) - shared - hidden * f.num_experts
+    if np.any(redundant):      # 1 + 0/E is exactly 1: the plain layout's bytes are unchanged
+        experts = experts * (1.0 + np.asarray(redundant, dtype=float) / f.num_experts)
     return count * (experts / moe_group + shared / tp + hidden * f.num_experts)
 
 
-def layer_params_per_gpu(model: Model, g: LayerGroup, tp, moe_group, count: float = 1) -> tuple:
+def layer_params_per_gpu(model: Model, g: LayerGroup, tp, moe_group, count: float = 1, redundant=0.0) -> tuple:
     """(attention, FFN/experts) weight elements of `count` layers of group `g` on one GPU."""
     h = model.hidden
     return (attn_params_per_gpu(h, g.attention, tp, count),
-            ffn_params_per_gpu(h, g.ffn, tp, moe_group, count))
+            ffn_params_per_gpu(h, g.ffn, tp, moe_group, count, redundant))
 
 
 def embedding_bytes_per_gpu(model: Model, tp, *, tables: int | None = None) -> np.ndarray:

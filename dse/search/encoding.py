@@ -83,6 +83,7 @@ class Space:
     search: tuple[tuple[str, Any], ...] = ()
     placement: tuple[tuple[str, Any], ...] = ()   # afd rows also scored at their optimal placement
     resolved: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
+    eplb_experts: int = 0       # scenario `eplb`: the model's experts (redundant_experts filled per row)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -156,8 +157,13 @@ class Space:
         return get_facility(**dict(self.facility))
 
     def columns(self, indices: Any) -> dict[str, Any]:
-        """Keyword columns for `dse.evaluate`: decoded axes plus the fixed columns."""
-        return {**dict(self.fixed), **self.decode(indices)}
+        """Keyword columns for `dse.evaluate`: decoded axes plus the fixed columns (and, with
+        `eplb`, each row's fewest redundant experts that let its ep divide the experts)."""
+        cols = {**dict(self.fixed), **self.decode(indices)}
+        if self.eplb_experts:
+            from dse.deploy.roles import fewest_redundant
+            cols.update(fewest_redundant(cols, self.eplb_experts))
+        return cols
 
     def encode(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Indices of configurations given as columns (inverse of `decode`)."""

@@ -179,6 +179,11 @@ class Scenario(DataModel):
     modes: Optional[ModeSpec] = Field(None, description="serving modes (agg, disagg, afd): a list, or a mapping "
                                                         "mode -> its own axes (default: [agg])")
     search: Optional[Search] = Field(None, description="search strategy and its settings")
+    eplb: Optional[bool] = Field(
+        None, description="true: give every configuration the fewest redundant experts (EPLB replicas of the "
+                          "hottest) that let its expert-parallel degree divide the model's experts, so that e.g. "
+                          "ep 72 serves 256 experts (the redundant_experts columns are then set per row, not "
+                          "searched); default false: such an ep is infeasible")
     reference_point: Optional[dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]]] = Field(
         None, description="hypervolume reference point: one number per objective")
     placement: Optional[PlacementSpec] = Field(

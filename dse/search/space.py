@@ -66,6 +66,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
     if placement and set(per_mode) != {"afd"}:
         raise fail("placement", "scores attention/FFN pools (mode afd); remove the other modes "
                                 f"({', '.join(m for m in per_mode if m != 'afd')}) or the placement section")
+    eplb_experts = _eplb(scn, model_id, fixed, per_mode, fail)
     genes, modes = _encoding(common, per_mode)
     size = sum(m.size for m in modes)
     if size > MAX_SIZE:
@@ -95,11 +96,13 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         "placement": placement or None,
         "size": size,
     }
+    if eplb_experts:
+        resolved["eplb"] = True
     space = Space(name=name, path=where, model=model_id, objectives=objectives,
                   constraints=tuple(constraints), fixed=tuple(fixed.items()), modes=tuple(modes),
                   genes=tuple(genes), facility=tuple(facility.items()),
                   reference_point=reference, search=tuple(search.items()), placement=tuple(placement.items()),
-                  resolved=resolved)
+                  resolved=resolved, eplb_experts=eplb_experts)
     sample = _dry_run(space, fixed_keys, fail)
     for i, o in enumerate(objectives):
         if o.name in sample and not _is_number(sample[o.name]):
@@ -108,6 +111,28 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         if c.metric in sample and not _is_number(sample[c.metric]):
             raise fail(c.key, f"metric {c.metric!r} is not a number and cannot be limited")
     return space
+
+
+EPLB_COLUMNS = ("redundant_experts", "prefill_redundant_experts", "decode_redundant_experts")
+
+
+def _eplb(scn: Scenario, model_id: str, fixed: dict, per_mode: dict, fail) -> int:
+    """The model's expert count when the scenario sets `eplb: true` (0 otherwise): each row's
+    redundant_experts are then derived, so none may be an axis or a workload value too."""
+    if not scn.eplb:
+        return 0
+    from dse.catalog.models import get_model
+
+    model = get_model(model_id)
+    if not model.is_moe:
+        raise fail("eplb", f"{model.id} is not a MoE model: it has no experts to replicate")
+    for col in EPLB_COLUMNS:
+        if col in fixed:
+            raise fail("eplb", f"sets {col} per configuration; remove workload.{col}")
+        for m, axes in per_mode.items():
+            if col in axes:
+                raise fail("eplb", f"sets {col} per configuration; remove it from {axes[col].key}")
+    return max(g.ffn.num_experts for g in model.groups)
 
 
 def _model_id(ref: str, where: str, fail) -> str:

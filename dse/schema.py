@@ -173,7 +173,7 @@ BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]
 
 # why a row is infeasible: the code is the first word of its text ("memory: weights do not fit")
 # and is what code branches on; the text says the rest
-REASON_CODES = ("memory", "kv_capacity", "structure", "placement", "constraint", "numeric")
+REASON_CODES = ("memory", "kv_capacity", "structure", "context", "placement", "constraint", "numeric")
 
 
 def direction(metric: str) -> str:

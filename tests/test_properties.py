@@ -1,14 +1,27 @@
-"""Physical properties of the engine on random feasible configurations (hypothesis).
+"""Physical properties of the engine on random configurations (hypothesis).
 
-Energy is power x time, a feasible row has finite metrics, and at batch 1 a device with
-more memory bandwidth or more FLOPS (a `base:` device file with one figure scaled) never
-serves a token later. Each case evaluates its configurations in one vectorized call;
-the examples are derandomized, so a failure reproduces on every run.
+Energy is power x time and a feasible row has finite metrics. And more of any one
+resource never hurts: on a device with more memory bandwidth, more FLOPS, more HBM or more
+scale-up bandwidth (a `base:` device file with that one figure scaled) throughput never
+falls, and at batch 1 TTFT and TPOT never rise. Hypothesis draws a seed and a factor;
+each example evaluates ROWS random configurations (models, modes, layouts, formats,
+lengths, batch, prefix hits, routing skew, power caps, speculative decoding, backends),
+built with numpy from the seed, on the base devices and on every what-if device in one
+call, so each property is checked on more than 100,000 configurations in a few seconds.
+The examples are derandomized: a failure reproduces on every run.
+
+At higher concurrency a closed loop may trade latency for throughput: a disaggregated
+deployment whose prefill or decode pool gets faster admits more sequences to decode
+(TPOT up, throughput up), or, bound by its prefill pool, spends less of each request's
+cycle decoding and more waiting for prefill (TTFT up, throughput unchanged: Little's law
+at a fixed rate). Those are not checked here.
 """
 from __future__ import annotations
 
+import functools
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,34 +70,6 @@ def _evaluate(rows: list[dict]):
     return dse.evaluate(strict=False, **cols)
 
 
-@pytest.fixture(scope="module")
-def faster(tmp_path_factory) -> dict[tuple[str, str, float], str]:
-    """(base device, "bw" | "flops", factor) -> a device file: the base with that figure scaled."""
-    root = tmp_path_factory.mktemp("devices")
-    out = {}
-    for base in ("h100_sxm", "b200_sxm"):
-        dev = get_device(base)
-        for f in FACTORS:
-            bw = root / f"{base}_bw_x{f}.yaml"
-            bw.write_text(f"base: {base}\nmemory_tb_s: {dev.memory_tb_s * f!r}\nhypothetical: true\n"
-                          f"sources: {{memory_tb_s: 'hypothetical: x{f} bandwidth'}}\n")
-            peaks = ", ".join(f"{k}: {v * f!r}" for k, v in dev.peak_tflops.items())
-            fl = root / f"{base}_flops_x{f}.yaml"
-            fl.write_text(f"base: {base}\npeak_tflops: {{{peaks}}}\nhypothetical: true\n"
-                          f"sources: {{peak_tflops: 'hypothetical: x{f} FLOPS'}}\n")
-            out[(base, "bw", f)], out[(base, "flops", f)] = str(bw), str(fl)
-    return out
-
-
-def test_faster_device_files_scale_one_figure(faster):
-    """The what-if devices differ from their base in exactly the figure they scale."""
-    base, bw, fl = get_device("h100_sxm"), get_device(faster[("h100_sxm", "bw", 2.0)]), \
-        get_device(faster[("h100_sxm", "flops", 2.0)])
-    assert bw.memory_tb_s == 2.0 * base.memory_tb_s and bw.peak_tflops == base.peak_tflops
-    assert fl.peak_tflops == {k: 2.0 * v for k, v in base.peak_tflops.items()} and fl.memory_tb_s == base.memory_tb_s
-    assert bw.calibration_from == fl.calibration_from == "h100_sxm"
-
-
 @SETTINGS
 @given(rows=st.lists(configs(), min_size=1, max_size=12))
 def test_energy_is_power_times_time_and_feasible_rows_are_finite(rows):
@@ -101,56 +86,199 @@ def test_energy_is_power_times_time_and_feasible_rows_are_finite(rows):
     assert np.all(df.tokens_per_s.to_numpy()[ok] > 0) and np.all(df.power_w.to_numpy()[ok] > 0)
 
 
-def _compare(rows: list[dict], faster: dict, kind: str, factor: float):
-    """(slow, fast) metric frames of the same rows on the base and on the scaled device."""
-    fast_rows = [{**r, "device": faster[(r["device"], kind, factor)]} for r in rows]
-    df = _evaluate(rows + fast_rows)
-    n = len(rows)
-    slow, fast = df.iloc[:n].reset_index(drop=True), df.iloc[n:].reset_index(drop=True)
-    both = slow.feasible.to_numpy() & fast.feasible.to_numpy()
-    assert np.array_equal(slow.feasible.to_numpy(), fast.feasible.to_numpy())   # memory did not change
-    return slow[both], fast[both]
+# --- more of one resource never hurts --------------------------------------------------------
+
+# the figure each what-if device scales (dse.catalog.devices.DeviceFile)
+RESOURCES = {"bw": "memory_tb_s", "flops": "peak_tflops", "hbm": "memory_gb", "scaleup": "scaleup_gb_s"}
+BASES = ("h100_sxm", "b200_sxm")
+ROWS = 20_000           # configurations per example
+EXAMPLES = 6            # hypothesis examples per sweep: > 100,000 compared configurations each
+MIN_COMPARED = 100_000
+RTOL = 1e-9
+
+# model -> (layouts (tp, dp, ep), devices, afd FFN-pool sizes); every layout divides the model
+SPACE = {
+    "Qwen/Qwen3-8B": (((1, 1, 1), (2, 1, 1), (4, 1, 1), (8, 1, 1)), BASES, (1, 2, 4)),
+    "meta-llama/Llama-3.1-8B": (((1, 1, 1), (2, 1, 1), (4, 1, 1)), BASES, (1, 2, 4)),
+    "Qwen/Qwen3-30B-A3B": (((1, 1, 1), (2, 1, 1), (2, 1, 2), (4, 1, 4), (1, 4, 4), (4, 1, 1)), BASES, (1, 2, 4, 8)),
+    "openai/gpt-oss-20b": (((1, 1, 1), (2, 1, 2), (4, 1, 4), (1, 2, 2)), BASES, (1, 2, 4)),
+    "Qwen/Qwen3.5-35B-A3B": (((1, 1, 1), (2, 1, 2), (2, 1, 1)), BASES, (1, 2, 4)),
+    "deepseek-ai/DeepSeek-V3": (((8, 1, 8), (1, 8, 8), (8, 1, 1)), ("b200_sxm",), (4, 8)),   # block-scaled FP8
+}
+_WEIGHTS = ("native", "native", "fp8", "fp4", "int4", "bf16")
+_BACKENDS = ("", "trtllm", "vllm", "sglang")
 
 
-CONFIG_KEYS = ("model", "device", "mode", "tp", "batch_size", "isl", "osl", "weight_dtype", "kv_dtype", "prefix_hit",
-               "routing_skew", "power_cap", "spec_tokens", "attn_tp", "attn_gpus", "ffn_gpus")
+def _pick(rng, options, n) -> np.ndarray:
+    return np.array(options, dtype=object)[rng.integers(0, len(options), n)]
 
 
-def _never_later(slow, fast, metric: str) -> None:
-    a, b = slow[metric].to_numpy(), fast[metric].to_numpy()
-    worse = b > a * (1 + 1e-9)
-    assert not worse.any(), (f"{metric} rose on the faster device: {a[worse][0]!r} -> {b[worse][0]!r} for "
-                             f"{slow[worse].iloc[0][list(CONFIG_KEYS)].to_dict()}")
+def random_rows(seed: int, n: int, *, batch_one: bool) -> dict[str, np.ndarray]:
+    """n random configurations as columns (numpy only: thousands per example cost nothing)."""
+    rng = np.random.default_rng(seed)
+    names = sorted(SPACE)
+    which = rng.integers(0, len(names), n)
+    lay = {k: np.zeros(n, dtype=np.int64) for k in ("tp", "dp", "ep", "ptp", "pdp", "pep", "dtp", "ddp", "dep", "ffn")}
+    device = np.empty(n, dtype=object)
+    for k, name in enumerate(names):
+        sel = np.flatnonzero(which == k)
+        layouts, devices, ffns = SPACE[name]
+        for keys in (("tp", "dp", "ep"), ("ptp", "pdp", "pep"), ("dtp", "ddp", "dep")):
+            picked = np.array(layouts)[rng.integers(0, len(layouts), sel.size)]
+            for j, key in enumerate(keys):
+                lay[key][sel] = picked[:, j]
+        device[sel] = _pick(rng, devices, sel.size)
+        lay["ffn"][sel] = np.array(ffns)[rng.integers(0, len(ffns), sel.size)]
+    mode = _pick(rng, ("agg", "disagg", "afd"), n)
+    dis, afd = mode == "disagg", mode == "afd"
+    role = {f"{r}_{k}": np.where(dis, lay[r[0] + k], 0) for r in ("prefill", "decode") for k in ("tp", "dp", "ep")}
+    return {
+        "model": np.array(names, dtype=object)[which], "device": device, "mode": mode,
+        "tp": lay["tp"], "dp": lay["dp"], "ep": lay["ep"], "pp": np.where(rng.random(n) < 0.15, 2, 1),
+        "batch_size": np.ones(n, dtype=np.int64) if batch_one else 2 ** rng.integers(0, 10, n),
+        "isl": np.round(np.exp(rng.uniform(np.log(16), np.log(16384), n))).astype(np.int64),
+        "osl": np.round(np.exp(rng.uniform(np.log(2), np.log(2048), n))).astype(np.int64),
+        "weight_dtype": _pick(rng, _WEIGHTS, n), "kv_dtype": _pick(rng, ("bf16", "fp8"), n),
+        "prefix_hit": np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0, 0.9, n)),
+        "routing_skew": np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0, 2, n)),
+        "power_cap": np.where(rng.random(n) < 0.6, 1.0, rng.uniform(0.4, 1.0, n)),
+        "spec_tokens": np.where(rng.random(n) < 0.3, rng.integers(1, 5, n), 0),
+        "spec_acceptance": np.where(rng.random(n) < 0.5, np.nan, rng.uniform(0.3, 0.9, n)),
+        "backend": _pick(rng, _BACKENDS, n),
+        "bench_rounds": np.where(rng.random(n) < 0.7, np.inf, rng.integers(1, 10, n).astype(float)),
+        # the step budget set explicitly: an engine's default depends on the device's memory
+        # (runtime.yaml engine_limits), so a what-if device with more HBM would run another setting
+        "max_num_tokens": _pick(rng, (2048, 8192, 16384), n),
+        **role,
+        "prefill_workers": np.where(dis, rng.integers(1, 4, n), 1),
+        # batch 1 means one user in the whole deployment: one decode worker
+        "decode_workers": np.where(dis & (not batch_one), rng.integers(1, 3, n), 1),
+        "attn_tp": np.where(afd, lay["tp"], 1), "attn_gpus": np.where(afd, lay["tp"] * lay["dp"], 0),
+        "ffn_gpus": np.where(afd, lay["ffn"], 0),
+    }
 
 
-@SETTINGS
-@given(rows=st.lists(configs(batch=1), min_size=1, max_size=8), kind=st.sampled_from(("bw", "flops")),
-       factor=st.sampled_from(FACTORS))
-def test_batch_one_tpot_never_rises_with_bandwidth_or_flops(rows, kind, factor, faster):
-    slow, fast = _compare(rows, faster, kind, factor)
-    _never_later(slow, fast, "tpot_ms")
+@pytest.fixture(scope="module")
+def whatif(tmp_path_factory) -> str:
+    """A directory of what-if devices BASE_RESOURCE_xF.yaml: the base with one figure x F."""
+    root = tmp_path_factory.mktemp("whatif")
+    for base in BASES:
+        dev = get_device(base)
+        for res, field in RESOURCES.items():
+            for f in FACTORS:
+                if field == "peak_tflops":
+                    value = "{" + ", ".join(f"{k}: {v * f!r}" for k, v in dev.peak_tflops.items()) + "}"
+                else:
+                    value = repr(getattr(dev, field) * f)
+                (root / f"{base}_{res}_x{f}.yaml").write_text(
+                    f"base: {base}\n{field}: {value}\nhypothetical: true\nsources: {{{field}: 'hypothetical: x{f}'}}\n")
+    return str(root)
 
 
-@SETTINGS
-@given(rows=st.lists(configs(batch=1), min_size=1, max_size=8), factor=st.sampled_from(FACTORS))
-def test_batch_one_ttft_never_rises_with_flops(rows, factor, faster):
-    slow, fast = _compare(rows, faster, "flops", factor)
-    _never_later(slow, fast, "ttft_ms")
+def _whatif_path(root: str, base: str, res: str, f: float) -> str:
+    return f"{root}/{base}_{res}_x{f}.yaml"
 
 
-@SETTINGS
-@given(rows=st.lists(configs(batch=1, modes=("disagg",)), min_size=1, max_size=8), factor=st.sampled_from(FACTORS))
-def test_batch_one_disagg_ttft_never_rises_with_bandwidth(rows, factor, faster):
-    """A separate prefill pool: the first token only gets sooner with more bandwidth."""
-    slow, fast = _compare(rows, faster, "bw", factor)
-    _never_later(slow, fast, "ttft_ms")
+def test_whatif_devices_scale_exactly_one_figure(whatif):
+    base = get_device("h100_sxm")
+    got = {r: get_device(_whatif_path(whatif, "h100_sxm", r, 2.0)) for r in RESOURCES}
+    assert got["bw"].memory_tb_s == 2.0 * base.memory_tb_s and got["bw"].peak_tflops == base.peak_tflops
+    assert got["flops"].peak_tflops == {k: 2.0 * v for k, v in base.peak_tflops.items()}
+    assert got["flops"].memory_tb_s == base.memory_tb_s
+    assert got["hbm"].memory_gb == 2.0 * base.memory_gb and got["hbm"].memory_tb_s == base.memory_tb_s
+    assert got["scaleup"].scaleup_gb_s == 2.0 * base.scaleup_gb_s and got["scaleup"].memory_gb == base.memory_gb
+    assert {d.calibration_from for d in got.values()} == {"h100_sxm"}
 
 
-# These failed before the mixed step was priced whole: TTFT at batch 1 included p1, the
-# marginal prefill of one prompt (its prefill step minus its memory-bound operators), and
-# more bandwidth flipped operators from memory- to compute-bound, so p1 grew by more than
-# the steps shrank (largest seen: DeepSeek-V3.2 agg on b200_sxm, tp 8, isl 8192: TTFT
-# 268 -> 378 ms at x1.1 bandwidth). Kept as regression cases.
+_KEEP = ("ttft_ms", "tpot_ms", "tokens_per_s")
+
+
+@functools.lru_cache(maxsize=None)
+def _sweep(root: str, batch_one: bool) -> dict[str, dict]:
+    """Per resource: base and what-if metrics of every configuration feasible on both,
+    with the mode, the seed and the row (to rebuild a reproducer) and the factor."""
+    parts: dict[str, list] = {r: [] for r in RESOURCES}
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(seed=st.integers(0, 2 ** 32 - 1), factor=st.sampled_from(FACTORS))
+    def collect(seed, factor):
+        cols = random_rows(seed, ROWS, batch_one=batch_one)
+        devs = [cols["device"]] + [np.array([_whatif_path(root, d, r, factor) for d in cols["device"]], dtype=object)
+                                   for r in RESOURCES]
+        df = dse.evaluate(strict=False, **{k: (np.concatenate(devs) if k == "device" else np.tile(v, len(devs)))
+                                           for k, v in cols.items()})
+        ok = df.feasible.to_numpy().reshape(len(devs), ROWS)
+        vals = {m: df[m].to_numpy().reshape(len(devs), ROWS) for m in _KEEP}
+        for i, r in enumerate(RESOURCES, start=1):
+            both = np.flatnonzero(ok[0] & ok[i])
+            parts[r].append(pd.DataFrame({"mode": cols["mode"][both], "seed": seed, "row": both, "factor": factor,
+                                          **{f"{m}_base": vals[m][0, both] for m in _KEEP},
+                                          **{f"{m}_more": vals[m][i, both] for m in _KEEP}}))
+
+    collect()
+    return {r: pd.concat(p, ignore_index=True) for r, p in parts.items()}
+
+
+def _reproducer(root: str, res: str, rec, batch_one: bool) -> str:
+    """`dse evaluate` of one compared row on its base device (add --device of the what-if file)."""
+    cols = random_rows(int(rec.seed), ROWS, batch_one=batch_one)
+    i = int(rec.row)
+    flags = []
+    for k, v in cols.items():
+        v = v[i]
+        if (k in ("backend",) and v == "") or (isinstance(v, float) and np.isnan(v)) or \
+                (k.startswith(("prefill_", "decode_", "attn_", "ffn_")) and v == 0 and k != "prefill_workers"):
+            continue
+        v = ".inf" if isinstance(v, float) and np.isinf(v) else (f"{v:.6g}" if isinstance(v, float) else v)
+        flags.append(f"--{k.replace('_', '-')} {v}")
+    what = _whatif_path(root, cols["device"][i], res, float(rec.factor))
+    return f"dse evaluate {' '.join(flags)}  (what-if: --device {what})"
+
+
+# Where the property still fails, and the mechanism (confirmed by removing it: with no power cap
+# no row of these sweeps fails). The chunked-prefill marginal
+# credit that failed 12.7 % of agg rows (bandwidth, throughput) and 22.4 % (TTFT at batch 1)
+# is gone: the mixed step is priced whole (dse.model.steps.mixed_latency).
+CAP = ("the power cap: the cap stretches the compute-bound share of a step by (demand/cap)^(1/3) "
+       "(dse.model.power.apply_cap via steps.phase_power); more bandwidth makes more operators "
+       "compute-bound and the step's demand higher, so a capped step can get longer")
+KNOWN = {
+    ("bw", "tokens_per_s", "agg"): CAP, ("bw", "tokens_per_s", "disagg"): CAP,
+    ("bw", "ttft_ms", "agg"): CAP, ("bw", "ttft_ms", "disagg"): CAP,
+    ("scaleup", "tokens_per_s", "afd"): CAP + " (a step whose power demand exceeds TDP is capped even at power_cap 1)",
+}
+
+
+def _cases():
+    for res in RESOURCES:
+        for metric in ("tokens_per_s", "ttft_ms", "tpot_ms"):
+            for mode in ("agg", "disagg", "afd"):
+                reason = KNOWN.get((res, metric, mode))
+                marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)] if reason else []
+                yield pytest.param(res, metric, mode, marks=marks, id=f"{res}-{metric}-{mode}")
+
+
+@pytest.mark.parametrize("res,metric,mode", list(_cases()))
+def test_more_of_one_resource_never_hurts(whatif, res, metric, mode):
+    """Throughput never falls (any batch); at batch 1 TTFT and TPOT never rise."""
+    batch_one = metric != "tokens_per_s"
+    df = _sweep(whatif, batch_one)[res]
+    assert len(df) >= MIN_COMPARED, f"only {len(df)} configurations feasible on both devices"
+    df = df[df["mode"] == mode]
+    a, b = df[f"{metric}_base"].to_numpy(), df[f"{metric}_more"].to_numpy()
+    worse = (b < a * (1 - RTOL)) if metric == "tokens_per_s" else (b > a * (1 + RTOL))
+    if worse.any():
+        j = np.flatnonzero(worse)[np.argmax(np.abs(b[worse] / a[worse] - 1))]
+        rec = df.iloc[j]
+        raise AssertionError(f"{res} x{rec.factor}: {metric} {a[j]:.6g} -> {b[j]:.6g} on {int(worse.sum())} of "
+                             f"{len(df)} {mode} configurations ({worse.mean():.3%}); worst: "
+                             f"{_reproducer(whatif, res, rec, batch_one)}")
+
+
+# Minimal configurations of the old marginal prefill credit at batch 1 (fixed when the mixed
+# step was priced whole; kept as regression cases); the largest seen then: DeepSeek-V3.2 agg on
+# b200_sxm, tp 8, isl 8192: TTFT 268 -> 378 ms at x1.1 bandwidth.
 TTFT_BW_FAILURES = [
     pytest.param({"model": "Qwen/Qwen3-8B", "device": "b200_sxm", "mode": "agg", "tp": 2, "batch_size": 1,
                   "isl": 128, "osl": 256}, 1.1, id="agg-qwen3-8b-b200-tp2-isl128-bw1.1"),      # 88.93 -> 89.38 ms
@@ -160,22 +288,18 @@ TTFT_BW_FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("row,factor", TTFT_BW_FAILURES)
-def test_ttft_bandwidth_failures_are_feasible_rows(row, factor, faster):
-    """The xfail below fails for the model's reason, not because its rows are infeasible."""
-    slow, fast = _compare([row], faster, "bw", factor)
-    assert len(slow) == 1 and len(fast) == 1
+def _pair(row: dict, root: str, factor: float) -> pd.DataFrame:
+    more = {**row, "device": _whatif_path(root, row["device"], "bw", factor)}
+    return _evaluate([row, more])
 
 
 @pytest.mark.parametrize("row,factor", TTFT_BW_FAILURES)
-def test_batch_one_chunked_prefill_ttft_never_rises_with_bandwidth(row, factor, faster):
-    slow, fast = _compare([row], faster, "bw", factor)
-    _never_later(slow, fast, "ttft_ms")
+def test_ttft_bandwidth_failures_are_feasible_rows(row, factor, whatif):
+    """The regression cases below are feasible rows (they test the model, not a refusal)."""
+    assert _pair(row, whatif, factor).feasible.all()
 
 
-@SETTINGS
-@given(rows=st.lists(configs(batch=1, modes=("agg", "afd")), min_size=1, max_size=8), factor=st.sampled_from(FACTORS))
-def test_batch_one_agg_afd_ttft_never_rises_with_bandwidth(rows, factor, faster):
-    """Chunked prefill through the decode pools: the first token only gets sooner."""
-    slow, fast = _compare(rows, faster, "bw", factor)
-    _never_later(slow, fast, "ttft_ms")
+@pytest.mark.parametrize("row,factor", TTFT_BW_FAILURES)
+def test_batch_one_chunked_prefill_ttft_never_rises_with_bandwidth(row, factor, whatif):
+    ttft = _pair(row, whatif, factor).ttft_ms.to_numpy()
+    assert ttft[1] <= ttft[0] * (1 + RTOL), f"TTFT {ttft[0]:.6g} -> {ttft[1]:.6g} ms at x{factor} bandwidth"

@@ -126,6 +126,8 @@ class Model:
     model_type: str
     source: str
     mtp_heads: int = 0        # multi-token-prediction layers the checkpoint ships (draft heads for speculative decoding)
+    max_context: int = 0      # longest prompt + output the checkpoint serves (0 = the config does not say)
+    weight_block: tuple[int, int] = ()  # (block_n, block_k) of block-scaled FP8 weights; () = none
 
     @property
     def num_layers(self) -> int:
@@ -232,6 +234,58 @@ def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
     return "bf16"
 
 
+# config keys that bound the sequence length; an engine takes the smallest present (vLLM
+# vllm/config/model.py _get_and_verify_max_len, possible_keys; its Whisper-only key left out)
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_sequence_length", "max_seq_length", "seq_len")
+
+
+def _rope_factor(rp: Any, keys: "_Keys", base: int, mtype: str) -> int:
+    """The context a RoPE scaling entry extends `base` to, as vLLM's _get_and_verify_max_len
+    derives it: "factor" scales it (yarn: from original_max_position_embeddings), except for
+    su / longrope / llama3, whose max_position_embeddings is already the extended length,
+    and gemma3, whose is too (transformers modeling_rope_utils reads the same keys)."""
+    if not isinstance(rp, dict) or "gemma3" in mtype:
+        return base
+    kind = str(rp.get("rope_type") or rp.get("type") or "default")
+    if kind in ("su", "longrope", "llama3"):
+        return base
+    factor = rp.get("factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+        raise keys.fail("rope_scaling.factor", factor, "a finite number > 0")
+    if kind == "yarn" and rp.get("original_max_position_embeddings") is not None:
+        base = _Keys(rp, keys.where, keys.prefix + "rope_scaling.").value("original_max_position_embeddings", 1)
+    return int(base * factor)
+
+
+def _max_context(keys: "_Keys", top: dict[str, Any], mtype: str) -> int:
+    """Longest sequence (prompt + output) the config allows; 0 when it names no length."""
+    present = [keys.value(k, 1) for k in _LENGTH_KEYS if keys.cfg.get(k) is not None]
+    present += [_Keys(top, keys.where, "").value(k, 1) for k in _LENGTH_KEYS
+                if keys.cfg is not top and keys.cfg.get(k) is None and top.get(k) is not None]
+    if not present:
+        return 0
+    base = min(present)
+    rope = keys.cfg.get("rope_scaling") or keys.cfg.get("rope_parameters")
+    if isinstance(rope, dict) and rope and all(isinstance(v, dict) for v in rope.values()):
+        rope = next(iter(rope.values()))     # per layer type (transformers v5): engines assume one factor
+    return _rope_factor(rope, keys, base, mtype)
+
+
+def _weight_block(top: dict[str, Any], where: str) -> tuple[int, int]:
+    """(block_n, block_k) of a block-scaled FP8 checkpoint (quantization_config
+    weight_block_size, the DeepSeek-V3 / Qwen3-FP8 layout), else ()."""
+    q = top.get("quantization_config") or (top.get("text_config") or {}).get("quantization_config") or {}
+    block = q.get("weight_block_size") if isinstance(q, dict) else None
+    if block is None:
+        return ()
+    if not (isinstance(block, list) and len(block) == 2 and
+            all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 65536 for b in block)):
+        raise DSEError(f"{where}: quantization_config.weight_block_size: {block!r} is not allowed; "
+                       "allowed: two whole numbers in [1, 65536] (block_n, block_k)")
+    return int(block[0]), int(block[1])
+
+
 class _Keys:
     """Integer keys of one config, each checked on the way out: a number (not a bool or a
     string), whole, finite and in range, else a one-line DSEError naming file, key and value."""
@@ -281,6 +335,9 @@ def _ffns(keys: _Keys, mtype: str) -> tuple[FFN | None, FFN]:
     cfg, opt = keys.cfg, keys.opt
     n_experts = opt("n_routed_experts", "num_experts", "num_local_experts")
     top_k = opt("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
+    zero = next((k for k in ("n_routed_experts", "num_experts", "num_local_experts") if cfg.get(k) == 0), None)
+    if zero and top_k and not n_experts:     # experts per token of no experts: a MoE with its count lost
+        raise keys.fail(zero, 0, f"a whole number of experts >= 1 (the config routes {top_k} per token)")
     if n_experts and not 1 <= top_k <= n_experts:
         k = next((k for k in ("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
                   if cfg.get(k) is not None), None)
@@ -428,4 +485,5 @@ def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Mo
                  tie_embeddings=keys.flag("tie_word_embeddings", bool(top.get("tie_word_embeddings", False))),
                  native_dtype=_native_dtype(top, model_id), model_type=mtype, source=source,
                  mtp_heads=opt("num_nextn_predict_layers", "mtp_num_hidden_layers")
-                 or (opt("num_mtp_modules") if keys.flag("use_mtp") else 0))
+                 or (opt("num_mtp_modules") if keys.flag("use_mtp") else 0),
+                 max_context=_max_context(keys, top, mtype), weight_block=_weight_block(top, where))

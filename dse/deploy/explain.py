@@ -12,26 +12,30 @@ from dse.deploy import roles
 from dse.deploy.columns import broadcast, check_categories
 from dse.deploy.context import make_context
 from dse.deploy.evaluate import evaluate_columns, evaluate_model
-from dse.deploy.pools import structure_errors
+from dse.deploy.pools import block_errors, block_rows, context_errors, structure_errors
 from dse.deploy.reasons import Reasons
 from dse.errors import DSEError
-from dse.model.ops import COMM_OPS
+from dse.model.ops import COMM_OPS, Parallel
 
 __all__ = ["check_config", "explain"]
 
 
 def check_config(**config: Any) -> None:
     """Raise DSEError (one line) if a configuration cannot exist: unknown ids, or a
-    parallel layout that does not shard the model. Memory is not checked."""
+    parallel layout that does not shard the model (or its block-scaled FP8 weights), a
+    prompt + output beyond the model's context. Memory is not checked."""
     ctx = make_context()
     cols, n, vocab = broadcast(config)
     check_categories(cols, vocab, ctx.serving["backends"])
     model = get_model(str(vocab["model"][cols["model"][0]]))
     reasons = Reasons(n)
     mode = str(vocab["mode"][cols["mode"][0]])
+    context_errors(model, reasons, cols["isl"], cols["osl"])
+    block = block_rows(model, cols["weight_dtype"], vocab)
     for r in {"agg": [""], "disagg": ["prefill", "decode"], "afd": [""]}[mode]:
         tp, dp, ep, red = (roles.layout(cols, r, k) if r else cols[k] for k in ("tp", "dp", "ep", "redundant_experts"))
         structure_errors(model, reasons, tp, dp, ep, redundant=red)
+        block_errors(model, reasons, Parallel(tp=tp, dp=dp, ep=ep, pp=cols["pp"]), block)
     first = reasons.first()
     if first:
         raise DSEError(f"evaluate: {model.id}: {first[2]}")

@@ -14,7 +14,7 @@ from dse.deploy.spec_table import SpecTable
 from dse.model import memory, serving
 from dse.model.ops import Dtypes, Parallel
 
-__all__ = ["Pools", "structure_errors"]
+__all__ = ["Pools", "structure_errors", "block_rows", "block_errors", "context_errors"]
 
 
 def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "all", pp=None,
@@ -38,6 +38,9 @@ def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "a
                          f"ffn_gpus must divide the {experts} experts + redundant_experts")
         return
     heads = min(g.attention.num_heads for g in model.groups)
+    # a TP rank holds at least one head; more attention ranks are data-parallel (dp), not tp
+    reasons.flag(tp > heads, "structure", f"tp must not exceed the {heads} attention heads (use dp for more "
+                 "attention ranks)")
     reasons.flag(np.mod(heads, tp) != 0, "structure", f"tp must divide the {heads} attention heads")
     if holds == "attn":
         return
@@ -66,6 +69,62 @@ def _redundant_errors(model: Model, reasons: Reasons, ep, redundant) -> None:
     reasons.flag((r > 0) & (ep <= 1), "structure", "redundant_experts needs ep > 1 (replicas sit on other ranks)")
 
 
+def context_errors(model: Model, reasons: Reasons, isl, osl) -> None:
+    """Flag rows whose prompt + output exceed the checkpoint's context: an engine refuses
+    such a request (vLLM vllm/entrypoints/openai/serving_engine.py _validate_input: "This
+    model's maximum context length is ... tokens")."""
+    if model.max_context:
+        reasons.flag(np.asarray(isl) + np.asarray(osl) > model.max_context, "context",
+                     f"context: isl + osl exceed the model's {model.max_context}-token context")
+
+
+def block_rows(model: Model, weight_codes, vocab: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row: are the weights block-scaled FP8? The checkpoint's own FP8 (a config with
+    quantization_config.weight_block_size) served as native or fp8, or `fp8_block` asked for
+    (then 128 x 128 blocks, the DeepSeek-V3 layout); fp8 on a bf16 checkpoint is per-tensor."""
+    flags = []
+    for w in vocab["weight_dtype"]:
+        word = str(w).strip().lower()
+        fmt = dtypes.normalize(model.native_dtype if word in ("native", "") else word, field="weight_dtype")
+        flags.append(fmt == "fp8" and (bool(model.weight_block) or word == "fp8_block"))
+    return np.array(flags, dtype=bool)[np.asarray(weight_codes)]
+
+
+def block_errors(model: Model, reasons: Reasons, par: Parallel, block, holds: str = "all") -> None:
+    """Flag block-scaled FP8 rows whose weight shards cut through the scale blocks: each
+    shard of a blocked weight must hold whole (block_n x block_k) blocks, or the engine
+    refuses to load it. Enforced (and only these, sourced):
+      routed experts: moe_intermediate_size / moe_tp a multiple of block_n, and of block_k
+        when moe_tp > 1 (vLLM and SGLang vllm|sglang/.../layers/quantization/fp8.py
+        Fp8MoEMethod.create_weights: "The output_size of gate's and up's weight = ... is
+        not divisible by weight quantization block_n");
+      the attention output projection (row parallel): its input, heads x v_dim / tp, a
+        multiple of block_k when tp > 1 (vLLM layers/quantization/utils/fp8_utils.py
+        validate_fp8_block_shape, "Required by row parallel").
+    Not enforced: merged column-parallel GEMMs (QKV, gate/up), which vLLM lets through
+    (layers/linear.py _maybe_allow_fp8_block_shape_mismatch), and the dense / shared-expert
+    FFN, which SGLang served sliced finer than 128 (DeepSeek-R1 fp8_block at tp 64 in
+    ../shared/calibration/silicon_h100_b200.csv.gz: 18432 / 64 = 288)."""
+    block = np.asarray(block, dtype=bool)
+    if not block.any():
+        return
+    bn, bk = model.weight_block or (128, 128)
+    if holds != "attn" and model.is_moe:
+        inter = max(g.ffn.intermediate for g in model.groups if g.ffn.kind == "moe")
+        moe_tp = np.asarray(par.moe_tp, dtype=float)
+        per = inter / moe_tp
+        bad = (np.mod(per, bn) != 0) | ((moe_tp > 1) & (np.mod(per, bk) != 0))
+        reasons.flag(block & bad, "structure", f"block-scaled FP8 ({bn}x{bk}): moe_intermediate_size {inter} / "
+                     f"moe_tp (tp*dp/ep) must be a multiple of {bn}")
+    if holds != "ffn":
+        tp = np.asarray(par.tp, dtype=float)
+        for a in dict.fromkeys(g.attention for g in model.groups):
+            width = a.lin_v_heads * a.lin_v_dim if a.kind == "linear" else a.num_heads * a.v_dim
+            reasons.flag(block & (tp > 1) & (np.mod(width / tp, bk) != 0), "structure",
+                         f"block-scaled FP8 ({bn}x{bk}): the attention output projection's {width} inputs / tp "
+                         f"must be a multiple of {bk}")
+
+
 @functools.lru_cache(maxsize=64)
 def _spec_table(pairs: tuple[tuple[str, str, bool], ...]) -> SpecTable:
     return SpecTable(list(pairs))
@@ -85,6 +144,8 @@ class Pools:
         self.kv_bytes = np.array(kv)[c["kv_dtype"]]
         self.rt = runtime
         self.reasons = Reasons(len(c["tp"]))
+        self.block = block_rows(model, c["weight_dtype"], vocab)
+        context_errors(model, self.reasons, c["isl"], c["osl"])
         self.mem_gb = np.zeros(c["tp"].shape)
 
     def _specs(self, device) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -126,6 +187,11 @@ class Pools:
                                                 else c["redundant_experts"])
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp, redundant=redundant)
         structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp, redundant=redundant)
+
+
+        par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
+        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp)
+        block_errors(model, self.reasons, par, self.block, holds)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         weights = self._weights(par, w_bytes, holds)
         seqs_rank = np.maximum((c["batch_size"] if running is None else running) / dp, 1.0)

@@ -165,15 +165,15 @@ def _afd_step(model: Model, st: dict, running):
     best = None
     for m in AFD_MICROBATCHES:
         micro = np.minimum(float(m), np.maximum(running * dp, 1.0))
-        out = _pingpong(model, st, running * dp, q, st["ctx"], micro, verify=spec is not None)
+        out = list(_pingpong(model, st, running * dp, q, st["ctx"], micro, verify=spec is not None))
+        if spec is not None:   # the draft head (attention and FFN of one layer) runs on the attention pool
+            out[0] = out[0] + draft_ms(model, out[4], spec.tokens)
         if best is None:
-            best = list(out) + [micro]
+            best = out + [micro]
             continue
-        better = out[0] < best[0]
+        better = out[0] < best[0]          # the micro-batch count is chosen on the whole step, drafting included
         best[:4] = [np.where(better, o, b) for o, b in zip(out[:4], best[:4])]
         best[4], best[5] = (where_step(better, out[4], best[4]), where_step(better, out[5], best[5]))
         best[6] = np.where(better, micro, best[6])
     best[0] = best[0] + st["rt"].step_ms
-    if spec is not None:   # the draft head (attention and FFN of one layer) runs on the attention pool
-        best[0] = best[0] + draft_ms(model, best[4], spec.tokens)
     return tuple(best)

@@ -248,8 +248,8 @@ def test_write_then_load_roundtrip(tmp_path, monkeypatch):
 
 
 def test_uncalibrated_device_is_built_from_rules_and_sibling(tmp_path):
-    """A derived device with H100's spec sheet gets H100's own fit where the rules file
-    carries the sibling, the rule on H100's spec elsewhere; one without a sibling the rule."""
+    """A hypothetical variant of H100 keeps H100's own fit (formats H100 has no table for
+    from the rule); a device without a sibling gets the rule on its spec sheet."""
     from dse.deploy import kernel_params as KP
     derived = tmp_path / "h100_hypo.yaml"
     derived.write_text("id: h100_hypo\nbase: h100_sxm\nname: hypothetical\nhypothetical: true\n")
@@ -257,8 +257,7 @@ def test_uncalibrated_device_is_built_from_rules_and_sibling(tmp_path):
     rules = KP.load_rules()
     for fam in calibrate.FAMILIES:
         want = KP.from_rule(fam, rules["rules"][fam], H100)      # formats H100 has no table for
-        if rules["carry"][fam] == "sibling":
-            want.update(h100[fam])
+        want.update(h100[fam])
         assert got[fam] == pytest.approx(want, rel=1e-12), fam
     raw = yaml.safe_load(Path(get_device("h100_sxm").path).read_text())
     raw["id"] = "lonely_gpu"

@@ -81,7 +81,8 @@ def default_params() -> dict[str, dict[str, float]]:
 def load_params(device_id: str) -> dict[str, dict[str, float]]:
     """Kernel parameters of a device: its own calibration; else built from the family
     rules and its spec sheet (with its `calibration_from` device's fit where the rules
-    file says that carries better); families missing from both come from the defaults."""
+    file says that carries better, and always for a hypothetical device); families missing
+    from both come from the defaults."""
     device = get_device(device_id)
     params = default_params()
     own = _calibration(device.id)
@@ -91,7 +92,12 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
     sib = _calibration(device.calibration_from) if device.calibration_from else None
     sibling = (get_device(device.calibration_from), sib) if sib is not None else None
     rules = load_rules()
-    params.update(carried_params(device, rules.get("rules", {}), sibling, rules.get("carry")))
+    carry = rules.get("carry")
+    if device.hypothetical and sibling:
+        # a what-if variant of a measured device keeps that device's fit, carried through
+        # the forms (so more bandwidth or FLOPS is never slower than the original)
+        carry = dict.fromkeys(set(sibling[1]), "sibling")
+    params.update(carried_params(device, rules.get("rules", {}), sibling, carry))
     return params
 
 
@@ -165,7 +171,9 @@ def carried_params(device: Device, rules: dict[str, dict[str, float]],
     out = {}
     for fam in set(rules) | set(sibling[1] if sibling else {}):
         rule = dict(rules.get(fam, {}))
-        if sibling and fam in sibling[1] and (carry or {}).get(fam, "rule") == "sibling" or fam not in rules:
+        use_sibling = sibling is not None and fam in sibling[1] and \
+            (fam not in rules or (carry or {}).get(fam, "rule") == "sibling")
+        if use_sibling:
             rule.update(to_rule(fam, sibling[1][fam], sibling[0]))
         out[fam] = from_rule(fam, rule, device)
     return out

@@ -52,7 +52,8 @@ def test_every_device_loads_with_bf16_and_a_known_system(ref):
     assert 0 < d.idle_w < d.tdp_w
     assert d.memory_gb > 0 and d.memory_tb_s > 0 and d.price_usd > 0 and d.rent_usd_per_hour > 0
     for field in devices.SOURCED:
-        assert d.sources[field].strip(), f"{ref}: sources.{field} is empty"
+        if getattr(d, field) is not None:       # sm_count is optional (TPU, Gaudi, Ascend)
+            assert d.sources[field].strip(), f"{ref}: sources.{field} is empty"
 
 
 @pytest.mark.parametrize("ref", DEVICE_IDS)

@@ -179,7 +179,8 @@ def test_array_params_per_row_match_scalar_calls():
 def test_for_format_falls_back_along_the_chain():
     p = {"eff_compute": 0.8, "eff_compute.fp8": 0.6, "floor_us": 3.0}
     assert K.for_format(p, "fp8_block")["eff_compute"] == 0.6
-    assert K.for_format(p, "fp4")["eff_compute"] == 0.8
+    assert K.for_format(p, "fp4")["eff_compute"] == 0.6          # 4-bit float -> fp8
+    assert K.for_format(p, "int4")["eff_compute"] == 0.8         # weight-only int4 -> bf16 math
     rows = K.for_format(p, np.array(["bf16", "fp8", "fp8_block@x"]))
     np.testing.assert_allclose(rows["eff_compute"], [0.8, 0.6, 0.6])
 
@@ -222,7 +223,7 @@ def test_experts_hit_grows_with_tokens_and_is_bounded_by_the_local_experts():
 
 # ------------------------------------------------------------- calibration files
 def test_shipped_calibrations_carry_provenance():
-    for dev in DEVICES:
+    for dev in DEVICES + ("a100_sxm", "l40s"):
         path = Path(str(calibrate.calibration_dir())) / f"{dev}.yaml"
         doc = yaml.safe_load(path.read_text())
         prov = doc["provenance"]
@@ -246,16 +247,26 @@ def test_write_then_load_roundtrip(tmp_path, monkeypatch):
     assert loaded["gemm"] == kernel_params.default_params()["gemm"]   # missing family -> defaults
 
 
-def test_uncalibrated_device_inherits_then_defaults(tmp_path):
+def test_uncalibrated_device_is_built_from_rules_and_sibling(tmp_path):
+    """A hypothetical variant of H100 keeps H100's own fit (formats H100 has no table for
+    from the rule); a device without a sibling gets the rule on its spec sheet."""
+    from dse.deploy import kernel_params as KP
     derived = tmp_path / "h100_hypo.yaml"
     derived.write_text("id: h100_hypo\nbase: h100_sxm\nname: hypothetical\nhypothetical: true\n")
-    assert calibrate.load_params(str(derived)) == calibrate.load_params("h100_sxm")
+    got, h100 = calibrate.load_params(str(derived)), calibrate.load_params("h100_sxm")
+    rules = KP.load_rules()
+    for fam in calibrate.FAMILIES:
+        want = KP.from_rule(fam, rules["rules"][fam], H100)      # formats H100 has no table for
+        want.update(h100[fam])
+        assert got[fam] == pytest.approx(want, rel=1e-12), fam
     raw = yaml.safe_load(Path(get_device("h100_sxm").path).read_text())
     raw["id"] = "lonely_gpu"
     lonely = tmp_path / "lonely_gpu.yaml"
     lonely.write_text(yaml.safe_dump(raw))
-    from dse.deploy.kernel_params import default_params
-    assert calibrate.load_params(str(lonely)) == default_params()
+    got = calibrate.load_params(str(lonely))
+    for fam in calibrate.FAMILIES:
+        assert got[fam] == pytest.approx(KP.from_rule(fam, rules["rules"][fam], H100), rel=1e-12)
+    assert got["unfitted"] == KP.default_params()["unfitted"]
 
 
 def test_defaults_file_has_provenance_and_every_family():

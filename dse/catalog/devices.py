@@ -27,7 +27,7 @@ __all__ = ["COMPUTE_FORMATS", "SOURCED", "Device", "DeviceFile", "PeakTflops", "
 COMPUTE_FORMATS = ("bf16", "fp8", "int8", "fp4")
 # Fields that are measured/published figures and therefore need a source entry.
 SOURCED = ("peak_tflops", "memory_gb", "memory_tb_s", "scaleup_gb_s",
-           "scaleout_gb_s", "tdp_w", "idle_w", "price_usd", "rent_usd_per_hour")
+           "scaleout_gb_s", "tdp_w", "idle_w", "price_usd", "rent_usd_per_hour", "sm_count")
 
 
 class PeakTflops(DataModel):
@@ -49,6 +49,9 @@ class DeviceFile(SourcedFile):
     peak_tflops: PeakTflops = Field(description="dense TFLOPS (TOPS for int8) per compute format")
     memory_gb: Positive = Field(description="HBM capacity, GB")
     memory_tb_s: Positive = Field(description="HBM bandwidth, TB/s")
+    sm_count: Positive | None = Field(None, description="streaming multiprocessors (AMD: compute units) "
+                                                        "enabled; the kernel family rules size tile slots "
+                                                        "from it (absent: the calibration_from device's)")
     scaleup_gb_s: NonNegative = Field(description="scale-up fabric bandwidth per GPU, one direction, GB/s "
                                                   "(0 = no scale-up fabric)")
     scaleout_gb_s: NonNegative = Field(description="scale-out (NIC) bandwidth per GPU, one direction, GB/s")
@@ -102,6 +105,7 @@ class Device:
     system: str
     sources: dict[str, str]
     calibration_from: str = ""
+    sm_count: float | None = None
     hypothetical: bool = False
     notes: str = ""
     path: str = ""

@@ -30,6 +30,9 @@ def add_parsers(sub: Any) -> None:
     val.add_argument("--kernels", help="directory of kernel tables")
     val.add_argument("--device", help="device id the kernel tables were measured on")
     val.add_argument("--measurements", help="CSV of measured deployments")
+    val.add_argument("--cross", action="store_true",
+                     help="with --kernels: leave this device out -- fit the kernel family rules on the sibling "
+                          "directories of DIR's parent (one per device) and predict DIR's tables")
     val.add_argument("--json", help="write the figures to this JSON file")
     val.set_defaults(func=_cmd_validate)
 
@@ -50,13 +53,19 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     if a.kernels:
         if not a.device:
             raise DSEError("validate: --kernels needs --device ID")
-        from dse.fit.validate_kernels import validate
+        from dse.fit.validate_kernels import cross, cross_lines, validate
 
-        res = validate(a.kernels, a.device)
-        print(f"{'family':<22} {'n':>6} {'median APE %':>13} {'MAPE %':>8}")
-        for fam, r in res["families"].items():
-            print(f"{fam:<22} {r['n']:>6} {r['median_ape']:>13.1f} {r['mape']:>8.1f}")
+        if a.cross:
+            res = _cross(a.kernels, a.device, cross)
+            print("\n".join(cross_lines(res)))
+        else:
+            res = validate(a.kernels, a.device)
+            print(f"{'family':<22} {'n':>6} {'median APE %':>13} {'MAPE %':>8}")
+            for fam, r in res["families"].items():
+                print(f"{fam:<22} {r['n']:>6} {r['median_ape']:>13.1f} {r['mape']:>8.1f}")
     else:
+        if a.cross:
+            raise DSEError("validate: --cross needs --kernels DIR --device ID")
         from dse.fit.validate import validate_measurements
 
         res = validate_measurements(a.measurements)
@@ -68,3 +77,16 @@ def _cmd_validate(a: argparse.Namespace) -> int:
         write_json(a.json, res)
         print(f"wrote {a.json}")
     return 0
+
+
+def _cross(kernels: str, device: str, cross) -> dict:
+    """Leave `device` out of the devices whose tables sit next to DIR (DIR/../<id>/)."""
+    from pathlib import Path
+
+    d = Path(kernels)
+    if not d.is_dir():
+        raise DSEError(f"--kernels {d}: not a directory")
+    if d.resolve().name != device:
+        raise DSEError(f"--kernels {d}: --cross reads the sibling directories as devices, so DIR must be named "
+                       f"after --device ({device!r}), got {d.resolve().name!r}")
+    return cross(d.resolve().parent, held_out=[device])

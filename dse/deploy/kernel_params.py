@@ -1,7 +1,17 @@
 """Fitted kernel parameters per device, as `dse calibrate` wrote them to
-hardware/calibration/<device>.yaml; a device without its own inherits its
-`calibration_from` device's, families missing from a file the defaults of
-hardware/calibration/defaults.yaml (hand-chosen; its provenance says from what)."""
+hardware/calibration/<device>.yaml. A device without its own gets parameters built from
+the kernel family rules (hardware/calibration/rules.yaml, fitted jointly on every
+calibrated device by `dse.fit.family_rules`) and its own spec sheet -- either the pure
+rule or its `calibration_from` device's fit carried over through the same spec
+normalisation, whichever the rules file's leave-one-device-out evidence chose per
+family. Families neither covers come from hardware/calibration/defaults.yaml
+(hand-chosen; its provenance says from what).
+
+Why a normalisation: a raw fitted number such as "tile_slots: 72" is a property of one
+GPU; "0.55 tiles per SM" carries to a GPU with another SM count. FORMS names, per
+family, the parameters stored in such spec-normalised units in the rules; every other
+parameter is already physical (a fraction of the spec peak, a latency in us, a size in
+elements) and carries as is."""
 from __future__ import annotations
 
 import functools
@@ -9,11 +19,25 @@ from pathlib import Path
 
 import yaml
 
-from dse.catalog.devices import get_device
+from dse.catalog.devices import Device, get_device
 from dse.catalog.runtime import hardware_dir
 from dse.errors import DSEError
 
-__all__ = ["calibration_dir", "defaults_path", "default_params", "load_params"]
+__all__ = ["calibration_dir", "defaults_path", "rules_path", "default_params", "load_params", "FORMS",
+           "to_rule", "from_rule", "sm_count", "load_rules", "carried_params"]
+
+# parameter -> how its rule value relates to the device's raw value (see _SCALE)
+FORMS: dict[str, dict[str, str]] = {
+    "gemm": {"tile_slots": "per_sm"},
+    "context_attention": {"tile_slots": "per_sm"},
+    "generation_attention": {"tile_slots": "per_sm", "cta_bw_frac": "cta_gb_s", "ramp_mb": "us_at_bw"},
+    "moe": {}, "nccl": {}, "custom_allreduce": {},
+}
+FORM_UNITS = {
+    "per_sm": "tiles per SM: raw = rule x sm_count",
+    "cta_gb_s": "GB/s one decode CTA streams: raw fraction of the bandwidth = rule / (memory_tb_s x 1000)",
+    "us_at_bw": "us of streaming at the spec bandwidth: raw MB = rule x memory_tb_s",
+}
 
 
 def calibration_dir() -> Path:
@@ -55,14 +79,101 @@ def default_params() -> dict[str, dict[str, float]]:
 
 
 def load_params(device_id: str) -> dict[str, dict[str, float]]:
-    """Fitted kernel parameters of a device: its own calibration, else that of its
-    `calibration_from` device, else the defaults; families missing from a file are
-    filled from the defaults."""
+    """Kernel parameters of a device: its own calibration; else built from the family
+    rules and its spec sheet (with its `calibration_from` device's fit where the rules
+    file says that carries better, and always for a hypothetical device); families missing
+    from both come from the defaults."""
     device = get_device(device_id)
     params = default_params()
-    for ref in (device.id, device.calibration_from):
-        path = calibration_dir() / f"{ref}.yaml"
-        if ref and path.is_file():
-            params.update(_families(yaml.safe_load(path.read_text()) or {}, path))
-            break
+    own = _calibration(device.id)
+    if own is not None:
+        params.update(own)
+        return params
+    sib = _calibration(device.calibration_from) if device.calibration_from else None
+    sibling = (get_device(device.calibration_from), sib) if sib is not None else None
+    rules = load_rules()
+    carry = rules.get("carry")
+    if device.hypothetical and sibling:
+        # a what-if variant of a measured device keeps that device's fit, carried through
+        # the forms (so more bandwidth or FLOPS is never slower than the original)
+        carry = dict.fromkeys(set(sibling[1]), "sibling")
+    params.update(carried_params(device, rules.get("rules", {}), sibling, carry))
     return params
+
+
+def sm_count(device: Device) -> float:
+    """The device's SM count, else its calibration_from device's (a TPU priced with H100
+    rules keeps H100's tile slots), else 132 (H100 SXM5)."""
+    if device.sm_count:
+        return float(device.sm_count)
+    if device.calibration_from and get_device(device.calibration_from).sm_count:
+        return float(get_device(device.calibration_from).sm_count)
+    return 132.0
+
+
+def _scale(form: str, device: Device) -> float:
+    """raw = rule x scale."""
+    if form == "per_sm":
+        return sm_count(device)
+    if form == "cta_gb_s":
+        return 1.0 / (device.memory_tb_s * 1e3)
+    if form == "us_at_bw":
+        return device.memory_tb_s
+    raise ValueError(f"unknown parameter form {form!r}")
+
+
+def _form(family: str, key: str) -> str | None:
+    return FORMS.get(family, {}).get(key.split(".", 1)[0])
+
+
+def to_rule(family: str, params: dict[str, float], device: Device) -> dict[str, float]:
+    """A device's raw parameters of one family in spec-normalised rule units."""
+    return {k: v / _scale(f, device) if (f := _form(family, k)) else v for k, v in params.items()}
+
+
+def from_rule(family: str, rule: dict[str, float], device: Device) -> dict[str, float]:
+    """Rule-unit parameters of one family as the raw parameters of `device`."""
+    return {k: v * _scale(f, device) if (f := _form(family, k)) else v for k, v in rule.items()}
+
+
+def rules_path() -> Path:
+    return hardware_dir() / "calibration" / "rules.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def load_rules() -> dict:
+    """The rules file: {"rules": {family: {...}}, "carry": {family: "rule" | "sibling"}, ...}
+    ({} when absent)."""
+    path = rules_path()
+    if not path.is_file():
+        return {}
+    doc = yaml.safe_load(path.read_text()) or {}
+    carry = doc.get("carry") or {}
+    bad = {f: c for f, c in carry.items() if c not in ("rule", "sibling")}
+    if bad:
+        raise DSEError(f"{path}: carry.{next(iter(bad))}: expected 'rule' or 'sibling', got {next(iter(bad.values()))!r}")
+    return {"rules": _families({"params": doc.get("rules")}, path), "carry": dict(carry)}
+
+
+def _calibration(ref: str) -> dict[str, dict[str, float]] | None:
+    path = calibration_dir() / f"{ref}.yaml"
+    if ref and path.is_file():
+        return _families(yaml.safe_load(path.read_text()) or {}, path)
+    return None
+
+
+def carried_params(device: Device, rules: dict[str, dict[str, float]],
+                   sibling: tuple[Device, dict[str, dict[str, float]]] | None = None,
+                   carry: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Parameters of an uncalibrated device: per family the rule built on its spec sheet,
+    or (carry[family] == "sibling") the sibling's own fit carried through the same
+    normalisation, keys the sibling lacks (formats it has no table for) from the rule."""
+    out = {}
+    for fam in set(rules) | set(sibling[1] if sibling else {}):
+        rule = dict(rules.get(fam, {}))
+        use_sibling = sibling is not None and fam in sibling[1] and \
+            (fam not in rules or (carry or {}).get(fam, "rule") == "sibling")
+        if use_sibling:
+            rule.update(to_rule(fam, sibling[1][fam], sibling[0]))
+        out[fam] = from_rule(fam, rule, device)
+    return out

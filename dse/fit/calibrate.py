@@ -213,7 +213,10 @@ RECIPES: dict[str, Recipe] = {
          "k_half": (128.0, 1.0, 4096.0), "tile_slots": (132.0, 32.0, 512.0),
          "split_min_k": (512.0, 32.0, 1e6), "floor_us": (4.0, 0.5, 30.0)},
         grid={"tile_m": (64.0, 128.0), "tile_n": (128.0, 256.0)},
-        per_format=("eff_compute", "floor_us", "split_min_k")),
+        # every continuous parameter per format: a 4-bit kernel streams its weights at
+        # another rate (eff_memory), runs other tiles (tile_slots) and pays its fixed
+        # per-tile cost over other depths (k_half) than a bf16 one
+        per_format=("eff_compute", "eff_memory", "k_half", "tile_slots", "floor_us", "split_min_k")),
     "context_attention": Recipe(
         _args_context_attention,
         {"eff_compute": (0.6, 0.1, 1.0), "eff_memory": (0.8, 0.1, 1.0),

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 # A format key may name a kernel variant ("fp4@min_latency") or a mixed scheme
-# ("w4a8": 4-bit weights, fp8 math); a missing override falls back along this chain.
-_FORMAT_FALLBACK = {"fp8_block": "fp8", "w4a8": "fp8", "int4": "bf16", "int8_wo": "bf16"}
+# ("w4a8": 4-bit weights, fp8 math); a missing override falls back along this chain
+# (a block-scaled 4-bit float kernel is nearer an fp8 one than a bf16 one).
+_FORMAT_FALLBACK = {"fp8_block": "fp8", "fp4": "fp8", "w4a8": "fp8", "int4": "bf16", "int8_wo": "bf16"}
 
 
 def format_chain(fmt: str) -> list[str]:

@@ -257,7 +257,7 @@ def _cli(capsys, argv) -> str:
 
 @pytest.mark.parametrize("flag, value", [("--prefix-hit", "nan"), ("--prefix-hit", "1"), ("--tp", "0"),
                                          ("--pp", "1000"), ("--ttft-slo-ms", "nan"), ("--isl", "-5"),
-                                         ("--power-cap", "inf"), ("--routing-skew", "nan"), ("--device", "nope")])
+                                         ("--power-cap", "inf"), ("--routing-skew", "-1"), ("--device", "nope")])
 def test_cli_evaluate_bad_values(capsys, flag, value):
     err = _cli(capsys, ["evaluate", "--model", "meta-llama/Llama-3.1-8B", "--device", "h100_sxm", flag, value])
     assert flag.lstrip("-").split("-")[0] in err

@@ -246,4 +246,7 @@ def test_deploy_the_quickstart_run_for_every_backend(tmp_path, capsys):
             assert int(f[names["tp"]]) == dep["tp_size"]
     for d in by["dynamo"]:
         graph = yaml.safe_load((d / "dynamo_graph.yaml").read_text())
-        assert "VllmPrefillWorker" in graph["spec"]["services"] and "VllmDecodeWorker" in graph["spec"]["services"]
+        services = graph["spec"]["services"]
+        mode = json.loads((d / "deployment.json").read_text())["mode"]
+        want = {"VllmPrefillWorker", "VllmDecodeWorker"} if mode == "disagg" else {"VllmWorker"}
+        assert want <= set(services), (mode, set(services))

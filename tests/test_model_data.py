@@ -88,8 +88,11 @@ def test_placement_hop_uses_the_runtime_hop():
 
 def test_runtime_file_every_figure_sourced():
     doc = yaml.safe_load((rt.hardware_dir() / "runtime.yaml").read_text())
-    assert set(rt.RUNTIME_KEYS) <= set(doc) and set(doc) - {"sources"} == set(doc["sources"])
+    limits = {"engine_limits", "engine_limits_sources"}
+    assert set(rt.RUNTIME_KEYS) <= set(doc) and set(doc) - {"sources"} - limits == set(doc["sources"])
     assert all(str(v).strip() for v in doc["sources"].values())
+    assert set(doc["engine_limits"]) == set(doc["engine_limits_sources"]) >= {"trtllm", "vllm", "sglang", "default"}
+    assert all(str(v).strip() for v in doc["engine_limits_sources"].values())
 
 
 @pytest.mark.parametrize("patch,match", [

@@ -114,7 +114,7 @@ def test_shipped_serving_constants_have_provenance():
     doc = yaml.safe_load((Path(str(resources.files("dse.hardware"))) / "serving_runtime.yaml").read_text())
     assert set(doc["backends"]) == {"default", "trtllm", "vllm", "sglang"}
     for c in doc["backends"].values():
-        assert c["request_ms"] >= 0 and c["step_ms"] >= 0 and 512 <= c["max_tokens"] <= 65536
+        assert c["request_ms"] >= 0 and c["step_ms"] >= 0 and c.get("rounds", 1.0) >= 1
     assert doc["benchmark"]["rounds"] >= 1
     assert "python -m dse.fit.serving" in doc["source"]["command"] and doc["source"]["date"]
     assert {"fit_h100_sxm_score_b200_sxm", "fit_b200_sxm_score_h100_sxm"} <= set(doc["cross_system"])

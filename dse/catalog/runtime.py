@@ -111,7 +111,7 @@ def serving_cross_system() -> dict:
 
 
 def parse_serving_runtime(data: dict) -> dict:
-    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms")}
+    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms", "rounds") if n in c}
                 for k, c in data["backends"].items()}
     bench = data.get("benchmark", {}) or {}
     return {"backends": backends, "rounds": float(bench.get("rounds", np.inf)),

@@ -172,7 +172,7 @@ def resolve_pools(model: Model, pools: list[Pool]) -> tuple[Pool, ...]:
 
 def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float = 1024, osl: float = 256,
              phase: str = "decode", weight_dtype: str = "native", kv_dtype: str = "bf16",
-             routing_skew: float = 0.0, own: bool = True, rt: dict | None = None) -> OpCosts:
+             routing_skew: float = float("nan"), own: bool = True, rt: dict | None = None) -> OpCosts:
     """Per-op-group time and memory of `model` on each pool, for one step of `batch` sequences.
 
     decode: one token per sequence at the mean context isl + osl/2; prefill: the whole

@@ -187,10 +187,6 @@ class Pools:
                                                 else c["redundant_experts"])
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp, redundant=redundant)
         structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp, redundant=redundant)
-
-
-        par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp)
-        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp)
         block_errors(model, self.reasons, par, self.block, holds)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         weights = self._weights(par, w_bytes, holds)

@@ -8,7 +8,8 @@ what no kernel table shows. Per backend (trtllm, vllm, sglang) two constants:
               operator list leaves out), on every step;
 (the engines' step token budget and running-sequence cap are their documented defaults,
 hardware/runtime.yaml engine_limits, not fitted) and two constants of the measured workload:
-  rounds      requests per user of the closed-loop benchmark: its first round starts all
+  rounds      requests per user of the closed-loop benchmark (per backend: each backend's
+              rows come from its own benchmark client): its first round starts all
               users at once, whose queue is part of the measured mean TTFT;
   routing_skew  the power-law exponent of expert popularity of the measured traffic
               (0 = every expert equally likely): the default of the routing_skew column.
@@ -36,7 +37,7 @@ import yaml
 from dse.errors import DSEError
 from dse.io import write_text
 
-__all__ = ["Data", "loss", "fit", "errors", "table", "main", "BACKENDS", "START", "ROUNDS_GRID"]
+__all__ = ["Data", "rounds_of", "loss", "fit", "errors", "table", "main", "BACKENDS", "START", "ROUNDS_GRID"]
 
 HW = Path(str(resources.files("dse.hardware")))
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
@@ -81,12 +82,18 @@ class Data:
         sel = []
         for j in np.nonzero(mask)[0]:
             i, cfg, r = self.configs[j]
-            cfg = {**cfg, "bench_rounds": runtime["rounds"]}
+            cfg = {**cfg, "bench_rounds": rounds_of(runtime, "" if pooled else cfg.get("backend", ""))}
             if pooled:
                 cfg["backend"] = ""
             sel.append((i, cfg, r))
         pred = validate.predict(sel, serving=runtime)
         return pred.ttft_ms.to_numpy(float), pred.tpot_ms.to_numpy(float)
+
+
+def rounds_of(runtime: dict, backend: str) -> float:
+    """Requests per user of the benchmark behind a backend's rows (each backend's rows come
+    from its own benchmark client), else the pooled figure."""
+    return float(runtime["backends"].get(backend or "default", {}).get("rounds", runtime["rounds"]))
 
 
 def loss(data: Data, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -> float:
@@ -117,14 +124,17 @@ def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pool
 
 
 def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
-    """Constants fitted on the rows in `mask`: backends one by one, then the protocol's
-    rounds on all of them; twice round."""
+    """Constants fitted on the rows in `mask`: backends one by one (with the rounds of their
+    own benchmark), then the pooled rounds and the routing skew on all of them; twice round."""
     runtime = {"backends": {b: dict(START) for b in ("default",) + BACKENDS}, "rounds": 6.0, "routing_skew": 0.0}
     for _ in range(cycles):
         for b in BACKENDS:
             m = mask & data.mask(backend=b)
             if m.sum() >= 20:
-                runtime["backends"][b] = _fit_backend(data, runtime, b, m, pooled=False)
+                runtime["backends"][b] = {**runtime["backends"][b], **_fit_backend(data, runtime, b, m, pooled=False)}
+                scores = [(loss(data, _with(runtime, b, {**runtime["backends"][b], "rounds": r}), m), r)
+                          for r in ROUNDS_GRID]
+                runtime["backends"][b]["rounds"] = float(min(scores)[1])
         runtime["backends"]["default"] = _fit_backend(data, runtime, "default", mask, pooled=True)
         scores = [(loss(data, {**runtime, "rounds": r}, mask), r) for r in ROUNDS_GRID]
         runtime["rounds"] = float(min(scores)[1])

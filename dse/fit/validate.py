@@ -224,7 +224,7 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
 def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[list[dict], list[tuple[int, dict]]]:
     """Per-row records and the (row, configuration) pairs that can be modelled."""
 
-    rounds = serving_runtime()["rounds"] if bench_rounds is None else bench_rounds
+    table = serving_runtime()
     rows, configs = [], []
     for i, (_, r) in enumerate(df.iterrows()):
         rec = {"id": str(r["id"]), "system": str(r["system"]), "mode": str(r["mode"]),
@@ -236,7 +236,8 @@ def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[li
                 raise DSEError("no measured TTFT/TPOT")
             cfg, assumed = row_config(r)
             check_config(**cfg)          # structure only: layout divides the model, ids known
-            cfg["bench_rounds"] = rounds
+            consts = table["backends"].get(cfg.get("backend") or "default", {})
+            cfg["bench_rounds"] = bench_rounds if bench_rounds is not None else consts.get("rounds", table["rounds"])
             rec["assumed"] = ",".join(assumed)
             configs.append((i, cfg, r))
         except DSEError as exc:

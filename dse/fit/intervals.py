@@ -301,7 +301,8 @@ def header(path, data, constants, res, levels, report, rho, cells, custom: bool)
         "out_of_sample": report,
         "residuals": {f"{s}/{'pooled' if p else 'backend'}": int(n)
                       for (s, p), n in res.groupby(["system", "pooled"]).size().items()},
-        "constants": {held: {"fitted_on": other, "backends": c["backends"], "rounds": float(c["rounds"])}
+        "constants": {held: {"fitted_on": other, "backends": c["backends"], "rounds": float(c["rounds"]),
+                             "routing_skew": float(c.get("routing_skew", 0.0))}
                       for (held, c), other in zip(constants.items(), SYSTEMS[::-1])},
     }
 

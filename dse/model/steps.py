@@ -295,7 +295,8 @@ def mixed_latency(model: Model, st: dict, n, running):
     priced whole through the kernels (so TPOT is a mean of steps that really run). A
     request's own prompt (with the group of prompts that arrive with it) fills steps of
     up to `budget` prompt tokens. Returns (TTFT, TPOT, requests per ms the rank can
-    prefill, the decode-only step's time, the chunk-carrying Step, mean power per GPU)."""
+    prefill, the decode-only step's time, the typical Step (chunk-carrying where most steps
+    carry one), mean power per GPU)."""
     pool, rt, osl = st["pool"], st["rt"], st["osl"]
     dp, pp = pool.par.dp, pool.par.pp
     spec = st.get("spec")
@@ -319,14 +320,18 @@ def mixed_latency(model: Model, st: dict, n, running):
     steps_own = np.maximum(own / budget, 1.0)
     s_own, _, _, _ = decode_phase(model, pool, (running - group) * dp, st,
                                   chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx))
-    ttft = rt.request_ms + s_own * (1.0 + (steps_own - 1.0) / pp)
+    # the group's prompts finish chunk by chunk: on average halfway through the steps after
+    # a prompt's own chunks (a single long prompt waits for all of its chunks)
+    chunks = np.maximum(isl_new / budget, 1.0)
+    mean_steps = chunks + (steps_own - chunks) / 2.0
+    ttft = rt.request_ms + s_own * (1.0 + (mean_steps - 1.0) / pp)
     steps_first = np.maximum(running * isl_new / (pp * budget), 1.0)       # a benchmark's first round
     first = rt.request_ms + (steps_first + 1.0) / 2.0 * s_own
     ttft = ttft + np.maximum(first - ttft, 0.0) / rt.rounds
     life = ttft + osl1 * tpot
     ttft = np.maximum(ttft, n / running * life - osl1 * tpot)           # wait for a KV slot
     capacity = pp * budget / isl_new / dk                                  # requests per ms the rank prefills
-    dec = where_step(share > 0.0, deck, dec0)
+    dec = where_step(share >= 0.5, deck, dec0)          # the kind of step most steps are
     return ttft, tpot, capacity, d0, dec, p_mean
 
 

@@ -88,7 +88,7 @@ def test_recorded_kfold_coverage(doc, system):
 
 
 _WIDE = ("the TTFT interval is wider than the 2.5 target out of sample since the mixed step is priced whole "
-         "(h100 3.58, b200 4.22 median p90/p10; docs/intervals.md): the TTFT residuals are less predictable "
+         "(median p90/p10 in docs/intervals.md): the TTFT residuals are less predictable "
          "from the interval features")
 
 

@@ -145,9 +145,12 @@ def _runtime_arrays(c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], tabl
     sets max_num_tokens)."""
     names = [str(w) or "default" for w in vocab["backend"]]
     cols = {k: np.array([table[nm][k] for nm in names])[c["backend"]] for k in ("request_ms", "step_ms")}
-    pair, inverse = np.unique(np.stack([c["backend"], c["device"]]), axis=1, return_inverse=True)
-    limits = np.array([_engine_limit(str(vocab["backend"][b]), str(vocab["device"][d])) for b, d in pair.T])
-    seqs, tokens = limits[inverse.ravel(), 0], limits[inverse.ravel(), 1]
+    n_dev = len(vocab["device"])
+    key = np.asarray(c["backend"], dtype=np.int64) * n_dev + np.asarray(c["device"], dtype=np.int64)
+    table_lut = np.zeros((len(vocab["backend"]) * n_dev, 2))
+    for k in np.flatnonzero(np.bincount(key, minlength=len(table_lut))):      # the pairs present
+        table_lut[k] = _engine_limit(str(vocab["backend"][k // n_dev]), str(vocab["device"][k % n_dev]))
+    seqs, tokens = table_lut[key, 0], table_lut[key, 1]
     own = np.asarray(c["max_num_tokens"], dtype=float)
     rounds = np.asarray(c["bench_rounds"], dtype=float)
     return serving.Runtime(rounds=np.maximum(rounds, 1.0), max_tokens=np.where(own > 0, own, tokens), max_seqs=seqs,

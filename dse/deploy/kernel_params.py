@@ -24,19 +24,21 @@ from dse.catalog.runtime import hardware_dir
 from dse.errors import DSEError
 
 __all__ = ["calibration_dir", "defaults_path", "rules_path", "default_params", "load_params", "FORMS",
-           "to_rule", "from_rule", "sm_count", "load_rules", "carried_params"]
+           "to_rule", "from_rule", "sm_count", "clock_ghz", "load_rules", "carried_params"]
 
 # parameter -> how its rule value relates to the device's raw value (see _SCALE)
 FORMS: dict[str, dict[str, str]] = {
-    "gemm": {"tile_slots": "per_sm"},
+    "gemm": {"tile_slots": "per_sm", "floor_us": "k_cycles"},
     "context_attention": {"tile_slots": "per_sm"},
-    "generation_attention": {"tile_slots": "per_sm", "cta_bw_frac": "cta_gb_s", "ramp_mb": "us_at_bw"},
-    "moe": {}, "nccl": {}, "custom_allreduce": {},
+    "generation_attention": {"tile_slots": "per_sm", "cta_bw_frac": "cta_gb_s", "ramp_mb": "us_at_bw",
+                             "floor_us": "k_cycles"},
+    "moe": {"floor_us": "k_cycles"}, "nccl": {}, "custom_allreduce": {},
 }
 FORM_UNITS = {
     "per_sm": "tiles per SM: raw = rule x sm_count",
     "cta_gb_s": "GB/s one decode CTA streams: raw fraction of the bandwidth = rule / (memory_tb_s x 1000)",
     "us_at_bw": "us of streaming at the spec bandwidth: raw MB = rule x memory_tb_s",
+    "k_cycles": "thousands of clock cycles: raw us = rule / clock_ghz (defaults.yaml clock_ghz)",
 }
 
 
@@ -111,6 +113,30 @@ def sm_count(device: Device) -> float:
     return 132.0
 
 
+@functools.lru_cache(maxsize=1)
+def _clocks() -> dict[str, float]:
+    path = defaults_path()
+    clocks = (yaml.safe_load(path.read_text()) or {}).get("clock_ghz") or {}
+    if not isinstance(clocks, dict):
+        raise DSEError(f"{path}: clock_ghz: expected a mapping of device id: GHz, got {clocks!r}")
+    for dev, ghz in clocks.items():
+        if isinstance(ghz, bool) or not isinstance(ghz, (int, float)) or ghz <= 0:
+            raise DSEError(f"{path}: clock_ghz.{dev}: expected a positive number of GHz, got {ghz!r}")
+    return {str(k): float(v) for k, v in clocks.items()}
+
+
+def clock_ghz(device: Device) -> float:
+    """The clock the device's spec TFLOPS are quoted at (defaults.yaml clock_ghz), else its
+    calibration_from device's (an H200 or H20 is a GH100 at H100's clock), else H100 SXM5's.
+    Why: fixed kernel latencies (launch, prologue, epilogue) are so many cycles, so an
+    A100 at 1.41 GHz pays more us than an L40S at 2.52 GHz."""
+    clocks = _clocks()
+    for ref in (device.id, device.calibration_from, "h100_sxm"):
+        if ref in clocks:
+            return clocks[ref]
+    raise DSEError(f"{defaults_path()}: clock_ghz: expected an entry for {device.id} or h100_sxm")
+
+
 def _scale(form: str, device: Device) -> float:
     """raw = rule x scale."""
     if form == "per_sm":
@@ -119,6 +145,8 @@ def _scale(form: str, device: Device) -> float:
         return 1.0 / (device.memory_tb_s * 1e3)
     if form == "us_at_bw":
         return device.memory_tb_s
+    if form == "k_cycles":
+        return 1.0 / clock_ghz(device)
     raise ValueError(f"unknown parameter form {form!r}")
 
 

@@ -4,7 +4,7 @@ GB200, B300, H20, ...) is priced from its spec sheet.
 
 Why: a per-device fit says what one GPU does; the rule says what the hardware family
 does per unit of spec (tiles per SM, a decode CTA's stream rate in GB/s, efficiencies
-as fractions of the spec peak of each format, latency floors in us -- the forms are in
+as fractions of the spec peak of each format, latency floors in clock cycles -- the forms are in
 `dse.deploy.kernel_params.FORMS`). The test of a rule is a device it was not fitted on,
 so `leave_one_out` fits on all devices but one and predicts that one, for every
 device; it also carries the held-out device's sibling's own fit through the same

@@ -83,8 +83,8 @@ def default_params() -> dict[str, dict[str, float]]:
 def load_params(device_id: str) -> dict[str, dict[str, float]]:
     """Kernel parameters of a device: its own calibration; else built from the family
     rules and its spec sheet (with its `calibration_from` device's fit where the rules
-    file says that carries better, and always for a hypothetical device); families missing
-    from both come from the defaults."""
+    file says that carries better, and always for a hypothetical device or one of the same
+    architecture family); families missing from both come from the defaults."""
     device = get_device(device_id)
     params = default_params()
     own = _calibration(device.id)
@@ -95,9 +95,11 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
     sibling = (get_device(device.calibration_from), sib) if sib is not None else None
     rules = load_rules()
     carry = rules.get("carry")
-    if device.hypothetical and sibling:
-        # a what-if variant of a measured device keeps that device's fit, carried through
-        # the forms (so more bandwidth or FLOPS is never slower than the original)
+    if sibling and (device.hypothetical or device.family == sibling[0].family):
+        # a what-if variant of a measured device, or a device of the same architecture
+        # (H200, H20 from H100; GB200, B300 from B200), keeps that device's fit, carried
+        # through the forms (so more bandwidth or FLOPS is never slower than the original);
+        # the rules file's carry, chosen on devices of other architectures, decides the rest
         carry = dict.fromkeys(set(sibling[1]), "sibling")
     params.update(carried_params(device, rules.get("rules", {}), sibling, carry))
     return params

@@ -24,19 +24,21 @@ from dse.catalog.runtime import hardware_dir
 from dse.errors import DSEError
 
 __all__ = ["calibration_dir", "defaults_path", "rules_path", "default_params", "load_params", "FORMS",
-           "to_rule", "from_rule", "sm_count", "load_rules", "carried_params"]
+           "to_rule", "from_rule", "sm_count", "clock_ghz", "load_rules", "carried_params"]
 
 # parameter -> how its rule value relates to the device's raw value (see _SCALE)
 FORMS: dict[str, dict[str, str]] = {
-    "gemm": {"tile_slots": "per_sm"},
+    "gemm": {"tile_slots": "per_sm", "floor_us": "k_cycles"},
     "context_attention": {"tile_slots": "per_sm"},
-    "generation_attention": {"tile_slots": "per_sm", "cta_bw_frac": "cta_gb_s", "ramp_mb": "us_at_bw"},
-    "moe": {}, "nccl": {}, "custom_allreduce": {},
+    "generation_attention": {"tile_slots": "per_sm", "cta_bw_frac": "cta_gb_s", "ramp_mb": "us_at_bw",
+                             "floor_us": "k_cycles"},
+    "moe": {"floor_us": "k_cycles"}, "nccl": {}, "custom_allreduce": {},
 }
 FORM_UNITS = {
     "per_sm": "tiles per SM: raw = rule x sm_count",
     "cta_gb_s": "GB/s one decode CTA streams: raw fraction of the bandwidth = rule / (memory_tb_s x 1000)",
     "us_at_bw": "us of streaming at the spec bandwidth: raw MB = rule x memory_tb_s",
+    "k_cycles": "thousands of clock cycles: raw us = rule / clock_ghz (defaults.yaml clock_ghz)",
 }
 
 
@@ -81,8 +83,8 @@ def default_params() -> dict[str, dict[str, float]]:
 def load_params(device_id: str) -> dict[str, dict[str, float]]:
     """Kernel parameters of a device: its own calibration; else built from the family
     rules and its spec sheet (with its `calibration_from` device's fit where the rules
-    file says that carries better, and always for a hypothetical device); families missing
-    from both come from the defaults."""
+    file says that carries better, and always for a hypothetical device or one of the same
+    architecture family); families missing from both come from the defaults."""
     device = get_device(device_id)
     params = default_params()
     own = _calibration(device.id)
@@ -93,9 +95,11 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
     sibling = (get_device(device.calibration_from), sib) if sib is not None else None
     rules = load_rules()
     carry = rules.get("carry")
-    if device.hypothetical and sibling:
-        # a what-if variant of a measured device keeps that device's fit, carried through
-        # the forms (so more bandwidth or FLOPS is never slower than the original)
+    if sibling and (device.hypothetical or device.family == sibling[0].family):
+        # a what-if variant of a measured device, or a device of the same architecture
+        # (H200, H20 from H100; GB200, B300 from B200), keeps that device's fit, carried
+        # through the forms (so more bandwidth or FLOPS is never slower than the original);
+        # the rules file's carry, chosen on devices of other architectures, decides the rest
         carry = dict.fromkeys(set(sibling[1]), "sibling")
     params.update(carried_params(device, rules.get("rules", {}), sibling, carry))
     return params
@@ -111,6 +115,30 @@ def sm_count(device: Device) -> float:
     return 132.0
 
 
+@functools.lru_cache(maxsize=1)
+def _clocks() -> dict[str, float]:
+    path = defaults_path()
+    clocks = (yaml.safe_load(path.read_text()) or {}).get("clock_ghz") or {}
+    if not isinstance(clocks, dict):
+        raise DSEError(f"{path}: clock_ghz: expected a mapping of device id: GHz, got {clocks!r}")
+    for dev, ghz in clocks.items():
+        if isinstance(ghz, bool) or not isinstance(ghz, (int, float)) or ghz <= 0:
+            raise DSEError(f"{path}: clock_ghz.{dev}: expected a positive number of GHz, got {ghz!r}")
+    return {str(k): float(v) for k, v in clocks.items()}
+
+
+def clock_ghz(device: Device) -> float:
+    """The clock the device's spec TFLOPS are quoted at (defaults.yaml clock_ghz), else its
+    calibration_from device's (an H200 or H20 is a GH100 at H100's clock), else H100 SXM5's.
+    Why: fixed kernel latencies (launch, prologue, epilogue) are so many cycles, so an
+    A100 at 1.41 GHz pays more us than an L40S at 2.52 GHz."""
+    clocks = _clocks()
+    for ref in (device.id, device.calibration_from, "h100_sxm"):
+        if ref in clocks:
+            return clocks[ref]
+    raise DSEError(f"{defaults_path()}: clock_ghz: expected an entry for {device.id} or h100_sxm")
+
+
 def _scale(form: str, device: Device) -> float:
     """raw = rule x scale."""
     if form == "per_sm":
@@ -119,6 +147,8 @@ def _scale(form: str, device: Device) -> float:
         return 1.0 / (device.memory_tb_s * 1e3)
     if form == "us_at_bw":
         return device.memory_tb_s
+    if form == "k_cycles":
+        return 1.0 / clock_ghz(device)
     raise ValueError(f"unknown parameter form {form!r}")
 
 

@@ -4,7 +4,7 @@ GB200, B300, H20, ...) is priced from its spec sheet.
 
 Why: a per-device fit says what one GPU does; the rule says what the hardware family
 does per unit of spec (tiles per SM, a decode CTA's stream rate in GB/s, efficiencies
-as fractions of the spec peak of each format, latency floors in us -- the forms are in
+as fractions of the spec peak of each format, latency floors in clock cycles -- the forms are in
 `dse.deploy.kernel_params.FORMS`). The test of a rule is a device it was not fitted on,
 so `leave_one_out` fits on all devices but one and predicts that one, for every
 device; it also carries the held-out device's sibling's own fit through the same
@@ -43,7 +43,8 @@ __all__ = ["Prepared", "prepare", "fit_rules", "sibling_of", "leave_one_out", "f
            "cached_leave_one_out", "write", "loo_lines", "main"]
 
 # Bounds of the rule-unit parameters whose raw bounds depend on the device.
-RULE_BOUNDS = {"per_sm": (0.05, 16.0), "cta_gb_s": (0.5, 5000.0), "us_at_bw": (0.01, 2000.0)}
+RULE_BOUNDS = {"per_sm": (0.05, 16.0), "cta_gb_s": (0.5, 5000.0), "us_at_bw": (0.01, 2000.0),
+               "k_cycles": (0.5, 500.0)}
 
 
 class Prepared:
@@ -166,7 +167,8 @@ def data_hash(family: str, data: list[Prepared]) -> str:
     for p in sorted(data, key=lambda q: q.device.id):
         d = p.device
         h.update(Path(p.path).read_bytes())
-        h.update(repr((d.id, sorted(d.peak_tflops.items()), d.memory_tb_s, d.scaleup_gb_s, d.sm_count)).encode())
+        h.update(repr((d.id, sorted(d.peak_tflops.items()), d.memory_tb_s, d.scaleup_gb_s, d.sm_count,
+                       KP.clock_ghz(d))).encode())
     recipe = C.RECIPES[family]
     h.update(inspect.getsource(C.K).encode())
     h.update(repr((sorted(recipe.free.items()), sorted(recipe.grid.items()), recipe.per_format,

@@ -190,3 +190,14 @@ def test_over_long_request_through_the_cli_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "dse: error: evaluate: meta-llama/Meta-Llama-3.1-8B: tp=1, dp=1, ep=1: context: isl + osl exceed the "
         "model's 131072-token context"]
+
+
+def test_afd_ffn_pool_must_divide_the_experts_not_a_dense_width():
+    """DeepSeek-V3's dense first layers are 18432 wide (divisible by 72); its 256 experts
+    are not: an FFN pool of 72 GPUs cannot hold them without redundant experts."""
+    import dse
+
+    r = dse.evaluate(model="deepseek-ai/DeepSeek-V3", device="gb200", mode="afd", attn_tp=8, attn_gpus=8,
+                     ffn_gpus=[72, 64], batch_size=256, weight_dtype="fp4", kv_dtype="fp8", strict=False)
+    assert r.feasible.tolist() == [False, True]
+    assert r.infeasible_reason[0] == "ffn_gpus must divide 256 (experts)"

@@ -29,13 +29,16 @@ def structure_errors(model: Model, reasons: Reasons, tp, dp, ep, holds: str = "a
         _redundant_errors(model, reasons, ep, redundant)
     plain = np.asarray(redundant) == 0
     if holds == "ffn":
-        ffn = max(g.ffn.num_experts if g.ffn.kind == "moe" else g.ffn.intermediate for g in model.groups)
-        reasons.flag(plain & (np.mod(ffn, tp * dp) != 0), "structure",
-                     f"ffn_gpus must divide {ffn} ({'experts' if model.is_moe else 'FFN width'})")
-        if model.is_moe:   # (the check above reads a dense layer's width where it is the widest)
-            experts = max(g.ffn.num_experts for g in model.groups)
-            reasons.flag(~plain & (np.mod(experts + redundant, tp * dp) != 0), "structure",
-                         f"ffn_gpus must divide the {experts} experts + redundant_experts")
+        if not model.is_moe:
+            width = max(g.ffn.intermediate for g in model.groups)
+            reasons.flag(np.mod(width, tp * dp) != 0, "structure", f"ffn_gpus must divide {width} (FFN width)")
+            return
+        # the FFN pool spreads the experts (a dense layer's width, e.g. DeepSeek's first
+        # layers, is no substitute: 18432 divides by 72, 256 experts do not)
+        experts = max(g.ffn.num_experts for g in model.groups if g.ffn.kind == "moe")
+        reasons.flag(plain & (np.mod(experts, tp * dp) != 0), "structure", f"ffn_gpus must divide {experts} (experts)")
+        reasons.flag(~plain & (np.mod(experts + redundant, tp * dp) != 0), "structure",
+                     f"ffn_gpus must divide the {experts} experts + redundant_experts")
         return
     heads = min(g.attention.num_heads for g in model.groups)
     # a TP rank holds at least one head; more attention ranks are data-parallel (dp), not tp

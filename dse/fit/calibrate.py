@@ -37,7 +37,7 @@ from dse.deploy.kernel_params import calibration_dir, load_params
 from dse.errors import DSEError
 from dse.model import kernels as K
 
-__all__ = ["fit", "fit_family", "write", "read_tables", "require_tables", "predict", "error_summary",
+__all__ = ["fit", "fit_family", "search", "write", "read_tables", "require_tables", "predict", "error_summary",
            "summary_lines", "user_calibration_dir", "calibration_dir", "load_params", "FAMILIES", "RECIPES",
            "nccl_ops", "log_error", "main"]
 
@@ -319,21 +319,33 @@ def fit_family(family: str, df: pd.DataFrame, device: Device, *, rounds: int = 3
         for name in recipe.per_format:
             for key in sorted(set(fmt) - {"bf16"}):
                 free[f"{name}.{key}"] = free[name]
+
+    def loss(p: dict[str, float]) -> float:
+        return float(np.mean(np.minimum(log_error(_evaluate(fn, args, fmt, p), meas), LOSS_CAP)))
+
+    return search(recipe.grid, free, {k: v[0] for k, v in free.items()}, loss, rounds=rounds)
+
+
+def search(grid: Mapping[str, Any], free: Mapping[str, tuple], start: Mapping[str, float],
+           loss: Callable[[dict[str, float]], float], *, rounds: int) -> dict[str, float]:
+    """The parameters minimising `loss`: bounded Nelder-Mead over the continuous ones
+    (`free`: name -> (start, low, high), from `start`) for every combination of the
+    discrete ones (`grid`: name -> values), each restarted `rounds` times; 4 significant
+    digits."""
     names = list(free)
     lo = np.array([free[k][1] for k in names])
     hi = np.array([free[k][2] for k in names])
     best: tuple[float, dict[str, float]] = (np.inf, {})
-    for combo in itertools.product(*recipe.grid.values()):
-        fixed = dict(zip(recipe.grid, map(float, combo)))
+    for combo in itertools.product(*grid.values()):
+        fixed = dict(zip(grid, map(float, combo)))
 
-        def loss(z: np.ndarray) -> float:
-            p = dict(fixed, **dict(zip(names, _from_unit(z, lo, hi))))
-            return float(np.mean(np.minimum(log_error(_evaluate(fn, args, fmt, p), meas), LOSS_CAP)))
+        def f(z: np.ndarray) -> float:
+            return loss(dict(fixed, **dict(zip(names, _from_unit(z, lo, hi)))))
 
-        z = np.array([_to_unit(free[k][0], free[k][1], free[k][2]) for k in names])
+        z = np.array([_to_unit(start[k], free[k][1], free[k][2]) for k in names])
         value = np.inf
         for _ in range(rounds):          # restarts shake the simplex out of flat spots
-            z, value = _nelder_mead(loss, z)
+            z, value = _nelder_mead(f, z)
         if value < best[0]:
             best = (value, dict(fixed, **dict(zip(names, map(float, _from_unit(z, lo, hi))))))
     return {k: float(f"{v:.4g}") for k, v in best[1].items()}

@@ -24,7 +24,6 @@ import datetime as _dt
 import functools
 import hashlib
 import inspect
-import itertools
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,25 +114,12 @@ def fit_rules(family: str, data: list[Prepared], *, rounds: int = 2) -> dict[str
     recipe = C.RECIPES[family]
     free = _free(family, data)
     start = _start(family, data, free)
-    names = list(free)
-    lo = np.array([free[k][1] for k in names])
-    hi = np.array([free[k][2] for k in names])
-    best: tuple[float, dict[str, float]] = (np.inf, {})
-    for combo in itertools.product(*recipe.grid.values()):
-        fixed = dict(zip(recipe.grid, map(float, combo)))
 
-        def loss(z: np.ndarray) -> float:
-            rule = dict(fixed, **dict(zip(names, C._from_unit(z, lo, hi))))
-            return float(np.mean([np.mean(np.minimum(C.log_error(p.predict_rule(rule), p.meas), C.LOSS_CAP))
-                                  for p in data]))
+    def loss(rule: dict[str, float]) -> float:
+        return float(np.mean([np.mean(np.minimum(C.log_error(p.predict_rule(rule), p.meas), C.LOSS_CAP))
+                              for p in data]))
 
-        z = np.array([C._to_unit(start[k], free[k][1], free[k][2]) for k in names])
-        value = np.inf
-        for _ in range(rounds):
-            z, value = C._nelder_mead(loss, z)
-        if value < best[0]:
-            best = (value, dict(fixed, **dict(zip(names, map(float, C._from_unit(z, lo, hi))))))
-    return {k: float(f"{v:.4g}") for k, v in best[1].items()}
+    return C.search(recipe.grid, free, start, loss, rounds=rounds)
 
 
 def sibling_of(device_id: str, others: list[str]) -> str:

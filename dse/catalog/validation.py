@@ -163,27 +163,25 @@ def _field_at(model, loc):
     return field, _unwrap(tp)
 
 
+# pydantic error types whose message does not depend on the field or the bound
+_FIXED_PHRASES = {
+    "missing": "missing field",
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "expected an integer"),
+    **dict.fromkeys(("float_type", "float_parsing"), "expected a number"),
+    "finite_number": "expected a finite number (no NaN or infinity here)",
+    **dict.fromkeys(("bool_type", "bool_parsing"), "expected true or false"),
+    "string_type": "expected a string",
+    **dict.fromkeys(("dict_type", "model_type", "model_attributes_type"), "expected a mapping"),
+    **dict.fromkeys(("list_type", "tuple_type"), "expected a list"),
+    **dict.fromkeys(("string_too_short", "string_pattern_mismatch"), "expected a non-empty string"),
+}
+
+
 def _phrase(err: dict, vtype) -> str:
     t, ctx = err["type"], err.get("ctx") or {}
     what = "an integer" if vtype is int else "a number"
-    if t == "missing":
-        return "missing field"
-    if t in ("int_type", "int_parsing", "int_from_float"):
-        return "expected an integer"
-    if t in ("float_type", "float_parsing"):
-        return "expected a number"
-    if t == "finite_number":
-        return "expected a finite number (no NaN or infinity here)"
-    if t in ("bool_type", "bool_parsing"):
-        return "expected true or false"
-    if t == "string_type":
-        return "expected a string"
-    if t in ("dict_type", "model_type", "model_attributes_type"):
-        return "expected a mapping"
-    if t in ("list_type", "tuple_type"):
-        return "expected a list"
-    if t in ("string_too_short", "string_pattern_mismatch"):
-        return "expected a non-empty string"
+    if t in _FIXED_PHRASES:
+        return _FIXED_PHRASES[t]
     if t == "too_short":
         return "expected a non-empty list" if vtype in (list, tuple) or isinstance(err["input"], list) else \
             "expected a non-empty value"

@@ -12,7 +12,7 @@ import yaml
 
 from dse.errors import DSEError
 
-__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "parse_serving_runtime",
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "parse_serving_runtime",
            "power_coeffs"]
 
 # what the engine reads from runtime.yaml; each needs its `sources:` entry
@@ -102,6 +102,13 @@ def _serving_file() -> dict:
 def serving_runtime() -> dict:
     """Per-backend serving constants and the benchmark protocol, as fitted by dse.fit.serving."""
     return parse_serving_runtime(_serving_file())
+
+
+def bench_rounds_of(table: dict, backend: str) -> float:
+    """Requests per user of the benchmark behind a backend's measured rows (each backend's
+    rows come from its own benchmark client), else the pooled figure of `table` (a parsed
+    serving_runtime.yaml)."""
+    return float(table["backends"].get(backend or "default", {}).get("rounds", table["rounds"]))
 
 
 def serving_cross_system() -> dict:

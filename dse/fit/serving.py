@@ -34,10 +34,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dse.catalog.runtime import bench_rounds_of
 from dse.errors import DSEError
 from dse.io import write_text
 
-__all__ = ["Data", "rounds_of", "loss", "fit", "errors", "table", "main", "BACKENDS", "START", "ROUNDS_GRID"]
+__all__ = ["Data", "loss", "fit", "errors", "table", "main", "BACKENDS", "START", "ROUNDS_GRID"]
 
 HW = Path(str(resources.files("dse.hardware")))
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "silicon_h100_b200.csv.gz"
@@ -82,18 +83,12 @@ class Data:
         sel = []
         for j in np.nonzero(mask)[0]:
             i, cfg, r = self.configs[j]
-            cfg = {**cfg, "bench_rounds": rounds_of(runtime, "" if pooled else cfg.get("backend", ""))}
+            cfg = {**cfg, "bench_rounds": bench_rounds_of(runtime, "" if pooled else cfg.get("backend", ""))}
             if pooled:
                 cfg["backend"] = ""
             sel.append((i, cfg, r))
         pred = validate.predict(sel, serving=runtime)
         return pred.ttft_ms.to_numpy(float), pred.tpot_ms.to_numpy(float)
-
-
-def rounds_of(runtime: dict, backend: str) -> float:
-    """Requests per user of the benchmark behind a backend's rows (each backend's rows come
-    from its own benchmark client), else the pooled figure."""
-    return float(runtime["backends"].get(backend or "default", {}).get("rounds", runtime["rounds"]))
 
 
 def loss(data: Data, runtime: dict, mask: np.ndarray, *, pooled: bool = False) -> float:

@@ -38,7 +38,7 @@ import pandas as pd
 from dse.catalog import dtypes
 from dse.catalog.devices import device_ids
 from dse.catalog.models import get_model
-from dse.catalog.runtime import serving_runtime
+from dse.catalog.runtime import bench_rounds_of, serving_runtime
 from dse.deploy.evaluate import evaluate
 from dse.deploy.explain import check_config
 from dse.errors import DSEError
@@ -236,8 +236,7 @@ def map_rows(df: pd.DataFrame, *, bench_rounds: float | None = None) -> tuple[li
                 raise DSEError("no measured TTFT/TPOT")
             cfg, assumed = row_config(r)
             check_config(**cfg)          # structure only: layout divides the model, ids known
-            consts = table["backends"].get(cfg.get("backend") or "default", {})
-            cfg["bench_rounds"] = bench_rounds if bench_rounds is not None else consts.get("rounds", table["rounds"])
+            cfg["bench_rounds"] = bench_rounds if bench_rounds is not None else bench_rounds_of(table, cfg.get("backend"))
             rec["assumed"] = ",".join(assumed)
             configs.append((i, cfg, r))
         except DSEError as exc:

@@ -12,7 +12,7 @@ import yaml
 
 from dse.errors import DSEError
 
-__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "parse_serving_runtime",
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "routing_skew_of", "parse_serving_runtime",
            "power_coeffs"]
 
 # what the engine reads from runtime.yaml; each needs its `sources:` entry
@@ -109,6 +109,13 @@ def bench_rounds_of(table: dict, backend: str) -> float:
     rows come from its own benchmark client), else the pooled figure of `table` (a parsed
     serving_runtime.yaml)."""
     return float(table["backends"].get(backend or "default", {}).get("rounds", table["rounds"]))
+
+
+def routing_skew_of(skew, table: dict) -> np.ndarray:
+    """Expert-popularity skew per row: nan (the column's default) is the typical skew
+    fitted on the measured MoE deployments (`table`: a parsed serving_runtime.yaml)."""
+    skew = np.asarray(skew, dtype=float)
+    return np.where(np.isnan(skew), table.get("routing_skew", 0.0), skew)
 
 
 def serving_cross_system() -> dict:

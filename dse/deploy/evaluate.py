@@ -10,7 +10,7 @@ import pandas as pd
 
 from dse.catalog.devices import get_device
 from dse.catalog.models import Model, get_model
-from dse.catalog.runtime import engine_limit
+from dse.catalog.runtime import engine_limit, routing_skew_of
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
 from dse.deploy import intervals
@@ -183,8 +183,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         return _by_mode(model, c, vocab, ctx, strict, modes)
     mode = str(vocab["mode"][modes[0]])
     pools = Pools(model, c, vocab, ctx.runtime)
-    skew = np.asarray(c["routing_skew"], dtype=float)
-    skew = np.where(np.isnan(skew), ctx.serving.get("routing_skew", 0.0), skew)
+    skew = routing_skew_of(c["routing_skew"], ctx.serving)
     common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=ctx.power,
                   rt=_runtime_arrays(c, vocab, ctx.serving["backends"]), spec=_spec(c, ctx.runtime))
     res, used, load = MODES[mode](model, pools, c, code_of(vocab, "device", ""), common)

@@ -33,7 +33,7 @@ from dse.catalog import dtypes
 from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.models import LayerGroup, Model
-from dse.catalog.runtime import runtime, serving_runtime
+from dse.catalog.runtime import routing_skew_of, runtime, serving_runtime
 from dse.catalog.systems import get_system
 from dse.deploy.spec_table import SpecTable
 from dse.errors import DSEError
@@ -209,9 +209,9 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
 
     groups = []
     head_t = None
+    skew = float(routing_skew_of(routing_skew, serving_runtime()))
     for gi, g in enumerate(model.groups):
         one = dataclasses.replace(model, groups=(LayerGroup(count=1, attention=g.attention, ffn=g.ffn),))
-        skew = serving_runtime()["routing_skew"] if np.isnan(routing_skew) else routing_skew
         step = ops.forward(one, hw=hw, par=par, dt=dt, batch=b, q_len=q_len, ctx=ctx, skew=skew,
                            lm_head=head_t is None)
         t = step.time_ms

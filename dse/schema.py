@@ -35,6 +35,14 @@ COLUMNS: dict[str, Any] = {
     "isl": 1024,
     "osl": 256,
     "prefix_hit": 0.0,  # fraction of prompt tokens served from the prefix cache
+    # reuse workloads and KV-cache tiers (dse.deploy.kvcache): the hit rate from capacity
+    "turns": 1,         # turns per session (1 = no session reuse)
+    "think_time_s": 0.0,  # user think time between a session's turns, s
+    "system_prompt": 0,  # tokens of a system prompt every request shares (part of isl)
+    "trace": "",        # a request trace (Mooncake JSONL) whose prefix reuse replaces turns / system_prompt
+    "kv_tier": "hbm",   # where cached prefixes live beyond HBM: hbm (no offload), host, fabric, ssd
+    "kv_tier_gb": 0.0,  # GB per GPU given to the cache in that tier
+    "routing": "",      # how requests reach replicas: random, least_loaded, prefix_affinity, dual_hash
     "routing_skew": math.nan,  # power-law exponent of expert popularity (0 = balanced; nan = fitted typical)
     "power_cap": 1.0,   # fraction of TDP
     "own": True,        # own (capex + energy + facility) or rent ($/GPU-hour)
@@ -55,9 +63,9 @@ COLUMNS: dict[str, Any] = {
     "ttft_slo_ms": math.inf, "tpot_slo_ms": math.inf, "slo_confidence": 0.0,
 }
 STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
-                  "attn_device", "ffn_device", "backend")
+                  "attn_device", "ffn_device", "backend", "kv_tier", "routing", "trace")
 INT_COLUMNS = ("tp", "pp", "dp", "ep", "replicas", "batch_size", "isl", "osl", "prefill_workers",
-               "decode_workers", "attn_tp")
+               "decode_workers", "attn_tp", "turns")
 ROLE_INT_COLUMNS = ("prefill_tp", "prefill_dp", "prefill_ep", "prefill_pp", "decode_tp", "decode_dp",
                     "decode_ep", "decode_pp", "decode_batch_size", "attn_gpus", "ffn_gpus",
                     "prefill_redundant_experts", "decode_redundant_experts")
@@ -79,6 +87,17 @@ COLUMN_HELP = {
     "isl": "prompt (input) tokens per request",
     "osl": "generated (output) tokens per request",
     "prefix_hit": "fraction of prompt tokens served from the prefix cache, in [0, 1)",
+    "turns": "turns per session: each turn's prompt is the previous prompt and answer plus new tokens, isl the "
+             "mean prompt over the turns (agg)",
+    "think_time_s": "user think time between two turns of a session, s (sessions thinking hold cache too)",
+    "system_prompt": "tokens of a system prompt shared by every request, part of isl",
+    "trace": "request trace (Mooncake JSONL: timestamp, input_length, output_length, hash_ids): its prefix reuse "
+             "sets the hit rate ('' = turns / system_prompt)",
+    "kv_tier": "where cached prefixes live beyond HBM: hbm (no offload), host (CPU memory), fabric (memory pooled "
+               "over the scale-up fabric), ssd (local NVMe); hardware/kv_tiers.yaml",
+    "kv_tier_gb": "GB per GPU given to the prefix cache in kv_tier (0 with hbm)",
+    "routing": "how requests reach replicas: random, least_loaded, prefix_affinity, dual_hash ('' = round robin: "
+               "even load, no affinity)",
     "routing_skew": ("power-law exponent of expert popularity (0 = balanced routing; nan, the default = the typical "
                      "skew fitted from measured MoE deployments, serving_runtime.yaml benchmark.routing_skew)"),
     "power_cap": "GPU power cap as a fraction of TDP, in (0, 1]",
@@ -122,7 +141,7 @@ METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu
            "quality_loss_p90", *(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
                                                        "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
                                                        "goodput_tokens_per_s") for q in ("p10", "p90")),
-           "feasible", "infeasible_reason", "bottleneck")
+           "cache_hit_rate", "load_imbalance", "feasible", "infeasible_reason", "bottleneck")
 NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck", "meets_slo")
 
 
@@ -153,6 +172,9 @@ METRIC_INFO: dict[str, Metric] = {
     # expected drop in answer quality from the weight and KV formats (hardware/quality.yaml)
     "quality_loss": Metric("quality loss", "pp", "min"),
     "quality_loss_p90": Metric("quality loss (p90)", "pp", "min"),
+    # the prefix cache and routing over replicas (dse.deploy.kvcache)
+    "cache_hit_rate": Metric("prefix-cache hit rate", "", "max"),
+    "load_imbalance": Metric("load imbalance (busiest replica / mean)", "x", "min"),
     # afd candidates at their optimal op placement (scenarios with a `placement:` section)
     "placed_tokens_per_s": Metric("placed throughput", "tok/s", "max"),
     "placed_tpot_ms": Metric("placed TPOT", "ms", "min"),

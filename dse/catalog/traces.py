@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from dse.errors import DSEError
 
-__all__ = ["BLOCK_TOKENS", "Trace", "read_trace", "reuse_cdf", "lru_hit_rate", "MAX_TRACE_BYTES"]
+__all__ = ["BLOCK_TOKENS", "Trace", "read_trace", "reuse_cdf", "lru_hit_rate", "session_trace", "MAX_TRACE_BYTES"]
 
 BLOCK_TOKENS = 512          # Mooncake FAST25-release/README.md: "The block size is 512 tokens"
 MAX_TRACE_BYTES = 64_000_000
@@ -144,3 +145,41 @@ def lru_hit_rate(trace: Trace, capacity_tokens: float) -> float:
             _, s = cache.popitem(last=False)
             used -= s
     return hit / float(trace.input_length.sum())
+
+
+def session_trace(*, users: int, turns: int, isl: float, system: int, think_over_life: float, requests: int,
+                  seed: int = 0) -> Trace:
+    """A synthetic closed loop of multi-turn sessions in Trace form (for checking the analytic
+    session profile against an exact replay): `users` users, each request lasting one time
+    unit and followed by Exp(think_over_life) of think time; a user's next request is the
+    next turn of its session (a new session after `turns`). Every prompt starts with the
+    shared `system` tokens; turn t holds t x g session tokens, g = 2 (isl - system) / (turns + 1)."""
+    rng = np.random.default_rng(seed)
+    grow = 2.0 * (isl - system) / (turns + 1)
+    sys_ids = tuple(range(system // -BLOCK_TOKENS, 0))       # -ceil(system / block) .. -1
+    sys_sizes = [BLOCK_TOKENS] * len(sys_ids)
+    if sys_ids:
+        sys_sizes[-1] = system - BLOCK_TOKENS * (len(sys_ids) - 1)
+    fresh = iter(range(1, 1 << 62))
+    events = [(float(rng.exponential(1.0 + think_over_life)), u) for u in range(users)]
+    heapq.heapify(events)
+    state: dict[int, tuple[int, list]] = {}
+    blocks, sizes, lengths = [], [], []
+    while len(blocks) < requests:
+        t, u = heapq.heappop(events)
+        turn, ids = state.get(u, (turns, []))
+        turn, ids = (1, []) if turn >= turns else (turn + 1, ids)
+        tokens = int(round(turn * grow))
+        need = -(-tokens // BLOCK_TOKENS)
+        ids = ids + [next(fresh) for _ in range(need - len(ids))]
+        own = [BLOCK_TOKENS] * need
+        own[-1] = tokens - BLOCK_TOKENS * (need - 1)
+        blocks.append(sys_ids + tuple(ids))
+        sizes.append(tuple(sys_sizes) + tuple(own))
+        lengths.append(system + tokens)
+        state[u] = (turn, ids[:tokens // BLOCK_TOKENS])     # a partial last block changes with the answer
+        heapq.heappush(events, (t + 1.0 + float(rng.exponential(think_over_life)), u))
+    n = len(blocks)
+    return Trace(path="synthetic sessions", timestamp_ms=np.arange(n, dtype=float),
+                 input_length=np.array(lengths, dtype=float), output_length=np.zeros(n), blocks=tuple(blocks),
+                 block_tokens=tuple(sizes))

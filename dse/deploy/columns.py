@@ -13,8 +13,10 @@ import pandas as pd
 
 from dse.catalog import dtypes
 from dse.catalog.devices import device_ids
+from dse.catalog.kv_tiers import TIERS
 from dse.deploy.factorize import factorize
 from dse.errors import DSEError
+from dse.model.kvcache import ROUTINGS
 from dse.schema import COLUMNS, DEVICE_COLUMNS, INT_COLUMNS, MODES, ROLE_INT_COLUMNS, STRING_COLUMNS
 
 __all__ = ["broadcast", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule"]
@@ -69,6 +71,9 @@ RULES: dict[str, Rule] = {
     # EPLB replicas: whole numbers; the model bounds them by its expert count (pools.structure_errors)
     "redundant_experts": Rule("must hold whole numbers >= 0 (0 = no redundant experts)", low=0, integer=True),
     "prefix_hit": Rule("must be in [0, 1) (a fraction of the prompt)", low=0, high=1, high_open=True),
+    "system_prompt": Rule("must hold whole numbers >= 0 (tokens)", low=0, integer=True),
+    "think_time_s": Rule("must be a number >= 0 (s)", low=0),
+    "kv_tier_gb": Rule("must be a number >= 0 (GB per GPU)", low=0),
     "slo_confidence": Rule("must be in [0, 1) (a probability; 0 = the point prediction decides)", low=0, high=1,
                            high_open=True),
     "routing_skew": Rule("must be a number >= 0 (0 = balanced; nan = the typical skew fitted from measured "
@@ -216,6 +221,10 @@ def check_categories(cols: dict[str, np.ndarray], vocab: dict[str, np.ndarray], 
     for b in used(cols, vocab, "backend"):
         if b not in known_backends:
             raise DSEError(f"evaluate: backend: unknown backend {b!r}; known: {', '.join(sorted(known_backends - {''}))}")
+    for name, words in (("kv_tier", TIERS), ("routing", ROUTINGS)):
+        for v in used(cols, vocab, name):
+            if v not in words:
+                raise DSEError(f"evaluate: {name}: unknown value {v!r}; allowed: {', '.join(w or repr(w) for w in words)}")
     for name in ("weight_dtype", "kv_dtype"):
         for v in used(cols, vocab, name):
             if not (name == "weight_dtype" and v == "native"):

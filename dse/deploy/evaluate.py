@@ -13,7 +13,7 @@ from dse.catalog.models import Model, get_model
 from dse.catalog.runtime import engine_limit, routing_skew_of
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
-from dse.deploy import intervals
+from dse.deploy import intervals, kvcache
 from dse.deploy.context import Context, make_context
 from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
@@ -188,6 +188,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
                   rt=_runtime_arrays(c, vocab, ctx.serving["backends"]), spec=_spec(c, ctx.runtime))
     res, used, load = MODES[mode](model, pools, c, code_of(vocab, "device", ""), common)
     reasons = pools.reasons
+    cache = kvcache.metrics(res, c, vocab, mode, reasons)
     first = reasons.first()
     if strict and first and first[1] not in ("memory", "kv_capacity"):
         i = first[0]
@@ -201,6 +202,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
         "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"]})
     out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb, factors)
+    out.update(cache)
     out["bottleneck"] = bottleneck
     intervals.add_interval_columns(out, {"osl": c["osl"]}, factors=factors)
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(

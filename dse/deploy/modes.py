@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from dse.catalog.models import Model
-from dse.deploy import roles
+from dse.deploy import kvcache, roles
 from dse.deploy.pools import Pools
 from dse.errors import DSEError
 from dse.model import serving
@@ -27,7 +27,8 @@ def _role_pool(pools: Pools, c: dict, role: str, dev, running) -> tuple[serving.
 
 def agg(model: Model, pools: Pools, c: dict, no_dev: int, common: dict) -> ModeRun:
     pool, hwc = pools.make(c["device"], c["tp"], c["dp"], c["ep"], c["pp"])
-    res = serving.agg(model, pool, concurrency=c["batch_size"], **common)
+    res = kvcache.serve(model, pools, pool, hwc, c, common, c["batch_size"],
+                        lambda com, conc: serving.agg(model, pool, concurrency=conc, **com))
     return res, [(hwc, res.gpus)], c["batch_size"]
 
 

@@ -211,7 +211,9 @@ class Pools:
                           "kv_capacity: the batch does not fit the KV cache")
         self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
         pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
-                            cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs, hw_key=self._key(code, redundant))
+                            cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs, hw_key=self._key(code, redundant),
+                            cache_bytes=np.maximum(np.maximum(cap - fixed, 0) * self.rt["kv_memory_fraction"] - kv_used,
+                                                   0.0))
         return pool, hwc
 
     @staticmethod

@@ -68,7 +68,9 @@ def hit_fraction(reuse: Reuse, capacity) -> np.ndarray:
     h_lo, h_hi = cum_w[rows, jc], cum_w[rows, jc + 1]
     frac = np.clip((cap[:, 0] - o_lo) / np.maximum(o_hi - o_lo, 1e-30), 0.0, 1.0)
     hit = h_lo + frac * (h_hi - h_lo)
-    hit = np.where(j < 0, cum_w[:, 0] * np.clip(cap[:, 0] / np.maximum(occ[:, 0], 1e-30), 0.0, 1.0), hit)
+    # below one request's worth the head of every prompt (reused by the very next request,
+    # and touched last) is what stays
+    hit = np.where(j < 0, np.minimum(cum_w[:, 0], np.maximum(cap[:, 0], 0.0)), hit)
     hit = np.where(j >= GRID.size - 1, cum_w[:, -1], hit)
     return np.clip(hit / np.maximum(np.asarray(reuse.prompt, dtype=float), 1e-30), 0.0, 1.0)
 

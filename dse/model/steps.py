@@ -70,6 +70,7 @@ class Pool:
     cap_w: np.ndarray              # power cap per GPU
     max_seqs: np.ndarray           # sequences one worker's KV memory holds
     hw_key: np.ndarray             # one number per (device, weight format, KV format): dedupe key
+    cache_bytes: object = None     # HBM per GPU left for cached prefixes beyond the running batch's KV
 
     @property
     def gpus(self) -> np.ndarray:
@@ -99,6 +100,7 @@ class ModeResult:
     load_fn: object = None         # load_fn(model, state, concurrency) -> (ttft, tpot, tokens_per_s)
     load_state: dict = None        # per-row arrays load_fn needs (subset with rows_of)
     model: object = None
+    cache: dict = None             # prefix-cache metrics (dse.deploy.kvcache), None = the fixed prefix_hit
 
     def load(self, concurrency):
         """(TTFT, TPOT, tokens/s) of the same deployment at another concurrency."""

@@ -13,6 +13,7 @@ from dse.catalog.kv_tiers import OFFLOAD_TIERS, load_tiers, tier_of
 from dse.catalog.traces import lru_hit_rate, read_trace, reuse_cdf, session_trace
 from dse.errors import DSEError
 from dse.model import kvcache as kv
+from dse.search.recommend import format_recommendation
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "search_spaces" / "traces" / "mooncake_conversation_400.jsonl"
@@ -167,3 +168,24 @@ def test_a_trace_row_takes_its_hit_rate_from_the_trace():
     hbm = dse.evaluate(**base).iloc[0]
     host = dse.evaluate(**base, kv_tier="host", kv_tier_gb=250.0).iloc[0]
     assert 0.0 < hbm.cache_hit_rate <= host.cache_hit_rate <= 0.137 + 1e-6
+
+
+@pytest.mark.parametrize("name,offloads", [("kv_tiers_long", True), ("kv_tiers_short", False)])
+def test_the_cheapest_configuration_meeting_the_slos_offloads_only_on_long_reuse(name, offloads, tmp_path):
+    res = dse.sweep(ROOT / "search_spaces" / f"{name}.yaml", out=tmp_path / name)
+    ok = res.configs()
+    ok = ok[ok.feasible & ok.meets_slo]
+    cheapest = ok.loc[ok.usd_per_mtok.idxmin()]
+    assert (str(cheapest.kv_tier) != "hbm") == offloads and bool(cheapest.kv_tier_gb > 0) == offloads
+    best_hbm = ok[ok.kv_tier.astype(str) == "hbm"].usd_per_mtok.min()
+    if offloads:       # the tier pays for itself clearly, through a higher hit rate
+        assert cheapest.usd_per_mtok < 0.9 * best_hbm and cheapest.cache_hit_rate > 0.7
+    else:              # a tier buys no hits: the same hit rate, only its price
+        tiered = ok[ok.kv_tier.astype(str) != "hbm"]
+        assert len(tiered) and np.allclose(tiered.cache_hit_rate, 0.2)
+    rec = json.loads((Path(res.run_dir) / "recommendation.json").read_text())
+    pick = rec["best"]["usd_per_mtok"]
+    assert pick["configuration"]["kv_tier"] == str(cheapest.kv_tier)
+    assert pick["metrics"]["cache_hit_rate"] == pytest.approx(cheapest.cache_hit_rate)
+    text = format_recommendation(rec)
+    assert ("prefix cache in HBM +" in text) == offloads and "cache_hit_rate" in text

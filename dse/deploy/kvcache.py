@@ -64,6 +64,7 @@ def _tier_arrays(c: dict, vocab: dict, reasons) -> dict:
             out[f][rows] = float(getattr(t, f))
     gb = np.asarray(c["kv_tier_gb"], dtype=float)
     reasons.flag((tier == 0) & (gb > 0), "structure", "structure: kv_tier_gb needs a kv_tier beyond hbm")
+    reasons.flag((tier > 0) & (gb <= 0), "structure", "structure: a kv_tier beyond hbm needs kv_tier_gb > 0")
     reasons.flag(missing, "structure", "structure: the device's system has no such kv_tier (hardware/kv_tiers.yaml)")
     reasons.flag(~missing & (tier > 0) & (gb > out["gb_per_gpu"]), "memory",
                  "memory: kv_tier_gb exceeds the tier's capacity per GPU (hardware/kv_tiers.yaml)")

@@ -330,7 +330,7 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 
 
 REC_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "usd_per_mtok",
-               "joules_per_token", "num_gpus", "quality_loss", "meets_slo_prob")
+               "joules_per_token", "num_gpus", "quality_loss", "meets_slo_prob", "cache_hit_rate", "load_imbalance")
 
 
 def _recommended_html(rd: fd.RunData) -> str:
@@ -346,11 +346,13 @@ def _recommended_html(rd: fd.RunData) -> str:
     for p in picks:
         c = p["configuration"]
         pools = "<br>".join(_esc(_pool_line(x)) for x in c.get("pools", []))
-        knobs = ", ".join(f"{k} {_fmt(c[k])}" for k in ("weight_dtype", "kv_dtype", "batch_size", "power_cap")
-                          if k in c)
+        knobs = ", ".join(f"{k} {_fmt(c[k])}" for k in ("weight_dtype", "kv_dtype", "batch_size", "power_cap",
+                                                         "kv_tier", "kv_tier_gb", "routing")
+                          if k in c and (not k.startswith(("kv_tier", "routing")) or c[k] not in ("hbm", 0, "")))
         m = p.get("metrics", {})
         figs = "<br>".join(f"{_esc(metric_label(k))}: {_esc(_fmt(v))}{_esc(_band(m, k))}" for k, v in m.items()
-                           if v is not None and k in REC_METRICS)
+                           if v is not None and k in REC_METRICS
+                           and not (k in ("cache_hit_rate", "load_imbalance") and v == (k == "load_imbalance")))
         eq = f" ({p['n_equivalent']} equivalent)" if p.get("n_equivalent", 1) > 1 else ""
         binds = "<br>".join(_esc(b) for b in p.get("binds", []))
         rows.append(f"<tr><th>{_esc(p['why'])}{_esc(eq)}</th><td><b>{_esc(c.get('mode', ''))}</b><br>{pools}"

@@ -193,7 +193,8 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
                    reasons=counts["reasons"], recommendation=rec)
 
 
-_ORDER = ("device", "mode", "num_gpus", "tp", "pp", "ep", "dp", "replicas", "weight_dtype", "kv_dtype", "batch_size")
+_ORDER = ("device", "mode", "num_gpus", "tp", "pp", "ep", "dp", "replicas", "weight_dtype", "kv_dtype", "batch_size",
+          "kv_tier", "kv_tier_gb", "routing")
 
 
 def _config_order(c: str) -> tuple[int, int]:

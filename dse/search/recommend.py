@@ -22,10 +22,11 @@ __all__ = ["tie_groups", "representatives", "recommend", "describe", "format_rec
 # the plainest configuration first: fewer GPUs, one pool before two, smaller layouts
 _SIMPLE = ("num_gpus", "mode_rank", "tp", "pp", "dp", "ep", "replicas", "batch_size")
 _ROLE_LAYOUT = ("tp", "dp", "ep", "pp")
-_KNOBS = ("weight_dtype", "kv_dtype", "batch_size", "power_cap", "backend", "spec_tokens", "replicas", "isl", "osl")
+_KNOBS = ("weight_dtype", "kv_dtype", "batch_size", "power_cap", "backend", "spec_tokens", "replicas", "isl", "osl",
+          "kv_tier", "kv_tier_gb", "routing")
 _SHOWN_METRICS = ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
                   "usd_per_mtok", "joules_per_token", "power_w", "num_gpus", "memory_gb_per_gpu", "quality_loss",
-                  "quality_loss_p90", "meets_slo_prob",
+                  "quality_loss_p90", "meets_slo_prob", "cache_hit_rate", "load_imbalance",
                   *(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
                                          "usd_per_mtok", "joules_per_token") for q in ("p10", "p90")))
 
@@ -180,10 +181,16 @@ def format_recommendation(rec: dict[str, Any]) -> str:
         c = p["configuration"]
         pools = "; ".join(_pool_text(x) for x in c["pools"])
         fmt = f"weights {c.get('weight_dtype')}, KV {c.get('kv_dtype')}, batch {c.get('batch_size')}"
-        eq = f"  [{p['n_equivalent']} equivalent]" if p["n_equivalent"] > 1 else ""
         m = p["metrics"]
-        shown = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "usd_per_mtok", "joules_per_token", "quality_loss")
-        figs = ", ".join(f"{k} {m[k]:,.4g}{_band_text(m, k)}" for k in shown if k in m and m[k] is not None)
+        tier = c.get("kv_tier")
+        if isinstance(tier, str) and (tier != "hbm" or (m.get("cache_hit_rate") or 0) > 0):
+            fmt += (", prefix cache in HBM only" if tier == "hbm" else
+                    f", prefix cache in HBM + {tier} {c.get('kv_tier_gb', 0):,.4g} GB/GPU")
+        eq = f"  [{p['n_equivalent']} equivalent]" if p["n_equivalent"] > 1 else ""
+        shown = ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "usd_per_mtok", "joules_per_token", "quality_loss",
+                 "cache_hit_rate")
+        figs = ", ".join(f"{k} {m[k]:,.4g}{_band_text(m, k)}" for k in shown if k in m and m[k] is not None
+                         and (k != "cache_hit_rate" or m[k] > 0))
         lines.append(f"  {p['why']}: {c['mode']} | {pools} | {fmt}{eq}")
         lines.append(f"      {figs}")
         if p["binds"]:

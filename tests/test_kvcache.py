@@ -189,3 +189,19 @@ def test_the_cheapest_configuration_meeting_the_slos_offloads_only_on_long_reuse
     assert pick["metrics"]["cache_hit_rate"] == pytest.approx(cheapest.cache_hit_rate)
     text = format_recommendation(rec)
     assert ("prefix cache in HBM +" in text) == offloads and "cache_hit_rate" in text
+
+
+def test_a_scenario_reads_its_trace_beside_it_and_checks_tier_words(tmp_path):
+    from dse.search.space import space_from_dict
+    (tmp_path / "t.jsonl").write_text(SAMPLE.read_text())
+    base = {"model": "meta-llama/Llama-3.1-8B", "axes": {"device": ["h100_sxm"], "kv_tier": ["hbm", "host"],
+                                                         "kv_tier_gb": [0, 100]}}
+    space = space_from_dict({**base, "workload": {"trace": "t.jsonl"}}, where=str(tmp_path / "s.yaml"))
+    fixed = dict(space.fixed)
+    assert fixed["trace"] == str(tmp_path / "t.jsonl") and fixed["isl"] == 14276 and fixed["osl"] == 365
+    with pytest.raises(DSEError, match=r"s.yaml: workload.trace: .*nope.jsonl: trace file not found"):
+        space_from_dict({**base, "workload": {"trace": "nope.jsonl"}}, where=str(tmp_path / "s.yaml"))
+    with pytest.raises(DSEError, match=r"axes.kv_tier\[1\]: unknown kv_tier 'cxl'"):
+        space_from_dict({**base, "axes": {**base["axes"], "kv_tier": ["hbm", "cxl"]}}, where=str(tmp_path / "s.yaml"))
+    with pytest.raises(DSEError, match=r"workload.routing: unknown routing 'sticky'"):
+        space_from_dict({**base, "workload": {"routing": "sticky"}}, where=str(tmp_path / "s.yaml"))

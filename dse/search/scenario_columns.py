@@ -49,6 +49,12 @@ def _check_category(col: str, val: str) -> str:
             get_device(val)
         except DSEError as exc:
             raise fail(_strip(str(exc), "device")) from None
+    elif col in ("kv_tier", "routing"):
+        from dse.catalog.kv_tiers import TIERS
+        from dse.model.kvcache import ROUTINGS
+        words = TIERS if col == "kv_tier" else ROUTINGS
+        if val not in words:
+            raise fail(f"unknown {col} {val!r}; allowed: {', '.join(w or repr(w) for w in words)}")
     elif col.endswith("dtype") and not (col == "weight_dtype" and val == "native"):
         from dse.catalog import dtypes
         try:

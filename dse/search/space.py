@@ -45,6 +45,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
     model_id = _model_id(scn.model, where, fail)
     objectives = tuple(Objective(o.name, o.direction or direction(o.name)) for o in scn.objectives)
     fixed, fixed_keys, constraints = _fixed_and_constraints(scn, data, model_id)
+    _trace_workload(fixed, fixed_keys, where, fail)
     placement: dict = {}
     if scn.placement is not None:
         from dse.solvers import placed
@@ -133,6 +134,25 @@ def _eplb(scn: Scenario, model_id: str, fixed: dict, per_mode: dict, fail) -> in
             if col in axes:
                 raise fail("eplb", f"sets {col} per configuration; remove it from {axes[col].key}")
     return max(g.ffn.num_experts for g in model.groups)
+
+
+def _trace_workload(fixed: dict, fixed_keys: dict, where: str, fail) -> None:
+    """workload.trace: its path beside the scenario file, read once (a bad file is one line
+    naming it), and isl / osl the trace's means unless the workload gives them."""
+    ref = fixed.get("trace")
+    if not ref:
+        return
+    from dse.catalog.traces import read_trace
+
+    path = Path(ref) if Path(ref).is_absolute() or where == "<scenario>" else Path(where).parent / ref
+    try:
+        tr = read_trace(str(path))
+    except DSEError as exc:
+        raise fail("workload.trace", str(exc)) from None
+    fixed["trace"] = str(path)
+    for col, vals in (("isl", tr.input_length), ("osl", tr.output_length)):
+        if col not in fixed:
+            fixed[col], fixed_keys[col] = max(int(round(float(vals.mean()))), 1), "workload.trace"
 
 
 def _model_id(ref: str, where: str, fail) -> str:

@@ -42,6 +42,7 @@ COLUMNS: dict[str, Any] = {
     "trace": "",        # a request trace (Mooncake JSONL) whose prefix reuse replaces turns / system_prompt
     "kv_tier": "hbm",   # where cached prefixes live beyond HBM: hbm (no offload), host, fabric, ssd
     "kv_tier_gb": 0.0,  # GB per GPU given to the cache in that tier
+    "kv_tier_gb_s": 0.0,  # the tier link's GB/s per GPU (0 = hardware/kv_tiers.yaml's): a what-if knob
     "routing": "",      # how requests reach replicas: random, least_loaded, prefix_affinity, dual_hash
     "routing_skew": math.nan,  # power-law exponent of expert popularity (0 = balanced; nan = fitted typical)
     "power_cap": 1.0,   # fraction of TDP
@@ -96,6 +97,7 @@ COLUMN_HELP = {
     "kv_tier": "where cached prefixes live beyond HBM: hbm (no offload), host (CPU memory), fabric (memory pooled "
                "over the scale-up fabric), ssd (local NVMe); hardware/kv_tiers.yaml",
     "kv_tier_gb": "GB per GPU given to the prefix cache in kv_tier (0 with hbm)",
+    "kv_tier_gb_s": "GB/s per GPU of the link to kv_tier, one direction (0 = the figure of hardware/kv_tiers.yaml)",
     "routing": "how requests reach replicas: random, least_loaded, prefix_affinity, dual_hash ('' = round robin: "
                "even load, no affinity)",
     "routing_skew": ("power-law exponent of expert popularity (0 = balanced routing; nan, the default = the typical "

@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "system_prompt": Rule("must hold whole numbers >= 0 (tokens)", low=0, integer=True),
     "think_time_s": Rule("must be a number >= 0 (s)", low=0),
     "kv_tier_gb": Rule("must be a number >= 0 (GB per GPU)", low=0),
+    "kv_tier_gb_s": Rule("must be a number >= 0 (GB/s; 0 = the tier's own link)", low=0),
     "slo_confidence": Rule("must be in [0, 1) (a probability; 0 = the point prediction decides)", low=0, high=1,
                            high_open=True),
     "routing_skew": Rule("must be a number >= 0 (0 = balanced; nan = the typical skew fitted from measured "

@@ -30,7 +30,7 @@ from dse.model.steps import ModeResult, Pool, prefill_phase
 
 __all__ = ["active", "serve", "metrics", "FEATURE_COLUMNS"]
 
-FEATURE_COLUMNS = ("kv_tier", "kv_tier_gb", "routing", "turns", "system_prompt", "think_time_s", "trace")
+FEATURE_COLUMNS = ("kv_tier", "kv_tier_gb", "kv_tier_gb_s", "routing", "turns", "system_prompt", "think_time_s", "trace")
 
 
 def active(c: dict, vocab: dict) -> bool:
@@ -69,6 +69,8 @@ def _tier_arrays(c: dict, vocab: dict, reasons) -> dict:
     reasons.flag(~missing & (tier > 0) & (gb > out["gb_per_gpu"]), "memory",
                  "memory: kv_tier_gb exceeds the tier's capacity per GPU (hardware/kv_tiers.yaml)")
     out["gb"] = np.where(missing | (tier == 0), 0.0, np.minimum(gb, out["gb_per_gpu"]))
+    own = np.asarray(c["kv_tier_gb_s"], dtype=float)
+    out["link_gb_s"] = np.where(own > 0, own, out["link_gb_s"])
     return out
 
 
@@ -106,14 +108,19 @@ def _hits(c, st, gap, think_gap) -> tuple[np.ndarray, np.ndarray]:
     return h_hbm, h_tier
 
 
-def _common_at(model, pool: Pool, c, common: dict, st: dict, h_hbm, h_tier) -> dict:
-    """The serving inputs with the computed hit rate and the tier loads' exposed time."""
+def _tier_tokens(c, st, h_tier) -> np.ndarray:
+    return np.where(st["reuse_rows"], h_tier, 0.0) * np.asarray(c["isl"], dtype=float)
+
+
+def _common_at(model, pool: Pool, c, common: dict, st: dict, h_hbm, h_tier, util=0.0) -> dict:
+    """The serving inputs with the computed hit rate and the tier loads' exposed time (at
+    link utilisation `util`)."""
     reuse = st["reuse_rows"]
     hit = np.where(reuse, np.minimum(h_hbm + h_tier, 0.999), np.asarray(c["prefix_hit"], dtype=float))
     _, t_pre, _, _ = prefill_phase(model, pool, c["isl"], hit, common["skew"], common["coeffs"])
-    exposed = kv.exposed_load_ms(tokens=np.where(reuse, h_tier, 0.0) * c["isl"], bytes_per_token=st["bpt"],
+    exposed = kv.exposed_load_ms(tokens=_tier_tokens(c, st, h_tier), bytes_per_token=st["bpt"],
                                  link_gb_s=st["tier"]["link_gb_s"], latency_ms=st["tier"]["latency_ms"],
-                                 compute_ms=t_pre, layers=float(model.num_layers))
+                                 compute_ms=t_pre, layers=float(model.num_layers), utilisation=util)
     rt = dataclasses.replace(common["rt"], request_ms=common["rt"].request_ms + exposed)
     return {**common, "prefix_hit": hit, "rt": rt}, hit
 
@@ -160,11 +167,18 @@ def serve(model, pools, pool: Pool, hwc: dict, c: dict, common: dict, conc,
     h_hbm, h_tier = _hits(c, st, busy, np.zeros(n))
     com, hit = _common_at(model, pool, c, common, st, h_hbm, h_tier)
     res = run(com, busy)
+    # one fixed-point step: the first pass's lifetime sets the think-time gap, its request
+    # rate the tier link's utilisation
     think = np.asarray(c["think_time_s"], dtype=float) * 1e3
-    if np.any(sessions & (think > 0)):
-        life = res.ttft_ms + np.maximum(np.asarray(c["osl"], dtype=float) - 1.0, 0.0) * res.tpot_ms
+    loads = np.any(_tier_tokens(c, st, h_tier) > 0)
+    if loads or np.any(sessions & (think > 0)):
+        osl = np.asarray(c["osl"], dtype=float)
+        life = res.ttft_ms + np.maximum(osl - 1.0, 0.0) * res.tpot_ms
         h_hbm, h_tier = _hits(c, st, busy, busy * think / np.maximum(life, 1e-9))
-        com, hit = _common_at(model, pool, c, common, st, h_hbm, h_tier)
+        util = kv.link_utilisation(requests_per_s=res.tokens_per_s / np.maximum(osl, 1.0),
+                                   tokens=_tier_tokens(c, st, h_tier), bytes_per_token=st["bpt"],
+                                   link_gb_s=st["tier"]["link_gb_s"])
+        com, hit = _common_at(model, pool, c, common, st, h_hbm, h_tier, util)
         res = run(com, busy)
     for k, extra in (("price_usd", tier["usd_per_gb"]), ("host_w_per_gpu", tier["w_per_gb"]),
                      ("rent_usd_per_hour", tier["rent_usd_per_gb_hour"])):

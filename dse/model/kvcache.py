@@ -31,7 +31,7 @@ import dataclasses
 import numpy as np
 
 __all__ = ["GRID", "KMAX", "ROUTINGS", "Reuse", "hit_fraction", "session_reuse", "pairs_reuse", "p_same",
-           "load_imbalance", "tier_hits", "exposed_load_ms"]
+           "load_imbalance", "tier_hits", "exposed_load_ms", "link_utilisation", "MAX_LINK_UTILISATION"]
 
 PER_DECADE = 16
 GRID = np.geomspace(1.0, 1e9, 9 * PER_DECADE + 1)     # gaps between accesses, requests of one cache
@@ -175,10 +175,22 @@ def tier_hits(*, hbm: Reuse, tier: Reuse, hbm_tokens, tier_tokens) -> tuple[np.n
     return h, np.maximum(t - h, 0.0)
 
 
-def exposed_load_ms(*, tokens, bytes_per_token, link_gb_s, latency_ms, compute_ms, layers) -> np.ndarray:
+MAX_LINK_UTILISATION = 0.99    # a saturated link: loads take 100x their time (TTFT then misses any SLO)
+
+
+def exposed_load_ms(*, tokens, bytes_per_token, link_gb_s, latency_ms, compute_ms, layers,
+                    utilisation=0.0) -> np.ndarray:
     """TTFT a tier hit adds: its KV moves layer by layer while the rest of the prompt is
     computed, so only the part beyond that compute, one layer's load and the tier's
-    latency show."""
+    latency show. The link is shared by every request's loads: at utilisation u each
+    load takes 1 / (1 - u) of its time (processor sharing, M/G/1-PS mean response)."""
     tokens = np.asarray(tokens, dtype=float)
-    load = tokens * bytes_per_token / (np.maximum(link_gb_s, 1e-30) * 1e9) * 1e3
+    u = np.minimum(np.asarray(utilisation, dtype=float), MAX_LINK_UTILISATION)
+    load = tokens * bytes_per_token / (np.maximum(link_gb_s, 1e-30) * 1e9) * 1e3 / (1.0 - u)
     return np.where(tokens > 0, np.maximum(load - compute_ms, 0.0) + load / layers + latency_ms, 0.0)
+
+
+def link_utilisation(*, requests_per_s, tokens, bytes_per_token, link_gb_s) -> np.ndarray:
+    """Busy share of a GPU's tier link when every request loads `tokens` of its shard."""
+    return (np.asarray(requests_per_s, dtype=float) * np.asarray(tokens, dtype=float) * bytes_per_token
+            / (np.maximum(link_gb_s, 1e-30) * 1e9))

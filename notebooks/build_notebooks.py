@@ -449,7 +449,125 @@ re-run to see how the frontier moves. All numbers are model estimates (docs/accu
 """),
 ]
 
-NOTEBOOKS = {"procurement_whatif.ipynb": PROCUREMENT, "opdisagg_whatif.ipynb": OPDISAGG}
+KV_TIERS = [
+    ("md", """
+# KV-cache tiers what-if: where does offloading the prefix cache pay?
+
+**Question.** Multi-turn sessions come back to the same prefix (their history, a shared
+system prompt). HBM left after the weights and the running batch holds only so much of
+it; a host-DRAM, fabric-attached or NVMe tier holds more, at the price of loading a hit
+over a slower link instead of recomputing it. For which context lengths, turns per
+session and tier bandwidths is the cheapest deployment meeting the SLOs one that
+offloads?
+
+Everything comes from `dse.evaluate`: the hit rate from capacity is an LRU
+stack-distance model of the sessions (dse.model.kvcache), the tiers are
+hardware/kv_tiers.yaml, and a tier's GB are priced (DRAM, NVMe). Change the parameters
+in the next cell and re-run top to bottom.
+"""),
+    ("code", """
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+import dse
+from dse.catalog.kv_tiers import tier_of
+from dse.catalog.traces import lru_hit_rate, read_trace, reuse_cdf
+from dse.model import kvcache
+
+BASE = dict(model="meta-llama/Llama-3.1-70B", device="h100_sxm", weight_dtype="fp8", kv_dtype="fp8", osl=500,
+            system_prompt=2000, think_time_s=30.0, ttft_slo_ms=3000.0, tpot_slo_ms=50.0)
+TIERS = {"hbm": 0.0, "host": 200.0, "ssd": 2000.0}        # kv_tier -> GB per GPU given to the cache
+CONTEXTS = [4000, 8000, 16000, 32000, 64000]              # mean prompt over a session's turns
+TURNS = [1, 2, 4, 8, 16]
+LAYOUT = dict(tp=[4, 8], batch_size=[8, 16, 32, 64, 128])
+
+
+def grid(**axes):
+    rows = list(itertools.product(*axes.values()))
+    return {k: [r[i] for r in rows] for i, k in enumerate(axes)}
+
+
+def cheapest(df, by):
+    ok = df[df["feasible"] & df["meets_slo"]]
+    return ok.loc[ok.groupby(by, observed=True)["usd_per_mtok"].idxmin()]
+"""),
+    ("md", "## 1. Context length x turns per session"),
+    ("code", """
+g = grid(isl=CONTEXTS, turns=TURNS, kv_tier=list(TIERS), **LAYOUT)
+g["kv_tier_gb"] = [TIERS[t] for t in g["kv_tier"]]
+df = dse.evaluate(strict=False, **BASE, **g)
+df["kv_tier"] = df["kv_tier"].astype(str)
+best = cheapest(df, ["isl", "turns", "kv_tier"])
+cost = best.pivot_table(index=["isl", "turns"], columns="kv_tier", values="usd_per_mtok")
+hit = best.pivot_table(index=["isl", "turns"], columns="kv_tier", values="cache_hit_rate")
+saving = 1.0 - cost[["host", "ssd"]].min(axis=1) / cost["hbm"]
+table = pd.DataFrame({"usd_per_mtok hbm": cost["hbm"], "best offload": cost[["host", "ssd"]].idxmin(axis=1),
+                      "usd_per_mtok offload": cost[["host", "ssd"]].min(axis=1), "saving": saving,
+                      "hit hbm": hit["hbm"], "hit offload": hit[["host", "ssd"]].max(axis=1)})
+table.round(3)
+"""),
+    ("code", """
+heat = saving.unstack("turns")
+fig = px.imshow(100 * heat, text_auto=".0f", aspect="auto", color_continuous_scale="RdBu", zmin=-30, zmax=30,
+                labels=dict(x="turns per session", y="mean prompt (tokens)", color="saving %"),
+                title="Cost saving of the best offload tier over HBM only (cheapest config meeting the SLOs)")
+fig.show()
+"""),
+    ("md", """
+Single-turn traffic only reuses the system prompt, which HBM holds: a tier adds its price
+and no hits (negative saving). With more turns and longer contexts the sessions that are
+thinking hold more history than HBM has left, and the tier turns that history into hits.
+Compare the hit-rate columns: the cheapest offloading configuration usually runs a larger
+batch than the cheapest HBM-only one, whose hit rate would collapse at that batch (the
+running batch's KV takes the HBM the cache had).
+"""),
+    ("md", "## 2. Tier bandwidth"),
+    ("code", """
+ISL, TURNS_AT = 32000, 8
+bw = np.geomspace(0.25, 256, 13)
+g = grid(kv_tier_gb_s=list(bw), **LAYOUT)
+tiered = dse.evaluate(strict=False, **BASE, isl=ISL, turns=TURNS_AT, kv_tier="ssd", kv_tier_gb=2000.0, **g)
+hbm_only = cheapest(dse.evaluate(strict=False, **BASE, isl=ISL, turns=TURNS_AT, **grid(**LAYOUT)).assign(k=0), "k")
+by_bw = cheapest(tiered, "kv_tier_gb_s")
+fig = go.Figure()
+fig.add_scatter(x=by_bw["kv_tier_gb_s"], y=by_bw["usd_per_mtok"], mode="lines+markers", name="2 TB tier per GPU")
+fig.add_hline(y=float(hbm_only["usd_per_mtok"].iloc[0]), line_dash="dash", annotation_text="HBM only")
+for name, t in (("NVMe (hgx8)", tier_of("h100_sxm", "ssd")), ("PCIe Gen5 host", tier_of("h100_sxm", "host")),
+                ("NVLink-C2C host (GB200)", tier_of("gb200", "host"))):
+    fig.add_vline(x=t.link_gb_s, line_dash="dot", annotation_text=name)
+fig.update_xaxes(type="log", title="tier link, GB/s per GPU")
+fig.update_yaxes(title="$/Mtok, cheapest config meeting the SLOs")
+fig.update_layout(title=f"Where tier bandwidth starts to matter ({ISL} tokens, {TURNS_AT} turns)")
+fig.show()
+"""),
+    ("md", """
+A hit's KV moves layer by layer while the rest of the prompt is computed, so bandwidth
+hides until the link saturates (every request's loads share it); below that the load
+queue shows in TTFT and the tier stops paying.
+"""),
+    ("md", "## 3. Is the analytic hit rate right? An exact LRU replay of a real trace"),
+    ("code", """
+SAMPLE = Path(dse.__file__).resolve().parents[1] / "search_spaces" / "traces" / "mooncake_conversation_400.jsonl"
+tr = read_trace(str(SAMPLE))
+cdf, prompt, accessed = reuse_cdf(tr, kvcache.GRID)
+prof = kvcache.pairs_reuse(cdf=cdf, accessed=accessed, prompt=prompt, replicas=1, p=1.0)
+caps = np.geomspace(1e4, 1e7, 10)
+check = pd.DataFrame({"capacity_tokens": caps, "lru_replay": [lru_hit_rate(tr, c) for c in caps],
+                      "analytic": [float(kvcache.hit_fraction(prof, c)[0]) for c in caps]})
+fig = px.line(check, x="capacity_tokens", y=["lru_replay", "analytic"], log_x=True, markers=True,
+              title="Mooncake conversation sample (400 requests): hit rate vs cache capacity")
+fig.show()
+check.round(3)
+"""),
+]
+
+NOTEBOOKS = {"procurement_whatif.ipynb": PROCUREMENT, "opdisagg_whatif.ipynb": OPDISAGG,
+             "kv_tiers_whatif.ipynb": KV_TIERS}
 
 
 def build(cells) -> nbformat.NotebookNode:

@@ -12,7 +12,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["procurement_whatif.ipynb", "opdisagg_whatif.ipynb"]
+NAMES = ["procurement_whatif.ipynb", "opdisagg_whatif.ipynb", "kv_tiers_whatif.ipynb"]
 
 
 def _builder():

@@ -200,7 +200,8 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     factors = intervals.intervals({
         "mode": mode, "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
         "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
-        "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"]})
+        "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"],
+        "ttft": res.ttft_ms})
     out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb, factors)
     out.update(cache)
     out["bottleneck"] = bottleneck

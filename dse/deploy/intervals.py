@@ -2,7 +2,7 @@
 
 The point predictions of the engine are not exact: held against measured deployments on
 hardware whose measurements it was not fitted on, TTFT and TPOT are off by tens of
-percent. `hardware/intervals.yaml` + `intervals.csv.gz` (written by `python -m
+percent. `hardware/intervals.yaml` + `intervals_{ttft,tpot}.csv.gz` (written by `python -m
 dse.fit.intervals`, conformalized quantile regression on leave-one-system-out residuals)
 hold, per cell of discrete features, the 10th and 90th percentiles of
 log(measured / predicted). Here they become per-row factors (a vectorized gather: no
@@ -16,8 +16,15 @@ Features of a row (dict of arrays or scalars, broadcast together):
   moe, mla    bool: the model has MoE FFNs / MLA attention (`model_flags`)
   concurrency users of the deployment unit; isl, osl tokens (log2 buckets, clipped to
               the range the table was fitted on)
+  ttft        the point prediction itself, ms (half-octave buckets): how wrong a TTFT is
+              depends on its regime (a 30 ms TTFT is launch overheads, a 3 s one is
+              queueing behind other prompts), which no configuration column says. It halves
+              the TTFT interval's width at the same coverage out of sample; TPOT's own
+              prediction narrows TPOT's less, and its table keeps the decode bottleneck
   recorded    bool, default True: the deployment is known in full (False only for the
               measured disagg rows whose worker counts the file leaves out)
+Each metric has its own table over its own features (FEATURES[metric]): a grid over every
+feature for both would be mostly cells no measurement reaches.
 """
 from __future__ import annotations
 
@@ -33,16 +40,19 @@ from dse.catalog.runtime import hardware_dir
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
 
-__all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "Z90", "IntervalTable", "Factors", "load_intervals",
-           "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "quantile_factor", "model_flags", "bucket",
-           "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
+__all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "INPUTS", "Z90", "IntervalTable", "Intervals", "Factors",
+           "load_intervals", "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "quantile_factor",
+           "model_flags", "bucket", "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
 
 CATEGORICAL = ("mode", "recorded", "moe", "mla", "backend", "bottleneck")
-NUMERIC = ("concurrency", "isl", "osl")        # stored as log2 buckets
-FEATURES = CATEGORICAL + NUMERIC
+NUMERIC = ("concurrency", "isl", "osl", "ttft")        # stored as log buckets
+PER_OCTAVE = {"ttft": 2}                               # buckets per factor of 2 (others: 1)
+METRICS = ("ttft", "tpot")
+FEATURES = {"ttft": ("mode", "recorded", "moe", "mla", "backend", "concurrency", "isl", "ttft"),
+            "tpot": ("mode", "recorded", "moe", "mla", "backend", "bottleneck", "concurrency", "isl", "osl")}
+INPUTS = tuple(dict.fromkeys(f for m in METRICS for f in FEATURES[m]))    # what a caller must give
 ALIASES = {"mode": {"afd": "disagg"}}          # categories without measurements read as their nearest kin
 Z90 = 1.2815515655446004                       # standard normal 90th percentile
-METRICS = ("ttft", "tpot")
 INTERVAL_COLUMNS = tuple(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
                                               "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
                                               "goodput_tokens_per_s") for q in ("p10", "p90"))
@@ -50,23 +60,29 @@ INTERVAL_COLUMNS = tuple(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_
 
 @dataclasses.dataclass(frozen=True)
 class IntervalTable:
-    """The fitted cells as dense arrays over the feature grid (C order over FEATURES)."""
-    levels: dict[str, tuple]        # categorical: the values; numeric: the log2 buckets lo..hi
-    lo: np.ndarray                  # (cells, 2) log factors at p10 for (ttft, tpot)
-    hi: np.ndarray                  # (cells, 2) at p90
-    rho: float                      # correlation of the TTFT and TPOT log errors
-    meta: dict
+    """One metric's fitted cells as dense arrays over its feature grid (C order over `features`)."""
+    metric: str
+    features: tuple[str, ...]
+    levels: dict[str, tuple]        # categorical: the values; numeric: the buckets lo..hi
+    lo: np.ndarray                  # (cells,) log factor at p10
+    hi: np.ndarray                  # (cells,) at p90
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(len(self.levels[f]) for f in FEATURES)
+        return tuple(len(self.levels[f]) for f in self.features)
 
     @functools.cached_property
-    def factors(self) -> tuple[np.ndarray, ...]:
-        """(ttft p10, ttft p90, tpot p10, tpot p90) factors per cell, exponentiated once."""
-        lo, hi = np.exp(self.lo), np.exp(self.hi)
-        return (np.ascontiguousarray(lo[:, 0]), np.ascontiguousarray(hi[:, 0]),
-                np.ascontiguousarray(lo[:, 1]), np.ascontiguousarray(hi[:, 1]))
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(p10, p90) factors per cell, exponentiated once."""
+        return np.exp(self.lo), np.exp(self.hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervals:
+    """The tables of every metric, and the correlation of their log errors."""
+    tables: dict[str, IntervalTable]
+    rho: float
+    meta: dict
 
 
 class Factors(NamedTuple):
@@ -83,39 +99,43 @@ def _default_path() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def load_intervals(path: str | None = None) -> IntervalTable:
-    """The interval table (default hardware/intervals.yaml and the CSV it names)."""
+def load_intervals(path: str | None = None) -> Intervals:
+    """The interval tables (default hardware/intervals.yaml and the CSVs it names)."""
     p = Path(path) if path else _default_path()
     if not p.is_file():
         raise DSEError(f"{p}: no such file (refit with `python -m dse.fit.intervals`)")
     doc = read_mapping(p)
+    tables = {}
     try:
-        levels = {f: tuple(doc["levels"][f]) for f in FEATURES}
         rho = float(doc["correlation"]["rho"])
-        cells = pd.read_csv(p.parent / doc["table"], keep_default_na=False)
+        for m in METRICS:
+            spec = doc["tables"][m]
+            levels = {f: tuple(spec["levels"][f]) for f in FEATURES[m]}
+            cells = pd.read_csv(p.parent / spec["file"], keep_default_na=False)
+            tables[m] = table_from_cells(cells, m, levels, source=f"{p}: {spec['file']}")
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DSEError(f"{p}: not an interval table ({type(exc).__name__}: {exc})") from None
-    return table_from_cells(cells, levels, rho=rho, meta=doc, source=f"{p}: {doc['table']}")
+    return Intervals(tables=tables, rho=rho, meta=doc)
 
 
-def table_from_cells(cells: pd.DataFrame, levels: dict[str, tuple], *, rho: float = 0.0, meta: dict | None = None,
+def table_from_cells(cells: pd.DataFrame, metric: str, levels: dict[str, tuple], *,
                      source: str = "intervals") -> IntervalTable:
-    """Dense arrays from one row per grid cell (columns FEATURES and <metric>_p10 / _p90)."""
-    shape = tuple(len(levels[f]) for f in FEATURES)
+    """Dense arrays from one row per grid cell (columns FEATURES[metric], p10 and p90)."""
+    feats = FEATURES[metric]
+    shape = tuple(len(levels[f]) for f in feats)
     try:
         idx = np.zeros(len(cells), dtype=np.int64)
-        for f, n in zip(FEATURES, shape):
+        for f, n in zip(feats, shape):
             idx = idx * n + _codes(f, cells[f].to_numpy(), levels[f], bucketed=True, source=source)
-        bands = {(m, q): cells[f"{m}_{q}"].to_numpy(float) for m in METRICS for q in ("p10", "p90")}
+        p10, p90 = cells["p10"].to_numpy(float), cells["p90"].to_numpy(float)
     except (KeyError, ValueError) as exc:
         raise DSEError(f"{source}: not an interval table ({type(exc).__name__}: {exc})") from None
     if len(cells) != int(np.prod(shape)) or len(np.unique(idx)) != len(cells):
         raise DSEError(f"{source}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
                        f"got {len(cells)} rows")
-    lo, hi = np.empty((len(cells), 2)), np.empty((len(cells), 2))
-    for j, m in enumerate(METRICS):
-        lo[idx, j], hi[idx, j] = bands[m, "p10"], bands[m, "p90"]
-    return IntervalTable(levels=levels, lo=lo, hi=hi, rho=rho, meta=meta or {})
+    lo, hi = np.empty(len(cells)), np.empty(len(cells))
+    lo[idx], hi[idx] = p10, p90
+    return IntervalTable(metric=metric, features=feats, levels=levels, lo=lo, hi=hi)
 
 
 def concurrency(mode, batch_size, decode_batch_size=0, decode_workers=1) -> np.ndarray:
@@ -126,15 +146,18 @@ def concurrency(mode, batch_size, decode_batch_size=0, decode_workers=1) -> np.n
     return np.where(mode == "disagg", dec * np.asarray(decode_workers), batch_size).astype(float)
 
 
-def bucket(x: Any) -> np.ndarray:
-    """log2 bucket of a count (1 -> 0, 2 -> 1, 3 -> 2, 6 -> 3 ...)."""
-    return np.rint(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0))).astype(np.int64)
+def bucket(x: Any, name: str = "") -> np.ndarray:
+    """Log bucket of a count or a latency: PER_OCTAVE[name] per factor of 2 (counts: 1 -> 0,
+    2 -> 1, 3 -> 2, 6 -> 3 ...; latencies in ms at half octaves: 8 -> 6, 11.3 -> 7)."""
+    per = PER_OCTAVE.get(name, 1)
+    x = np.nan_to_num(np.asarray(x, dtype=float), nan=1.0, posinf=2.0 ** 60)   # infeasible rows: any cell
+    return np.rint(per * np.log2(np.maximum(x, 1.0))).astype(np.int64)
 
 
 def _codes(name: str, values: Any, levels: tuple, *, bucketed: bool = False, source: str = "intervals") -> np.ndarray:
     """Index of each value into the feature's levels (numeric features: its clipped bucket)."""
     if name in NUMERIC:
-        b = np.asarray(values, dtype=np.int64) if bucketed else bucket(values)
+        b = np.asarray(values, dtype=np.int64) if bucketed else bucket(values, name)
         return np.clip(b, levels[0], levels[-1]) - levels[0]
     if name in ("recorded", "moe", "mla"):
         v = np.asarray(values)
@@ -154,14 +177,14 @@ def _codes(name: str, values: Any, levels: tuple, *, bucketed: bool = False, sou
 
 
 def feature_codes(features: dict, table: IntervalTable) -> np.ndarray:
-    """Flat cell index of every row."""
-    missing = [f for f in FEATURES if f not in features and f != "recorded"]
+    """Flat cell index of every row into one metric's table."""
+    missing = [f for f in INPUTS if f not in features and f != "recorded"]
     if missing:
-        raise DSEError(f"intervals: features: missing {missing[0]!r}; required: {', '.join(FEATURES)}")
-    vals = {f: features.get(f, True) for f in FEATURES}
+        raise DSEError(f"intervals: features: missing {missing[0]!r}; required: {', '.join(INPUTS)}")
+    vals = {f: features.get(f, True) for f in table.features}
     n = max((np.size(v) for v in vals.values() if not isinstance(v, str)), default=1)
     idx = np.zeros(n, dtype=np.int64)
-    for f, size in zip(FEATURES, table.shape):
+    for f, size in zip(table.features, table.shape):
         v = vals[f]
         if np.ndim(v) == 0:
             v = [v]
@@ -169,12 +192,16 @@ def feature_codes(features: dict, table: IntervalTable) -> np.ndarray:
     return idx
 
 
-def intervals(features: dict, table: IntervalTable | None = None) -> Factors:
-    """Per-row p10 and p90 factors on the point TTFT and TPOT (gather from the table)."""
+def intervals(features: dict, table: Intervals | None = None) -> Factors:
+    """Per-row p10 and p90 factors on the point TTFT and TPOT (gathers from the tables)."""
     t = table or load_intervals()
-    idx = feature_codes(features, t)
-    tl, th, pl, ph = t.factors
-    return Factors(ttft_lo=tl[idx], ttft_hi=th[idx], tpot_lo=pl[idx], tpot_hi=ph[idx], rho=t.rho)
+    out = []
+    for m in METRICS:
+        tab = t.tables[m]
+        idx = feature_codes(features, tab)
+        lo, hi = tab.factors
+        out += [lo[idx], hi[idx]]
+    return Factors(*out, rho=t.rho)
 
 
 def model_flags(model) -> dict[str, bool]:
@@ -182,7 +209,7 @@ def model_flags(model) -> dict[str, bool]:
     return {"moe": bool(model.is_moe), "mla": any(g.attention.kind == "mla" for g in model.groups)}
 
 
-def add_interval_columns(metrics: dict[str, np.ndarray], features: dict, table: IntervalTable | None = None,
+def add_interval_columns(metrics: dict[str, np.ndarray], features: dict, table: Intervals | None = None,
                          factors: Factors | None = None) -> Factors:
     """Add the *_p10 / *_p90 columns (INTERVAL_COLUMNS) to `metrics` in place.
 

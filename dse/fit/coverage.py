@@ -13,8 +13,9 @@ from dse.errors import DSEError
 __all__ = ["config_features", "annotate_validation"]
 
 
-def config_features(cfgs: list[dict], bottleneck, recorded) -> dict[str, np.ndarray]:
-    """Interval features of evaluate() configurations (as dse.fit.validate maps rows)."""
+def config_features(cfgs: list[dict], bottleneck, recorded, *, ttft) -> dict[str, np.ndarray]:
+    """Interval features of evaluate() configurations (as dse.fit.validate maps rows) and
+    their point TTFT (ms)."""
     flags = {m: rt.model_flags(get_model(m)) for m in {c["model"] for c in cfgs}}
     mode = np.array([c["mode"] for c in cfgs], dtype=object)
     conc = rt.concurrency(mode, [c.get("batch_size", 1) for c in cfgs], [c.get("decode_batch_size", 0) for c in cfgs],
@@ -26,10 +27,11 @@ def config_features(cfgs: list[dict], bottleneck, recorded) -> dict[str, np.ndar
             "backend": np.array([c.get("backend", "") for c in cfgs], dtype=object),
             "bottleneck": np.asarray(bottleneck, dtype=object).astype(str),
             "concurrency": conc, "isl": np.array([c["isl"] for c in cfgs], dtype=float),
-            "osl": np.array([c["osl"] for c in cfgs], dtype=float)}
+            "osl": np.array([c["osl"] for c in cfgs], dtype=float),
+            "ttft": np.asarray(ttft, dtype=float)}
 
 
-def annotate_validation(rows_df: pd.DataFrame, summary: dict, table: rt.IntervalTable | None = None) -> None:
+def annotate_validation(rows_df: pd.DataFrame, summary: dict, table: rt.Intervals | None = None) -> None:
     """Add ttft_ms_p10/_p90, tpot_ms_p10/_p90 to the rows of a validate_measurements result
     and the 80 % coverage and median width to its summary. `rows_df` holds the per-row
     records with the mapped `config` and the engine's `bottleneck` of supported rows;
@@ -40,7 +42,8 @@ def annotate_validation(rows_df: pd.DataFrame, summary: dict, table: rt.Interval
     ok = rows_df.supported.to_numpy(bool)
     d = rows_df[ok]
     feats = config_features(list(d.config), d.bottleneck.astype(str).to_numpy(),
-                            ~d.assumed.astype(str).str.contains("workers").to_numpy())
+                            ~d.assumed.astype(str).str.contains("workers").to_numpy(),
+                            ttft=d.ttft_ms_pred.to_numpy(float))
     f = rt.intervals(feats, table)
     band = {}
     for m, lo, hi in (("ttft", f.ttft_lo, f.ttft_hi), ("tpot", f.tpot_lo, f.tpot_hi)):

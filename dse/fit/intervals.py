@@ -12,7 +12,8 @@ On those residuals, conformalized quantile regression (MAPIE's
 ConformalizedQuantileRegressor over scikit-learn's HistGradientBoostingRegressor, 80 %,
 train / conformalize split by measured row) gives p10 and p90 per feature cell. Every
 feature is discrete, so the model is evaluated on the whole grid and the grid is shipped
-(hardware/intervals.yaml + intervals.csv.gz), never the model:
+(hardware/intervals.yaml + intervals_{ttft,tpot}.csv.gz, a table per metric over its own
+features: dse.deploy.intervals.FEATURES), never the model:
   * a cell whose categorical features (mode, recorded, moe, mla, backend, bottleneck)
     were seen with >= MIN_COMBO rows takes the model's value (the trees are piecewise
     constant in the buckets: an unseen bucket takes its neighbours' leaf), unless its
@@ -39,6 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dse.catalog.runtime import bench_rounds_of
 from dse.deploy import intervals as rt
 from dse.deploy.intervals import CATEGORICAL, FEATURES, METRICS, NUMERIC, bucket
 from dse.fit.coverage import config_features
@@ -76,11 +78,13 @@ def residuals(data, constants: dict[str, dict]) -> pd.DataFrame:
     for held, runtime in constants.items():
         idx = np.nonzero(data.mask(system=held))[0]
         for pooled in (False, True):
-            sel = [(i, {**cfg, "bench_rounds": runtime["rounds"], **({"backend": ""} if pooled else {})}, r)
+            sel = [(i, {**cfg, "backend": "" if pooled else cfg.get("backend", ""),
+                        "bench_rounds": bench_rounds_of(runtime, "" if pooled else cfg.get("backend", ""))}, r)
                    for i, cfg, r in (data.configs[j] for j in idx)]
             pred = validate.predict(sel, serving=runtime)
             recorded = ~data.meta.assumed.iloc[idx].str.contains("workers").to_numpy()
-            feats = config_features([c for _, c, _ in sel], pred.bottleneck.astype(str).to_numpy(), recorded)
+            feats = config_features([c for _, c, _ in sel], pred.bottleneck.astype(str).to_numpy(), recorded,
+                                    ttft=pred.ttft_ms.to_numpy(float))
             parts.append(pd.DataFrame({"id": data.meta.id.iloc[idx].to_numpy(), "system": held, "pooled": pooled,
                                        **feats,
                                        "r_ttft": np.log(data.ttft[idx] / pred.ttft_ms.to_numpy(float)),
@@ -88,23 +92,26 @@ def residuals(data, constants: dict[str, dict]) -> pd.DataFrame:
     res = pd.concat(parts, ignore_index=True)
     ok = np.isfinite(res.r_ttft) & np.isfinite(res.r_tpot)
     for f in NUMERIC:
-        res[f] = bucket(res[f])
+        res[f] = bucket(res[f], f)
     return res[ok].reset_index(drop=True)
 
 
-def grid_levels(res: pd.DataFrame) -> dict[str, tuple]:
-    """Levels of every feature: the fixed categories, and the buckets the data spans."""
-    out = {f: CATEGORIES[f] for f in CATEGORICAL}
-    out.update({f: tuple(range(int(res[f].min()), int(res[f].max()) + 1)) for f in NUMERIC})
-    return out
+def grid_levels(res: pd.DataFrame) -> dict[str, dict[str, tuple]]:
+    """Per metric, the levels of each of its features: the fixed categories, and the
+    buckets the data spans."""
+    def one(f):
+        if f in CATEGORICAL:
+            return CATEGORIES[f]
+        return tuple(range(int(res[f].min()), int(res[f].max()) + 1))
+    return {m: {f: one(f) for f in FEATURES[m]} for m in METRICS}
 
 
 def _encode(df: pd.DataFrame, levels: dict) -> np.ndarray:
-    return np.stack([rt._codes(f, df[f].to_numpy(), levels[f], bucketed=True) for f in FEATURES], axis=1)
+    return np.stack([rt._codes(f, df[f].to_numpy(), lv, bucketed=True) for f, lv in levels.items()], axis=1)
 
 
 def _grid(levels: dict) -> pd.DataFrame:
-    idx = pd.MultiIndex.from_product([levels[f] for f in FEATURES], names=list(FEATURES))
+    idx = pd.MultiIndex.from_product(list(levels.values()), names=list(levels))
     return idx.to_frame(index=False)
 
 
@@ -130,17 +137,43 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def _cqr(X: np.ndarray, y: np.ndarray, cal: np.ndarray, seed: int):
-    """MAPIE CQR over gradient-boosted quantile trees."""
+def _held(model, side: int):
+    """A fitted quantile model whose lower (side -1) or upper (+1) bound is moved to hold 0,
+    the point prediction; the conformal step then calibrates the interval as shipped."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class HoldsPoint(RegressorMixin, BaseEstimator):
+        def __init__(self, model=None, side=0):
+            self.model, self.side = model, side
+            self.n_features_in_ = model.n_features_in_ if model is not None else 0
+
+        def fit(self, X, y):
+            return self
+
+        def predict(self, X):
+            p = self.model.predict(X)
+            return np.minimum(p, 0.0) if self.side < 0 else np.maximum(p, 0.0) if self.side > 0 else p
+
+    return HoldsPoint(model, side)
+
+
+def _cqr(X: np.ndarray, y: np.ndarray, cal: np.ndarray, categorical: list[bool], seed: int):
+    """MAPIE CQR over gradient-boosted quantile trees (p10, p90, median), conformalized on
+    the interval as it ships: each bound already moved to hold the point prediction, so
+    the conformal step's 80 % is the coverage of the shipped interval, not of one that is
+    widened after it."""
     from mapie.regression import ConformalizedQuantileRegressor
+    from sklearn.base import clone
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     est = HistGradientBoostingRegressor(loss="quantile", quantile=0.5, max_iter=300, learning_rate=0.05,
                                         max_leaf_nodes=31, min_samples_leaf=10, l2_regularization=1.0,
-                                        categorical_features=[f in CATEGORICAL for f in FEATURES],
-                                        early_stopping=False, random_state=seed)
-    model = ConformalizedQuantileRegressor(estimator=est, confidence_level=CONFIDENCE)
-    return model.fit(X[~cal], y[~cal]).conformalize(X[cal], y[cal])
+                                        categorical_features=categorical, early_stopping=False, random_state=seed)
+    lo_q, hi_q = (1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2
+    fitted = [_held(clone(est).set_params(quantile=q).fit(X[~cal], y[~cal]), side)
+              for q, side in ((lo_q, -1), (hi_q, 1), (0.5, 0))]
+    model = ConformalizedQuantileRegressor(estimator=fitted, confidence_level=CONFIDENCE, prefit=True)
+    return model.conformalize(X[cal], y[cal])
 
 
 def _coarse(res: pd.DataFrame, grid: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,41 +196,48 @@ def _coarse(res: pd.DataFrame, grid: pd.DataFrame, y: str) -> tuple[np.ndarray, 
     return lo, hi, src
 
 
-def fit_cells(res: pd.DataFrame, levels: dict, *, seed: int = SEED) -> pd.DataFrame:
-    """The interval table: one row per grid cell, p10 / p90 log factors for TTFT and TPOT."""
+def fit_cells(res: pd.DataFrame, levels: dict, *, seed: int = SEED) -> dict[str, pd.DataFrame]:
+    """The interval tables: per metric, one row per cell of its grid with the p10 / p90 log
+    factors, the measured rows in the cell and where the value came from."""
     from threadpoolctl import threadpool_limits
 
-    grid = _grid(levels)
-    X = _encode(res, levels)
-    combo = res.groupby(list(CATEGORICAL)).size().rename("combo")
-    exact = res.groupby(list(FEATURES)).size().rename("n")
-    grid = grid.merge(exact, left_on=list(FEATURES), right_index=True, how="left")
-    grid = grid.merge(combo, left_on=list(CATEGORICAL), right_index=True, how="left")
-    trusted = grid.combo.fillna(0).to_numpy() >= MIN_COMBO
-    grid["n"] = grid.n.fillna(0).astype(int)
-    Xg = _encode(grid[trusted], levels)
     cal = conformalize_rows(res.id.to_numpy(), seed)
+    out = {}
     for m in METRICS:
+        lv = levels[m]
+        feats, cats = list(lv), [f for f in lv if f in CATEGORICAL]
+        grid = _grid(lv)
+        grid = grid.merge(res.groupby(feats).size().rename("n"), left_on=feats, right_index=True, how="left")
+        grid = grid.merge(res.groupby(cats).size().rename("combo"), left_on=cats, right_index=True, how="left")
+        trusted = grid.combo.fillna(0).to_numpy() >= MIN_COMBO
+        grid["n"] = grid.n.fillna(0).astype(int)
         with threadpool_limits(1), _quiet():      # a few thousand rows: threads only contend
-            _, band = _cqr(X, res[f"r_{m}"].to_numpy(), cal, seed).predict_interval(Xg)
+            model = _cqr(_encode(res, lv), res[f"r_{m}"].to_numpy(), cal, [f in CATEGORICAL for f in feats], seed)
+            _, band = model.predict_interval(_encode(grid[trusted], lv))
         lo, hi, src = _coarse(res, grid, f"r_{m}")
         use = trusted.copy()
         use[trusted] = band[:, 0, 0] <= band[:, 1, 0]     # crossed quantile trees: extrapolating
         lo[use], hi[use] = band[use[trusted], 0, 0], band[use[trusted], 1, 0]
-        grid[f"{m}_p10"] = np.minimum(lo, 0.0).round(4)
-        grid[f"{m}_p90"] = np.maximum(hi, 0.0).round(4)
-        grid[f"{m}_source"] = np.where(use, "cqr", np.where(trusted, "crossed, " + src, src))
-    return grid.drop(columns="combo")
+        grid["p10"] = np.minimum(lo, 0.0).round(4)
+        grid["p90"] = np.maximum(hi, 0.0).round(4)
+        grid["source"] = np.where(use, "cqr", np.where(trusted, "crossed, " + src, src))
+        out[m] = grid.drop(columns="combo")
+    return out
 
 
-def _table(cells: pd.DataFrame, levels: dict) -> rt.IntervalTable:
-    return rt.table_from_cells(cells, levels, source="fit_cells")
+def _tables(cells: dict[str, pd.DataFrame], levels: dict, rho: float = 0.0) -> rt.Intervals:
+    return rt.Intervals(tables={m: rt.table_from_cells(cells[m], m, levels[m], source="fit_cells") for m in METRICS},
+                        rho=rho, meta={})
 
 
-def bounds(table: rt.IntervalTable, res: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def bounds(table: rt.Intervals, res: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per metric, the table's (p10, p90) log factors of each residual row."""
-    idx = np.ravel_multi_index(tuple(_encode(res, table.levels).T), table.shape)
-    return {m: (table.lo[idx, j], table.hi[idx, j]) for j, m in enumerate(METRICS)}
+    out = {}
+    for m in METRICS:
+        t = table.tables[m]
+        idx = np.ravel_multi_index(tuple(_encode(res, t.levels).T), t.shape)
+        out[m] = (t.lo[idx], t.hi[idx])
+    return out
 
 
 def score(res: pd.DataFrame, b: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -226,7 +266,7 @@ def crossfit(res: pd.DataFrame, levels: dict, *, folds: int = 5, seed: int = SEE
 
     oof = {m: (np.empty(len(res)), np.empty(len(res))) for m in METRICS}
     for train, test in GroupKFold(n_splits=folds).split(res, groups=res.id.to_numpy()):
-        b = bounds(_table(fit_cells(res.iloc[train], levels, seed=seed), levels), res.iloc[test])
+        b = bounds(_tables(fit_cells(res.iloc[train], levels, seed=seed), levels), res.iloc[test])
         for m in METRICS:
             oof[m][0][test], oof[m][1][test] = b[m]
     sysv = res.system.to_numpy()
@@ -234,7 +274,8 @@ def crossfit(res: pd.DataFrame, levels: dict, *, folds: int = 5, seed: int = SEE
                         for s in SYSTEMS}, "cross_system": {}}
     for s in SYSTEMS:
         test = res[sysv == s]
-        report["cross_system"][s] = score(test, bounds(_table(fit_cells(res[sysv != s], levels, seed=seed), levels), test))
+        report["cross_system"][s] = score(test, bounds(_tables(fit_cells(res[sysv != s], levels, seed=seed), levels),
+                                                          test))
     named = ~res.pooled.to_numpy()
     z = {m: (res[f"r_{m}"].to_numpy() - (lo + hi) / 2) / np.maximum((hi - lo) / (2 * rt.Z90), 1e-9)
          for m, (lo, hi) in oof.items()}
@@ -265,23 +306,25 @@ def main(argv: list[str] | None = None) -> None:
     levels = grid_levels(res)
     report, rho = crossfit(res, levels)
     cells = fit_cells(res, levels)
-    doc = header(path, data, constants, res, levels, report, rho, cells, a.measurements != str(serving.DEFAULT_DATA))
-    table = out.with_suffix(".csv.gz")
-    cells.to_csv(table, index=False, compression={"method": "gzip", "mtime": 0})
-    doc["table"] = table.name
-    doc["table_sha256"] = hashlib.sha256(table.read_bytes()).hexdigest()[:16]
+    doc = header(path, data, constants, res, report, rho, cells, a.measurements != str(serving.DEFAULT_DATA))
+    doc["tables"] = {}
+    for m in METRICS:
+        table = out.with_name(f"{out.stem}_{m}.csv.gz")
+        cells[m].to_csv(table, index=False, compression={"method": "gzip", "mtime": 0})
+        doc["tables"][m] = {"file": table.name, "sha256": hashlib.sha256(table.read_bytes()).hexdigest()[:16],
+                            "features": list(levels[m]), "levels": {f: list(v) for f, v in levels[m].items()},
+                            "cells_by_source": cells[m].source.value_counts().to_dict()}
     write_text(out, "# Written by `python -m dse.fit.intervals`; do not edit by hand (see docs/intervals.md).\n"
                + yaml.safe_dump(doc, sort_keys=False, width=110))
     for kind, per in report.items():
         for held, r in per.items():
             print(f"{kind} {held}: {r}")
-    print(f"rho {rho:.3f}; wrote {out} and {table}")
+    print(f"rho {rho:.3f}; wrote {out} and its tables")
 
 
-def header(path, data, constants, res, levels, report, rho, cells, custom: bool) -> dict:
+def header(path, data, constants, res, report, rho, cells, custom: bool) -> dict:
     """The provenance and metadata the table ships with."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    src = {m: cells[f"{m}_source"].value_counts().to_dict() for m in METRICS}
     return {
         "source": {"command": "python -m dse.fit.intervals" + (f" --measurements {path}" if custom else ""),
                    "data": f"{path.name} (sha256 {digest}, {data.n_rows} rows, {len(data.meta)} modelled); "
@@ -291,10 +334,10 @@ def header(path, data, constants, res, levels, report, rho, cells, custom: bool)
                              f"confidence {CONFIDENCE}) over HistGradientBoostingRegressor(loss=quantile) on "
                              "leave-one-system-out log(measured/predicted); train/conformalize 70/30 by row; "
                              f"seed {SEED}"},
-        "meaning": "p10 / p90 of log(measured / predicted) per cell; factor = exp(value); widened to hold 0",
-        "levels": {f: list(levels[f]) for f in FEATURES},
+        "meaning": "p10 / p90 of log(measured / predicted) per cell of each metric's table; factor = exp(value); "
+                   "widened to hold 0; ttft / tpot features are the point predictions in half-octave buckets",
         "fallback": {"min_combo_rows": MIN_COMBO, "min_coarse_rows": MIN_COARSE,
-                     "order": [",".join(k) or "all" for k in FALLBACK], "cells_by_source": src},
+                     "order": [",".join(k) or "all" for k in FALLBACK]},
         "correlation": {"rho": round(rho, 4),
                         "how": "Spearman of the out-of-fold (kfold) standard scores of TTFT and TPOT, named backends, as a "
                                "Gaussian-copula Pearson"},

@@ -1,0 +1,256 @@
+"""Open-loop serving: requests arrive at `arrival_rate` (Poisson) instead of a fixed number of
+users each keeping one request in flight; TTFT and TPOT become distributions.
+
+The engine an arrival meets is described by `Engine`: per rank (an attention data-parallel
+rank of an agg worker, a decode rank of a disagg unit) its slot limit S (the batch_size
+per rank, the KV slots and the engine's max_seqs, whichever is least), its step-cost
+tables over the running batch -- the decode step d0(b) and the cost per prompt token a
+step carries cp(b), both priced through the kernels by the serving model
+(dse.model.steps.decode_phase, as the closed loop prices them) -- and, for disagg, the
+prefill pool (servers, one prompt's step, the marginal prompt of a batch, the KV hand-off).
+A step of b running requests carrying P prompt tokens costs d0(b) + cp(b) P; it holds at
+most the engine's budget (max_num_tokens less the decodes, per pipeline micro-batch).
+
+Which queueing model, and why (dse.model.queue has the arithmetic): the mean step is the
+fixed point T = d0 + cp (prompt tokens arriving per step) = d0 / (1 - cp lambda isl_new);
+the number in system follows a birth-death chain with the state-dependent completion rate
+n / L(n) (exact product form below the slot limit for a processor-sharing-like engine,
+whatever the service distribution), and a heavy-traffic exponential wait beyond it. Given
+the state an arrival sees, its TTFT is the rest of the step in progress (uniform), its own
+prompt's steps and, for long prompts, an M/D/1-like wait for the prompt backlog; its TPOT
+is the mean step over its life, whose batch averages the requests present at its arrival
+(each for a uniform share of its life) and those arriving during it (normal, with that
+variance and the Poisson count of other prompts its steps carry). The mixture over states
+gives the p50 / p99. This is cheaper than a simulation by orders of magnitude and is held to
+one (dse.fit.queue_sim, tests/test_openloop.py: within 15 % below 85 % of capacity).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dse.catalog.models import Model
+from dse.model.queue import birth_death, mixture_quantiles
+from dse.model.steps import decode_phase
+
+__all__ = ["Engine", "engine_of", "latency_percentiles", "interp", "GRID_POINTS", "MAX_STATES", "PERCENTILES"]
+
+GRID_POINTS = 9          # step-cost table points over the running batch, log-spaced from 1 to S
+MAX_STATES = 4096        # states of the birth-death chain (a slot limit above it waits from here)
+PERCENTILES = (0.5, 0.99)
+_ROWS_PER_BLOCK = 256    # rows whose (rows, states) arrays are built at once
+
+
+@dataclasses.dataclass
+class Engine:
+    """Open-loop view of one deployment unit per row (see the module docstring)."""
+    kind: str                       # "agg" or "disagg"
+    ranks: np.ndarray               # ranks sharing one unit's arrivals (agg dp; disagg decode ranks)
+    slots: np.ndarray               # running requests one rank holds (integer >= 1)
+    grid: np.ndarray                # (rows, G) running batch of the tables
+    d0: np.ndarray                  # (rows, G) decode step, ms (step_ms, drafting included)
+    cp: np.ndarray                  # (rows, G) ms per prompt token a step carries (agg)
+    budget: np.ndarray              # (rows, G) prompt tokens one step holds (agg)
+    per_step: np.ndarray            # tokens a sequence gains per decode step
+    isl_new: np.ndarray
+    osl1: np.ndarray                # output tokens after the first
+    request_ms: np.ndarray
+    pre_servers: np.ndarray = None  # disagg: prefill batches in flight (prefill ranks x pp)
+    t_pre: np.ndarray = None        # disagg: one prompt's prefill batch, ms
+    p1: np.ndarray = None           # disagg: each further prompt in the batch, ms
+    full: np.ndarray = None         # disagg: prompts in a full batch
+    xfer: np.ndarray = None         # disagg: KV hand-off, ms
+
+    def rows(self, idx) -> "Engine":
+        """The rows idx (a slice or indices; row(i) for the simulation is rows([i]))."""
+        return dataclasses.replace(self, **{f.name: np.asarray(getattr(self, f.name))[idx]
+                                            for f in dataclasses.fields(self) if f.name != "kind"
+                                            and getattr(self, f.name) is not None})
+
+
+def _slots(conc, ranks, kv_seqs, dp, max_seqs) -> np.ndarray:
+    s = np.minimum(np.minimum(np.maximum(conc / ranks, 1.0), np.maximum(kv_seqs / dp, 1.0)), np.maximum(max_seqs, 1.0))
+    return np.floor(s)
+
+
+def engine_of(model: Model, kind: str, st: dict, conc) -> Engine:
+    """The Engine of rows served by mode `kind` from their closed-loop state (ModeResult.load_state)
+    at the configured concurrency `conc` (the batch_size: it is the slot limit)."""
+    rt, spec = st["rt"], st.get("spec")
+    conc = np.asarray(conc, dtype=float)
+    per_step = np.ones_like(conc) if spec is None else spec.per_step() * np.ones_like(conc)
+    q_dec = 1.0 if spec is None else 1.0 + spec.tokens
+    pool = st["pool"] if kind == "agg" else st["dec_pool"]
+    dp, pp = pool.par.dp * np.ones_like(conc), pool.par.pp * np.ones_like(conc)
+    ranks = dp if kind == "agg" else st["d_ranks"] * np.ones_like(conc)
+    slots = _slots(conc, ranks, pool.max_seqs, dp, rt.max_seqs)
+    grid = np.exp(np.linspace(0.0, 1.0, GRID_POINTS)[None, :] * np.log(slots)[:, None])
+    d0, cp, budget = (np.zeros_like(grid) for _ in range(3))
+    isl_new = np.asarray(st.get("isl_new", 1.0), dtype=float) * np.ones_like(conc)
+    for j in range(GRID_POINTS):
+        b = grid[:, j]
+        d0[:, j] = decode_phase(model, pool, b * dp, st)[0]
+        if kind != "agg":
+            continue
+        room = np.maximum(rt.max_tokens - b / pp * q_dec, 1.0)       # prompt tokens per micro-batch step
+        clen = np.minimum(isl_new, room)
+        cctx = st["cached"] + clen + (isl_new - clen) / 2.0
+        dk = decode_phase(model, pool, b * dp, st, chunk=(dp * room / clen, clen, cctx))[0]
+        cp[:, j] = np.maximum(dk - d0[:, j], 0.0) / (pp * room)
+        budget[:, j] = pp * room
+    osl1 = np.maximum(np.asarray(st["osl"], dtype=float) - 1.0, 1.0) * np.ones_like(conc)
+    eng = Engine(kind=kind, ranks=ranks, slots=slots, grid=grid, d0=d0, cp=cp, budget=budget, per_step=per_step,
+                 isl_new=isl_new, osl1=osl1, request_ms=rt.request_ms * np.ones_like(conc))
+    if kind == "disagg":
+        full = st["full"] * np.ones_like(conc)
+        t_full = st["t_pre"] + (full - 1.0) * st["p1"]
+        eng = dataclasses.replace(eng, pre_servers=np.round(st["pre_rate"] * t_full / full), t_pre=st["t_pre"] + 0 * conc,
+                                  p1=st["p1"] + 0 * conc, full=full, xfer=st["xfer"] + 0 * conc)
+    return eng
+
+
+def interp(table: np.ndarray, grid: np.ndarray, n) -> np.ndarray:
+    """A (rows, G) table at running batch n (rows, K): linear in log n between the grid points."""
+    n = np.maximum(np.asarray(n, dtype=float), 1.0)
+    top = np.log(grid[:, -1:])
+    u = np.where(top > 0, np.log(n) / np.where(top > 0, top, 1.0), 0.0) * (grid.shape[1] - 1)
+    u = np.clip(u, 0.0, grid.shape[1] - 1.0)
+    i = np.minimum(np.floor(u).astype(np.int64), grid.shape[1] - 2)
+    f = u - i
+    lo = np.take_along_axis(table, i, axis=1)
+    hi = np.take_along_axis(table, i + 1, axis=1)
+    return lo + f * (hi - lo)
+
+
+def latency_percentiles(eng: Engine, rate_per_s) -> dict[str, np.ndarray]:
+    """TTFT and TPOT p50 / p99 and means (ms), the utilisation (arrival rate over capacity;
+    >= 1 = saturated) and the capacity (requests/s per unit) of each row at `rate_per_s`
+    requests/s per unit. Rows are done in blocks, so the (rows, states) arrays stay small."""
+    rate = np.broadcast_to(np.asarray(rate_per_s, dtype=float), eng.slots.shape)
+    n = len(rate)
+    keys = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "ttft_mean_ms", "tpot_mean_ms",
+            "utilisation", "capacity_per_s")
+    out = {k: np.zeros(n) for k in keys}
+    for start in range(0, n, _ROWS_PER_BLOCK):
+        part = slice(start, min(start + _ROWS_PER_BLOCK, n))
+        sub = eng.rows(part)
+        res = (_agg if eng.kind == "agg" else _disagg)(sub, rate[part] / 1e3)
+        for k in keys:
+            out[k][part] = res[k]
+    return out
+
+
+def _states(slots) -> tuple[np.ndarray, np.ndarray]:
+    s = np.minimum(slots, MAX_STATES).astype(np.int64)
+    return s, np.arange(1, int(np.max(s)) + 1, dtype=float)[None, :] * np.ones((len(s), 1))
+
+
+def _finish(q, mean_ttft, mean_tpot, util, cap) -> dict[str, np.ndarray]:
+    (t50, t99), (p50, p99) = q
+    return {"ttft_p50_ms": t50, "ttft_p99_ms": t99, "tpot_p50_ms": p50, "tpot_p99_ms": p99,
+            "ttft_mean_ms": mean_ttft, "tpot_mean_ms": mean_tpot, "utilisation": util, "capacity_per_s": cap * 1e3}
+
+
+def _tpot_parts(eng: Engine, lam, nseen, m, dec, slope, prompt, s) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd of the TPOT of an arrival that sees nseen others (rows, K). The batch over its
+    life averages those (each for a uniform share of it) and the arrivals during it (m, each for a
+    uniform share): variance nseen / 12 + m / 3. The other prompts its steps carry are a Poisson
+    count of lam x its decode life, each costing prompt(b) ms."""
+    steps = (eng.osl1 / eng.per_step)[:, None]
+    b = np.minimum(1.0 + nseen / 2.0 + m[:, None] / 2.0, s[:, None])
+    d, dd, cpi = dec(b), slope(b), prompt(b)
+    share = np.minimum(cpi * lam[:, None], 0.999)
+    life = steps * d / (1.0 - share)
+    var_b = nseen / 12.0 + m[:, None] / 3.0
+    o = eng.osl1[:, None]
+    return life / o, np.sqrt((steps * dd) ** 2 * var_b + cpi ** 2 * lam[:, None] * life) / o
+
+
+def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
+    """One agg rank (its share lam = rate / dp of the arrivals, requests/ms)."""
+    lam = lam / eng.ranks
+    s, nn = _states(eng.slots)
+    d0 = interp(eng.d0, eng.grid, nn)
+    cp, budget = interp(eng.cp, eng.grid, nn), interp(eng.budget, eng.grid, nn)
+    isl = eng.isl_new[:, None]
+    load = np.minimum(cp * lam[:, None] * isl, 0.999)           # share of step time spent on others' prompts
+    t = d0 / (1.0 - load)                                       # mean step with n running
+    k_own = np.maximum(isl / budget, 1.0)
+    t_own = k_own * t + cp * isl                                # the steps that carry its prompt
+    steps = (eng.osl1 / eng.per_step)[:, None]
+    life = 0.5 * t + t_own + steps * t
+    p, wait, r = birth_death(lam, nn / life, s)
+    idx = (s - 1)[:, None]
+    t_s, b_s = np.take_along_axis(t, idx, 1)[:, 0], np.take_along_axis(budget, idx, 1)[:, 0]
+    # prompt capacity: the steps' budget at the slot limit, and the share of time prompts may take
+    cap_prompt = np.minimum(b_s / np.maximum(eng.isl_new * t_s, 1e-12),
+                            1.0 / np.maximum(np.take_along_axis(cp, idx, 1)[:, 0] * eng.isl_new, 1e-300))
+    cap = np.minimum(lam / np.maximum(r, 1e-300), cap_prompt)
+    util = lam / cap
+    # TTFT: arrival sees n = 0..S-1 (nn - 1) running, or waits (n >= S)
+    t_prev = np.concatenate([np.zeros((len(s), 1)), t[:, :-1]], axis=1)       # step in progress when n = nn - 1
+    rho_p = np.minimum(lam[:, None] * isl * t / budget, 0.999)
+    q_p = rho_p ** np.maximum(budget / isl, 1.0)
+    rate_p = 2.0 * (1.0 - rho_p) / (k_own * t)
+    a = eng.request_ms[:, None] + t_own
+    mu_s = lam / np.maximum(r, 1e-300)
+    a_w = eng.request_ms + np.take_along_axis(t_own, idx, 1)[:, 0]
+    rate_w = 2.0 * np.maximum(mu_s - lam, 1e-12)
+    ue = tuple(np.concatenate([x, y[:, None]], axis=1) for x, y in
+               ((p, wait), (a, a_w), (t_prev, np.zeros_like(a_w)), (q_p, np.ones_like(a_w)),
+                (rate_p, rate_w)))
+    mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2 + ue[3] / ue[4]), axis=1)
+    # TPOT: the mean number in system m, then each arrival's life-average batch
+    m = np.sum(p * (nn - 1.0), axis=1) + wait * s
+    slope_tab = np.gradient(eng.d0, axis=1) / np.maximum(np.gradient(eng.grid, axis=1), 1e-12)
+    nseen = np.concatenate([nn - 1.0, 2.0 * s[:, None]], axis=1)          # a waiting arrival runs in a full rank
+    mean, sd = _tpot_parts(eng, lam, nseen, m, lambda b: interp(eng.d0, eng.grid, b),
+                           lambda b: interp(slope_tab, eng.grid, b), lambda b: interp(eng.cp, eng.grid, b) * isl, s)
+    nrm = (ue[0], mean, sd)
+    q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, nrm=nrm))
+    return _finish(q, mean_ttft, np.sum(nrm[0] * mean, axis=1), util, cap)
+
+
+def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
+    """A disagg unit: the prefill pool (batches of waiting prompts on pre_servers servers),
+    the KV hand-off, then a decode rank (its share lam / ranks of the arrivals)."""
+    c = np.maximum(eng.pre_servers, 1.0)
+    s_pre = np.maximum(np.ceil(c * eng.full), 1.0)
+    sp, npre = _states(s_pre)
+    g = np.clip(npre / c[:, None], 1.0, eng.full[:, None])                   # prompts per batch in state n
+    t_g = eng.t_pre[:, None] + (g - 1.0) * eng.p1[:, None]
+    mu_pre = np.minimum(npre, c[:, None]) * g / t_g
+    p_pre, wait_pre, r_pre = birth_death(lam, mu_pre, sp)
+    busy = (npre - 1.0) >= c[:, None]                                       # the arrival finds every server busy
+    g_next = np.clip(npre / c[:, None], 1.0, eng.full[:, None])
+    t_next = eng.t_pre[:, None] + (g_next - 1.0) * eng.p1[:, None]
+    a = eng.request_ms[:, None] + eng.xfer[:, None] + np.where(busy, t_next, eng.t_pre[:, None])
+    width = np.where(busy, t_next / c[:, None], 0.0)
+    mu_full = lam / np.maximum(r_pre, 1e-300)
+    t_full = eng.t_pre + (eng.full - 1.0) * eng.p1
+    a_w = eng.request_ms + eng.xfer + t_full
+    ue = tuple(np.concatenate([x, y[:, None]], axis=1) for x, y in
+               ((p_pre, wait_pre), (a, a_w), (width, t_full / c), (np.zeros_like(a), np.ones_like(a_w)),
+                (np.ones_like(a), 2.0 * np.maximum(mu_full - lam, 1e-12))))
+    mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2 + ue[3] / ue[4]), axis=1)
+    cap_pre = c * eng.full / t_full
+    # decode rank
+    lam_d = lam / eng.ranks
+    s, nn = _states(eng.slots)
+    d = interp(eng.d0, eng.grid, nn)
+    steps = (eng.osl1 / eng.per_step)[:, None]
+    p, wait, r = birth_death(lam_d, nn / (steps * d), s)
+    mu_s = lam_d / np.maximum(r, 1e-300)
+    m = np.sum(p * (nn - 1.0), axis=1) + wait * s
+    slope_tab = np.gradient(eng.d0, axis=1) / np.maximum(np.gradient(eng.grid, axis=1), 1e-12)
+    mean, sd = _tpot_parts(eng, lam_d, nn - 1.0, m, lambda b: interp(eng.d0, eng.grid, b),
+                           lambda b: interp(slope_tab, eng.grid, b), lambda b: 0.0 * b, s)
+    d_s = np.take_along_axis(d, (s - 1)[:, None], 1)[:, 0]
+    nrm = (p, mean, sd)
+    ue_w = tuple(x[:, None] for x in (wait, steps[:, 0] * d_s / eng.osl1, np.zeros_like(wait), np.ones_like(wait),
+                                      2.0 * np.maximum(mu_s - lam_d, 1e-12) * eng.osl1))
+    mean_tpot = np.sum(p * mean, axis=1) + wait * (ue_w[1][:, 0] + 1.0 / ue_w[4][:, 0])
+    q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, ue=ue_w, nrm=nrm))
+    cap = np.minimum(cap_pre, mu_s * eng.ranks)
+    return _finish(q, mean_ttft, mean_tpot, lam / cap, cap)

@@ -180,7 +180,8 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
     t_own = k_own * t + cp * isl                                # the steps that carry its prompt
     steps = (eng.osl1 / eng.per_step)[:, None]
     life = 0.5 * t + t_own + steps * t
-    p, wait, r = birth_death(lam, nn / life, s)
+    jump = 1.0 + nn / life * cp * isl                          # an arrival's prompt delays the n running
+    p, wait, r = birth_death(lam, nn / life, s, jump)
     idx = (s - 1)[:, None]
     t_s, b_s = np.take_along_axis(t, idx, 1)[:, 0], np.take_along_axis(budget, idx, 1)[:, 0]
     # prompt capacity: the steps' budget at the slot limit, and the share of time prompts may take
@@ -188,18 +189,9 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
                             1.0 / np.maximum(np.take_along_axis(cp, idx, 1)[:, 0] * eng.isl_new, 1e-300))
     cap = np.minimum(lam / np.maximum(r, 1e-300), cap_prompt)
     util = lam / cap
-    # TTFT: arrival sees n = 0..S-1 (nn - 1) running, or waits (n >= S)
-    t_prev = np.concatenate([np.zeros((len(s), 1)), t[:, :-1]], axis=1)       # step in progress when n = nn - 1
-    rho_p = np.minimum(lam[:, None] * isl * t / budget, 0.999)
-    q_p = rho_p ** np.maximum(budget / isl, 1.0)
-    rate_p = 2.0 * (1.0 - rho_p) / (k_own * t)
-    a = eng.request_ms[:, None] + t_own
     mu_s = lam / np.maximum(r, 1e-300)
-    a_w = eng.request_ms + np.take_along_axis(t_own, idx, 1)[:, 0]
-    rate_w = 2.0 * np.maximum(mu_s - lam, 1e-12)
-    ue = tuple(np.concatenate([x, y[:, None]], axis=1) for x, y in
-               ((p, wait), (a, a_w), (t_prev, np.zeros_like(a_w)), (q_p, np.ones_like(a_w)),
-                (rate_p, rate_w)))
+    rate_w = 2.0 * np.maximum(mu_s - lam, 1e-12) / np.take_along_axis(jump, idx, 1)[:, 0] ** 2   # heavy traffic
+    ue = _agg_ttft(eng, lam, nn, p, wait, s, rate_w)
     mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2 + ue[3] / ue[4]), axis=1)
     # TPOT: the mean number in system m, then each arrival's life-average batch
     m = np.sum(p * (nn - 1.0), axis=1) + wait * s
@@ -207,9 +199,51 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
     nseen = np.concatenate([nn - 1.0, 2.0 * s[:, None]], axis=1)          # a waiting arrival runs in a full rank
     mean, sd = _tpot_parts(eng, lam, nseen, m, lambda b: interp(eng.d0, eng.grid, b),
                            lambda b: interp(slope_tab, eng.grid, b), lambda b: interp(eng.cp, eng.grid, b) * isl, s)
-    nrm = (ue[0], mean, sd)
+    nrm = (np.concatenate([p, wait[:, None]], axis=1), mean, sd)
     q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, nrm=nrm))
     return _finish(q, mean_ttft, np.sum(nrm[0] * mean, axis=1), util, cap)
+
+
+def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
+    """TTFT components of an agg arrival that sees n = nn - 1 running (or waits for a slot).
+
+    It waits for the rest of the step in progress (uniform; the step is a prompt-carrying one
+    with the chance f that such steps take of the time), then its prompt runs with the A
+    others that arrived during that step (Poisson: A = 0, 1, 2 and >= 3 at its mean), in
+    steps of up to the budget; long prompts may also wait for a prompt backlog (M/D/1). A slot
+    wait is exponential at rate_w."""
+    rows, w = nn.shape
+    isl, lam2 = eng.isl_new[:, None], lam[:, None]
+    n = nn - 1.0
+    d_cur = np.where(n > 0, interp(eng.d0, eng.grid, np.maximum(n, 1.0)), 0.0)
+    cp_cur = interp(eng.cp, eng.grid, np.maximum(n, 1.0))
+    t_cur = d_cur / (1.0 - np.minimum(cp_cur * lam2 * isl, 0.999))
+    pi = -np.expm1(-lam2 * t_cur)                                     # a step carries prompts
+    t1 = d_cur + cp_cur * isl * lam2 * t_cur / np.maximum(pi, 1e-12)
+    f = np.where(n > 0, pi * t1 / np.maximum(pi * t1 + (1.0 - pi) * d_cur, 1e-12), 0.0)
+    d_own, cp_own = interp(eng.d0, eng.grid, nn), interp(eng.cp, eng.grid, nn)
+    budget = interp(eng.budget, eng.grid, nn)
+    comps = []
+    for kind_w, tc in ((1.0 - f, d_cur), (f, t1)):
+        x = lam2 * tc
+        pk = [np.exp(-x), x * np.exp(-x), 0.5 * x * x * np.exp(-x)]
+        rest = np.maximum(1.0 - sum(pk), 0.0)
+        a3 = np.where(rest > 1e-12, (x - pk[1] - 2.0 * pk[2]) / np.maximum(rest, 1e-12), 3.0)
+        for wk, others in zip(pk + [rest], (0.0, 1.0, 2.0, np.maximum(a3, 3.0))):
+            k_own = np.maximum((1.0 + others / 2.0) * isl / budget, 1.0)
+            own = k_own * d_own + cp_own * isl * (1.0 + others)
+            comps.append((p * kind_w * wk, eng.request_ms[:, None] + own, tc))
+    rho_p = np.minimum(lam2 * isl * t_cur / budget, 0.999)
+    q_p = rho_p ** np.maximum(budget / isl, 1.0)
+    rate_p = 2.0 * (1.0 - rho_p) / (np.maximum(isl / budget, 1.0) * np.maximum(d_own, 1e-9))
+    idx = (s - 1)[:, None]
+    own_s = np.take_along_axis(np.maximum(isl / budget, 1.0) * d_own + cp_own * isl, idx, 1)[:, 0]
+    ws = [np.concatenate([c[0] for c in comps] + [wait[:, None]], axis=1),
+          np.concatenate([c[1] for c in comps] + [(eng.request_ms + own_s)[:, None]], axis=1),
+          np.concatenate([c[2] for c in comps] + [np.zeros((rows, 1))], axis=1),
+          np.concatenate([q_p] * len(comps) + [np.ones((rows, 1))], axis=1),
+          np.concatenate([rate_p] * len(comps) + [rate_w[:, None]], axis=1)]
+    return tuple(ws)
 
 
 def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
@@ -222,18 +256,18 @@ def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
     t_g = eng.t_pre[:, None] + (g - 1.0) * eng.p1[:, None]
     mu_pre = np.minimum(npre, c[:, None]) * g / t_g
     p_pre, wait_pre, r_pre = birth_death(lam, mu_pre, sp)
-    busy = (npre - 1.0) >= c[:, None]                                       # the arrival finds every server busy
-    g_next = np.clip(npre / c[:, None], 1.0, eng.full[:, None])
-    t_next = eng.t_pre[:, None] + (g_next - 1.0) * eng.p1[:, None]
-    a = eng.request_ms[:, None] + eng.xfer[:, None] + np.where(busy, t_next, eng.t_pre[:, None])
-    width = np.where(busy, t_next / c[:, None], 0.0)
-    mu_full = lam / np.maximum(r_pre, 1e-300)
+    # the chain's law gives the busy servers and the chance of waiting (batching included);
+    # the wait itself is M/D/c-like (fixed prompt lengths): exponential of rate 2 c (1 - rho) / t_pre
+    rho = (np.sum(p_pre * np.minimum(npre - 1.0, c[:, None]), axis=1) + wait_pre * c) / c
+    p_wait = np.sum(np.where(npre - 1.0 >= c[:, None], p_pre, 0.0), axis=1) + wait_pre
+    rate = 2.0 * c * np.maximum(1.0 - rho, 1e-9) / eng.t_pre
+    g_w = np.clip(1.0 + lam / (2.0 * rate * c), 1.0, eng.full)         # the batch a waiting prompt joins
     t_full = eng.t_pre + (eng.full - 1.0) * eng.p1
-    a_w = eng.request_ms + eng.xfer + t_full
-    ue = tuple(np.concatenate([x, y[:, None]], axis=1) for x, y in
-               ((p_pre, wait_pre), (a, a_w), (width, t_full / c), (np.zeros_like(a), np.ones_like(a_w)),
-                (np.ones_like(a), 2.0 * np.maximum(mu_full - lam, 1e-12))))
-    mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2 + ue[3] / ue[4]), axis=1)
+    base = eng.request_ms + eng.xfer
+    ue = tuple(np.stack(x, axis=1) for x in ((1.0 - p_wait, p_wait), (base + eng.t_pre, base + eng.t_pre + (g_w - 1.0)
+                                                                        * eng.p1), (0.0 * rho, 0.0 * rho),
+                                              (0.0 * rho, 1.0 + 0.0 * rho), (rate, rate)))
+    mean_ttft = np.sum(ue[0] * (ue[1] + ue[3] / ue[4]), axis=1)
     cap_pre = c * eng.full / t_full
     # decode rank
     lam_d = lam / eng.ranks

@@ -39,10 +39,10 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     0..W-1 with p[:, n] = 0 for n >= S, the chance of waiting P(n >= S), r = lam / mu(S));
     r >= 1 is a saturated row (its p is that of r = 0.999).
 
-    jump (rows, W), optional: an arrival that also delays every running request (its prompt
-    shares their steps) moves the departures as J = 1 + mu delta arrivals would; the chain's
-    log ratios are then scaled by (lam + mu) / (lam J^2 + mu), the diffusion approximation's
-    ratio of noise without and with the jumps (same mode and mean, a wider law)."""
+    jump (rows, W), optional: an arrival that also delays every running request by delta (its
+    prompt shares their steps) holds back mu delta departures for about a lifetime, a pulse of
+    J = 1 + mu delta requests instead of 1; shot noise of pulses J has J^2 times the variance
+    (M/G/inf: lam L J^2), so the chain's log ratios are divided by J^2 (same mode, wider law)."""
     lam = np.asarray(lam, dtype=float)[:, None]
     w = mu.shape[1]
     s = np.asarray(slots, dtype=np.int64)
@@ -51,7 +51,7 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     with np.errstate(divide="ignore", invalid="ignore"):
         step = np.log(lam) - np.log(np.maximum(mu, 1e-300))
     if jump is not None:
-        step = step * (lam + mu) / (lam * jump ** 2 + mu)
+        step = step / jump ** 2
     step = np.where(idx <= s[:, None] - 1, step, 0.0)         # log p(n) - log p(n-1), states 1..S-1
     logp = np.concatenate([np.zeros((len(s), 1)), np.cumsum(step[:, :-1], axis=1)], axis=1)
     inside = np.arange(w)[None, :] < s[:, None]
@@ -62,7 +62,7 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     rc = np.minimum(r, 0.999)              # a saturated row gets the law of a nearly full one (finite)
     if jump is not None:
         j_s = np.take_along_axis(jump, (s - 1)[:, None], axis=1)[:, 0]
-        rc = np.exp(np.log(rc) * (1.0 + rc) / (j_s ** 2 + rc))
+        rc = np.exp(np.log(rc) / j_s ** 2)
     wait = last * rc / (1.0 - rc)
     total = p.sum(axis=1) + wait
     return p / total[:, None], wait / total, r

@@ -256,19 +256,24 @@ def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
     t_g = eng.t_pre[:, None] + (g - 1.0) * eng.p1[:, None]
     mu_pre = np.minimum(npre, c[:, None]) * g / t_g
     p_pre, wait_pre, r_pre = birth_death(lam, mu_pre, sp)
-    # the chain's law gives the busy servers and the chance of waiting (batching included); the
-    # wait is M/D/c-like (fixed prompt lengths, Kingman's heavy-traffic rule): exponential of
-    # rate 2 c (1 - rho) / t_pre, and a waiting prompt runs in a batch with those arriving meanwhile
+    # the chain's law gives the busy servers and the chance of waiting (batching included). A
+    # waiting prompt finds, with chance 1 - rho, no queue: it waits for the first busy server
+    # (a uniform share of t_pre / c); with chance rho a queue: an M/D/c-like exponential wait
+    # (fixed prompt lengths, Kingman's heavy-traffic rate 2 c (1 - rho) / t_pre). The prompts
+    # arriving while it waits join its batch (up to `full`), so each ms of wait costs
+    # 1 + lam p1 / c ms (less where the batch fills).
     rho = (np.sum(p_pre * np.minimum(npre - 1.0, c[:, None]), axis=1) + wait_pre * c) / c
     p_wait = np.sum(np.where(npre - 1.0 >= c[:, None], p_pre, 0.0), axis=1) + wait_pre
     rate = 2.0 * c * np.maximum(1.0 - rho, 1e-9) / eng.t_pre
-    g_w = np.clip(1.0 + lam / (2.0 * rate * c), 1.0, eng.full)         # the batch a waiting prompt joins
     t_full = eng.t_pre + (eng.full - 1.0) * eng.p1
-    base = eng.request_ms + eng.xfer
+    stretch = 1.0 + lam * eng.p1 / c * np.minimum(1.0, (eng.full - 1.0) * rate * c / np.maximum(lam, 1e-300))
+    base = eng.request_ms + eng.xfer + eng.t_pre
     zero = np.zeros_like(rho)
-    ue = tuple(np.stack(x, axis=1) for x in ((1.0 - p_wait, p_wait), (base + eng.t_pre, base + eng.t_pre + (g_w - 1.0)
-                                                                        * eng.p1), (zero, zero), (zero, zero + 1.0),
-                                              (rate, rate)))
+    g_w = np.clip(1.0 + lam / (2.0 * rate * c), 1.0, eng.full)         # the batch a queued prompt joins
+    ue = tuple(np.stack(x, axis=1) for x in ((1.0 - p_wait, p_wait * (1.0 - rho), p_wait * rho),
+                                              (base, base, base + (g_w - 1.0) * eng.p1),
+                                              (zero, eng.t_pre / c * stretch, zero), (zero, zero, zero + 1.0),
+                                              (rate, rate, rate)))
     mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2.0 + ue[3] / ue[4]), axis=1)
     cap_pre = c * eng.full / t_full
     # decode rank

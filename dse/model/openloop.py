@@ -155,14 +155,14 @@ def _finish(q, mean_ttft, mean_tpot, util, cap) -> dict[str, np.ndarray]:
 def _tpot_parts(eng: Engine, lam, nseen, m, dec, slope, prompt, s) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of the TPOT of an arrival that sees nseen others (rows, K). The batch over its
     life averages those (each for a uniform share of it) and the arrivals during it (m, each for a
-    uniform share): variance nseen / 12 + m / 3. The other prompts its steps carry are a Poisson
+    uniform share): variance nseen / 12 + J^2 m / 3. The other prompts its steps carry are a Poisson
     count of lam x its decode life, each costing prompt(b) ms."""
     steps = (eng.osl1 / eng.per_step)[:, None]
     b = np.minimum(1.0 + nseen / 2.0 + m[:, None] / 2.0, s[:, None])
     d, dd, cpi = dec(b), slope(b), prompt(b)
     share = np.minimum(cpi * lam[:, None], 0.999)
     life = steps * d / (1.0 - share)
-    var_b = nseen / 12.0 + m[:, None] / 3.0
+    var_b = nseen / 12.0 + m[:, None] / 3.0 * (1.0 + b / life * cpi) ** 2      # arrivals are pulses J (queue.py)
     o = eng.osl1[:, None]
     return life / o, np.sqrt((steps * dd) ** 2 * var_b + cpi ** 2 * lam[:, None] * life) / o
 

@@ -189,7 +189,7 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
                             1.0 / np.maximum(np.take_along_axis(cp, idx, 1)[:, 0] * eng.isl_new, 1e-300))
     cap = np.minimum(lam / np.maximum(r, 1e-300), cap_prompt)
     util = lam / cap
-    mu_s = lam / np.maximum(r, 1e-300)
+    mu_s = _full_rate(eng, lam / np.maximum(r, 1e-300), s)
     rate_w = 2.0 * np.maximum(mu_s - lam, 1e-12) / np.take_along_axis(jump, idx, 1)[:, 0] ** 2   # heavy traffic
     ue = _agg_ttft(eng, lam, nn, p, wait, s, rate_w)
     mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2 + ue[3] / ue[4]), axis=1)
@@ -202,6 +202,21 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
     nrm = (np.concatenate([p, wait[:, None]], axis=1), mean, sd)
     q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, nrm=nrm))
     return _finish(q, mean_ttft, np.sum(nrm[0] * mean, axis=1), util, cap)
+
+
+def _full_rate(eng: Engine, mu, s, iterations: int = 8) -> np.ndarray:
+    """Completions per ms of a full agg rank: every completion frees a slot for a waiting
+    request whose prompt then runs in the steps, so prompts enter at the completion rate, not
+    at the arrival rate (a fixed point, from the chain's rate at S)."""
+    sc = s[:, None].astype(float)
+    d0, cp = interp(eng.d0, eng.grid, sc)[:, 0], interp(eng.cp, eng.grid, sc)[:, 0]
+    budget = interp(eng.budget, eng.grid, sc)[:, 0]
+    steps = eng.osl1 / eng.per_step
+    for _ in range(iterations):
+        t = d0 / (1.0 - np.minimum(cp * mu * eng.isl_new, 0.999))
+        life = 0.5 * t + np.maximum(eng.isl_new / budget, 1.0) * t + cp * eng.isl_new + steps * t
+        mu = 0.5 * (mu + s / life)
+    return mu
 
 
 def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
@@ -240,9 +255,9 @@ def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
     own_s = np.take_along_axis(np.maximum(isl / budget, 1.0) * d_own + cp_own * isl, idx, 1)[:, 0]
     ws = [np.concatenate([c[0] for c in comps] + [wait[:, None]], axis=1),
           np.concatenate([c[1] for c in comps] + [(eng.request_ms + own_s)[:, None]], axis=1),
-          np.concatenate([c[2] for c in comps] + [np.zeros((rows, 1))], axis=1),
+          np.concatenate([c[2] for c in comps] + [1.0 / rate_w[:, None]], axis=1),
           np.concatenate([q_p] * len(comps) + [np.ones((rows, 1))], axis=1),
-          np.concatenate([rate_p] * len(comps) + [rate_w[:, None]], axis=1)]
+          np.concatenate([rate_p] * len(comps) + [2.0 * rate_w[:, None]], axis=1)]
     return tuple(ws)
 
 

@@ -204,6 +204,14 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
     return _finish(q, mean_ttft, np.sum(nrm[0] * mean, axis=1), util, cap)
 
 
+def _poisson_terms(x) -> list:
+    """(chance, count) of a Poisson(x) count: 0, 1, 2 and the rest at its mean."""
+    pk = [np.exp(-x), x * np.exp(-x), 0.5 * x * x * np.exp(-x)]
+    rest = np.maximum(1.0 - sum(pk), 0.0)
+    a3 = np.where(rest > 1e-12, (x - pk[1] - 2.0 * pk[2]) / np.maximum(rest, 1e-12), 3.0)
+    return list(zip(pk + [rest], (0.0, 1.0, 2.0, np.maximum(a3, 3.0))))
+
+
 def _full_rate(eng: Engine, mu, s, iterations: int = 8) -> np.ndarray:
     """Completions per ms of a full agg rank: every completion frees a slot for a waiting
     request whose prompt then runs in the steps, so prompts enter at the completion rate, not
@@ -222,29 +230,28 @@ def _full_rate(eng: Engine, mu, s, iterations: int = 8) -> np.ndarray:
 def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
     """TTFT components of an agg arrival that sees n = nn - 1 running (or waits for a slot).
 
-    It waits for the rest of the step in progress (uniform; the step is a prompt-carrying one
-    with the chance f that such steps take of the time), then its prompt runs with the A
-    others that arrived during that step (Poisson: A = 0, 1, 2 and >= 3 at its mean), in
-    steps of up to the budget; long prompts may also wait for a prompt backlog (M/D/1). A slot
-    wait is exponential at rate_w."""
+    It waits for the rest of the step in progress (uniform), a step that carries the j prompts
+    that arrived during the one before it (Poisson, weighted by the time such steps take),
+    then its prompt runs with the A others that arrived during that step (Poisson), in steps
+    of up to the budget; long prompts may also wait for a prompt backlog (M/D/1). A slot wait
+    (heavy-traffic mean 1 / rate_w) is a uniform part and an exponential, half the mean each,
+    so that it starts after a departure rather than at once."""
     rows, w = nn.shape
     isl, lam2 = eng.isl_new[:, None], lam[:, None]
     n = nn - 1.0
     d_cur = np.where(n > 0, interp(eng.d0, eng.grid, np.maximum(n, 1.0)), 0.0)
     cp_cur = interp(eng.cp, eng.grid, np.maximum(n, 1.0))
     t_cur = d_cur / (1.0 - np.minimum(cp_cur * lam2 * isl, 0.999))
-    pi = -np.expm1(-lam2 * t_cur)                                     # a step carries prompts
-    t1 = d_cur + cp_cur * isl * lam2 * t_cur / np.maximum(pi, 1e-12)
-    f = np.where(n > 0, pi * t1 / np.maximum(pi * t1 + (1.0 - pi) * d_cur, 1e-12), 0.0)
+    delta = cp_cur * isl                                              # what one prompt adds to a step
     d_own, cp_own = interp(eng.d0, eng.grid, nn), interp(eng.cp, eng.grid, nn)
     budget = interp(eng.budget, eng.grid, nn)
+    kinds = [(pj, d_cur + delta * j) for pj, j in _poisson_terms(lam2 * t_cur)]
+    total = sum(pj * tj for pj, tj in kinds)
     comps = []
-    for kind_w, tc in ((1.0 - f, d_cur), (f, t1)):
-        x = lam2 * tc
-        pk = [np.exp(-x), x * np.exp(-x), 0.5 * x * x * np.exp(-x)]
-        rest = np.maximum(1.0 - sum(pk), 0.0)
-        a3 = np.where(rest > 1e-12, (x - pk[1] - 2.0 * pk[2]) / np.maximum(rest, 1e-12), 3.0)
-        for wk, others in zip(pk + [rest], (0.0, 1.0, 2.0, np.maximum(a3, 3.0))):
+    for pj, tc in kinds:            # the step in progress carries j prompts (length-biased: pj tj)
+        kind_w = np.where(n > 0, pj * tc / np.maximum(total, 1e-12), 1.0 / len(kinds))
+        tc = np.where(n > 0, tc, 0.0)
+        for wk, others in _poisson_terms(lam2 * tc):
             k_own = np.maximum((1.0 + others / 2.0) * isl / budget, 1.0)
             own = k_own * d_own + cp_own * isl * (1.0 + others)
             comps.append((p * kind_w * wk, eng.request_ms[:, None] + own, tc))

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["birth_death", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
 
-QUANTILE_STEPS = 48     # bisection steps of a quantile: the bracket shrinks by 2^-48
+QUANTILE_STEPS = 30     # bisection steps of a quantile: the bracket shrinks by 2^-30 (~1e-9)
 
 
 def norm_cdf(z) -> np.ndarray:

@@ -19,13 +19,15 @@ DISAGG = dict(model="meta-llama/Llama-3.1-70B", device="h100_sxm", mode="disagg"
 METRICS = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")
 # (configuration of queue_check.SAMPLE, load, metric) where the model misses the simulation by
 # more than 15 %, with the error measured when this was written: the light-load tail of a
-# batching prefill pool (the M/D/c exponential wait split is too light there)
-KNOWN_MISSES = {(4, 0.3, "ttft_p99"): -0.18}
+# batching prefill pool (the M/D/c wait split is too light there), and the p99 TTFT of a
+# prompt-heavy agg rank (Llama-70B, 2k prompts: a prompt costs 5 decode steps) near its slot
+# limit, where the chain puts too little mass on a full rank
+KNOWN_MISSES = {(4, 0.3, "ttft_p99"): -0.18, (1, 0.85, "ttft_p99"): -0.31}
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return queue_check.compare(loads=(0.3, 0.6), requests=20_000)
+    return queue_check.compare(loads=(0.3, 0.6, 0.85), requests=20_000)
 
 
 def test_the_sample_covers_agg_disagg_dense_and_moe(table):

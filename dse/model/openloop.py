@@ -123,10 +123,11 @@ def interp(table: np.ndarray, grid: np.ndarray, n) -> np.ndarray:
     return lo + f * (hi - lo)
 
 
-def latency_percentiles(eng: Engine, rate_per_s) -> dict[str, np.ndarray]:
+def latency_percentiles(eng: Engine, rate_per_s, levels=PERCENTILES) -> dict[str, np.ndarray]:
     """TTFT and TPOT p50 / p99 and means (ms), the utilisation (arrival rate over capacity;
     >= 1 = saturated) and the capacity (requests/s per unit) of each row at `rate_per_s`
-    requests/s per unit. Rows are done in blocks, so the (rows, states) arrays stay small."""
+    requests/s per unit. Rows are done in blocks, so the (rows, states) arrays stay small.
+    levels=(0.99,) computes the p99 only (the p50 columns are then NaN: the goodput search)."""
     rate = np.broadcast_to(np.asarray(rate_per_s, dtype=float), eng.slots.shape)
     n = len(rate)
     keys = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "ttft_mean_ms", "tpot_mean_ms",
@@ -135,7 +136,7 @@ def latency_percentiles(eng: Engine, rate_per_s) -> dict[str, np.ndarray]:
     for start in range(0, n, _ROWS_PER_BLOCK):
         part = slice(start, min(start + _ROWS_PER_BLOCK, n))
         sub = eng.rows(part)
-        res = (_agg if eng.kind == "agg" else _disagg)(sub, rate[part] / 1e3)
+        res = (_agg if eng.kind == "agg" else _disagg)(sub, rate[part] / 1e3, tuple(levels))
         for k in keys:
             out[k][part] = res[k]
     return out
@@ -170,6 +171,13 @@ def _bins(p, nn) -> tuple[np.ndarray, np.ndarray]:
     return weight, np.where(weight > 0, (n1 - n0) / np.where(weight > 0, weight, 1.0), first)
 
 
+def _quantiles(levels, ue=None, nrm=None) -> tuple[np.ndarray, np.ndarray]:
+    """(p50, p99) of a mixture; NaN for a level not asked for."""
+    got = dict(zip(levels, mixture_quantiles(levels, ue=ue, nrm=nrm)))
+    nan = np.full(len((ue or nrm)[0]), np.nan)
+    return got.get(0.5, nan), got.get(0.99, nan)
+
+
 def _finish(q, mean_ttft, mean_tpot, util, cap) -> dict[str, np.ndarray]:
     (t50, t99), (p50, p99) = q
     return {"ttft_p50_ms": t50, "ttft_p99_ms": t99, "tpot_p50_ms": p50, "tpot_p99_ms": p99,
@@ -191,7 +199,7 @@ def _tpot_parts(eng: Engine, lam, nseen, m, dec, slope, prompt, s) -> tuple[np.n
     return life / o, np.sqrt((steps * dd) ** 2 * var_b + cpi ** 2 * lam[:, None] * life) / o
 
 
-def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
+def _agg(eng: Engine, lam, levels=PERCENTILES) -> dict[str, np.ndarray]:
     """One agg rank (its share lam = rate / dp of the arrivals, requests/ms)."""
     lam = lam / eng.ranks
     s, nn = _states(eng.slots)
@@ -225,7 +233,7 @@ def _agg(eng: Engine, lam) -> dict[str, np.ndarray]:
     mean, sd = _tpot_parts(eng, lam, nseen, m, lambda b: interp(eng.d0, eng.grid, b),
                            lambda b: interp(slope_tab, eng.grid, b), lambda b: interp(eng.cp, eng.grid, b) * isl, s)
     nrm = (np.concatenate([p, wait[:, None]], axis=1), mean, sd)
-    q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, nrm=nrm))
+    q = (_quantiles(levels, ue=ue), _quantiles(levels, nrm=nrm))
     return _finish(q, mean_ttft, np.sum(nrm[0] * mean, axis=1), util, cap)
 
 
@@ -294,7 +302,7 @@ def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
     return tuple(ws)
 
 
-def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
+def _disagg(eng: Engine, lam, levels=PERCENTILES) -> dict[str, np.ndarray]:
     """A disagg unit: the prefill pool (batches of waiting prompts on pre_servers servers),
     the KV hand-off, then a decode rank (its share lam / ranks of the arrivals)."""
     c = np.maximum(eng.pre_servers, 1.0)
@@ -341,6 +349,6 @@ def _disagg(eng: Engine, lam) -> dict[str, np.ndarray]:
     ue_w = tuple(x[:, None] for x in (wait, steps[:, 0] * d_s / eng.osl1, np.zeros_like(wait), np.ones_like(wait),
                                       2.0 * np.maximum(mu_s - lam_d, 1e-12) * eng.osl1))
     mean_tpot = np.sum(p * mean, axis=1) + wait * (ue_w[1][:, 0] + 1.0 / ue_w[4][:, 0])
-    q = (mixture_quantiles(PERCENTILES, ue=ue), mixture_quantiles(PERCENTILES, ue=ue_w, nrm=nrm))
+    q = (_quantiles(levels, ue=ue), _quantiles(levels, ue=ue_w, nrm=nrm))
     cap = np.minimum(cap_pre, mu_s * eng.ranks)
     return _finish(q, mean_ttft, mean_tpot, lam / cap, cap)

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["birth_death", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
 
-QUANTILE_STEPS = 30     # bisection steps of a quantile: the bracket shrinks by 2^-30 (~1e-9)
+QUANTILE_STEPS = 26     # bisection steps of a quantile: the bracket shrinks by 2^-26 (~1.5e-8)
 
 
 def norm_cdf(z) -> np.ndarray:
@@ -68,27 +68,40 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     return p / total[:, None], wait / total, r
 
 
-def _ue_cdf(t, a, width, q, rate) -> np.ndarray:
-    """CDF at t of a + U width + (with chance q) Exp(rate), U uniform on [0, 1]."""
-    s = t - a
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        uni = np.where(width > 0, np.clip(s / np.where(width > 0, width, 1.0), 0.0, 1.0), (s >= 0).astype(float))
-        if not np.any(q > 0):
-            return uni
-        tr = rate * np.where(width > 0, width, 1.0)
-        e0 = -np.expm1(-rate * np.maximum(s, 0.0))
-        inner = np.where(s < width, s / np.where(width > 0, width, 1.0) - e0 / tr,
-                         1.0 - (np.exp(-rate * np.maximum(s - width, 0.0)) - np.exp(-rate * np.maximum(s, 0.0))) / tr)
-        conv = np.where(width > 0, inner, e0)
-        conv = np.where(s < 0, 0.0, np.clip(conv, 0.0, 1.0))
-    return (1.0 - q) * uni + q * conv
+class _Uniform:
+    """Components a + U width + (with chance q) Exp(rate), their invariants computed once for
+    the many CDF evaluations of a bisection."""
+
+    def __init__(self, w, a, width, q, rate):
+        self.w, self.a, self.width, self.q, self.rate = w, a, width, q, rate
+        self.pos = width > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.inv_w = np.where(self.pos, 1.0 / np.where(self.pos, width, 1.0), 0.0)
+            self.inv_tr = np.where(self.pos, self.inv_w / np.maximum(rate, 1e-300), 0.0)
+        # only the components some row gives an exponential part (q > 1e-12) pay for it
+        self.cols = np.flatnonzero(np.max(np.where(w > 0, q, 0.0), axis=0) > 1e-12)
+        self.sub = tuple(x[:, self.cols] for x in (w, a, width, q, rate, self.pos, self.inv_w, self.inv_tr))
+
+    def cdf(self, t) -> np.ndarray:
+        s = t[:, None] - self.a
+        out = np.sum(self.w * np.where(self.pos, np.clip(s * self.inv_w, 0.0, 1.0), s >= 0), axis=1)
+        if not len(self.cols):
+            return out
+        w, a, width, q, rate, pos, inv_w, inv_tr = self.sub
+        s = t[:, None] - a
+        uni = np.where(pos, np.clip(s * inv_w, 0.0, 1.0), s >= 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e_s = np.exp(-rate * np.maximum(s, 0.0))
+            inner = np.where(s < width, s * inv_w - (1.0 - e_s) * inv_tr,
+                             1.0 - (np.exp(-rate * np.maximum(s - width, 0.0)) - e_s) * inv_tr)
+            conv = np.where(s < 0, 0.0, np.clip(np.where(pos, inner, 1.0 - e_s), 0.0, 1.0))
+        return out + np.sum(w * q * (conv - uni), axis=1)
 
 
 def _mixture_cdf(t, ue, nrm) -> np.ndarray:
     out = 0.0
     if ue is not None:
-        w, a, width, q, rate = ue
-        out = out + np.sum(w * _ue_cdf(t[:, None], a, width, q, rate), axis=1)
+        out = out + ue.cdf(t)
     if nrm is not None:
         w, m, sd = nrm
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -119,6 +132,7 @@ def mixture_quantiles(levels, *, ue=None, nrm=None) -> list[np.ndarray]:
     ue = (weight, a, width, q, rate): components a + U width + Bernoulli(q) Exp(rate);
     nrm = (weight, mean, sd): normal components. Each array is (rows, K)."""
     lo0, hi0 = _bracket(ue, nrm)
+    ue = None if ue is None else _Uniform(*ue)
     out = []
     for level in levels:
         lo, hi = lo0.copy(), hi0.copy()

@@ -11,18 +11,31 @@ prefill pool (servers, one prompt's step, the marginal prompt of a batch, the KV
 A step of b running requests carrying P prompt tokens costs d0(b) + cp(b) P; it holds at
 most the engine's budget (max_num_tokens less the decodes, per pipeline micro-batch).
 
-Which queueing model, and why (dse.model.queue has the arithmetic): the mean step is the
-fixed point T = d0 + cp (prompt tokens arriving per step) = d0 / (1 - cp lambda isl_new);
-the number in system follows a birth-death chain with the state-dependent completion rate
-n / L(n) (exact product form below the slot limit for a processor-sharing-like engine,
-whatever the service distribution), and a heavy-traffic exponential wait beyond it. Given
-the state an arrival sees, its TTFT is the rest of the step in progress (uniform), its own
-prompt's steps and, for long prompts, an M/D/1-like wait for the prompt backlog; its TPOT
-is the mean step over its life, whose batch averages the requests present at its arrival
-(each for a uniform share of its life) and those arriving during it (normal, with that
-variance and the Poisson count of other prompts its steps carry). The mixture over states
-gives the p50 / p99. This is cheaper than a simulation by orders of magnitude and is held to
-one (dse.fit.queue_sim, tests/test_openloop.py: within 15 % below 85 % of capacity).
+Which queueing model, and why (dse.model.queue has the arithmetic). A closed form per row
+is what a search over millions of configurations can afford, and a continuous-batching
+engine is close to a processor-sharing queue with a state-dependent speed, for which such
+forms exist:
+  - the mean step is the fixed point T = d0 + cp x (prompt tokens arriving per step), i.e.
+    d0 / (1 - cp lambda isl_new);
+  - the number in system follows a birth-death chain with completion rate n / L(n) (product
+    form below the slot limit, whatever the service distribution), widened because every
+    arrival's prompt also delays the n running (a pulse of J = 1 + mu delta requests);
+  - a full rank completes at the fixed point where prompts enter at the completion rate; a
+    slot wait has Kingman's heavy-traffic mean (exponential rate 2 (mu(S) - lambda) / J^2,
+    cs^2 ~ 0 for fixed isl/osl), half of it uniform so that it starts after a departure;
+  - given the state an arrival sees (the chain's law in 24 bins, fine in the tails), its
+    TTFT is the rest of the step in progress (which carries a Poisson count of prompts,
+    length-biased), its own prompt's steps with the Poisson count of others that arrived
+    meanwhile, and, for prompts near the budget, an M/D/1-like prompt backlog; its TPOT is the
+    mean step over its life (normal: the batch averages the requests present at its arrival
+    and those arriving during it, plus the Poisson count of other prompts its steps carry);
+  - disagg: the prefill pool is an M/D/c-like batching queue (the chain with batch-dependent
+    rates gives the busy share rho; a waiting prompt either waits for the first busy server
+    or, with chance rho, an exponential Kingman wait), then the KV hand-off, then a decode
+    rank like agg without prompts (a decode slot wait lands in TPOT).
+The mixture over states gives the p50 / p99. It is held to a discrete-event simulation of
+the same engine (dse.fit.queue_sim; `python -m dse.fit.queue_check`, tests/test_openloop.py):
+within 15 % at 30-85 % of capacity on a sample, but for two recorded misses.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 import math
 
 __all__ = ["COLUMNS", "COLUMN_HELP", "STRING_COLUMNS", "INT_COLUMNS", "ROLE_INT_COLUMNS", "DEVICE_COLUMNS", "METRICS",
-           "METRIC_INFO", "Metric", "MODES", "BOTTLENECKS", "REASON_CODES", "NON_NUMERIC_METRICS",
+           "METRIC_INFO", "Metric", "PERCENTILE_METRICS", "MODES", "BOTTLENECKS", "REASON_CODES", "NON_NUMERIC_METRICS",
            "direction", "metric_label"]
 
 MODES = ("agg", "disagg", "afd")
@@ -62,6 +62,8 @@ COLUMNS: dict[str, Any] = {
     "attn_device": "", "attn_tp": 1, "attn_gpus": 0, "ffn_device": "", "ffn_gpus": 0,
     # service-level objectives (inf = none), and how sure a configuration must be to meet them
     "ttft_slo_ms": math.inf, "tpot_slo_ms": math.inf, "slo_confidence": 0.0,
+    # open-loop traffic (0 = the closed loop at batch_size users) and percentile SLOs
+    "arrival_rate": 0.0, "ttft_p99_slo_ms": math.inf, "tpot_p99_slo_ms": math.inf,
 }
 STRING_COLUMNS = ("model", "device", "mode", "weight_dtype", "kv_dtype", "prefill_device", "decode_device",
                   "attn_device", "ffn_device", "backend", "kv_tier", "routing", "trace")
@@ -134,8 +136,15 @@ COLUMN_HELP = {
     "ttft_slo_ms": "TTFT target for goodput, ms (set by slos.ttft_ms; .inf = none)",
     "tpot_slo_ms": "TPOT target for goodput, ms (set by slos.tpot_ms; .inf = none)",
     "slo_confidence": "probability with which the SLOs must hold, in [0, 1) (0 = the point prediction decides)",
+    "arrival_rate": ("open-loop traffic: requests/s offered to the whole deployment (replicas included), Poisson "
+                     "arrivals; batch_size is then the running-request limit per replica (0 = the closed loop of "
+                     "batch_size users)"),
+    "ttft_p99_slo_ms": "p99 TTFT target for goodput, ms (set by slos.ttft_p99_ms; .inf = none)",
+    "tpot_p99_slo_ms": "p99 TPOT target for goodput, ms (set by slos.tpot_p99_ms; .inf = none)",
 }
 
+# latency percentiles over requests (open-loop traffic: dse.model.openloop; closed loop: the mean)
+PERCENTILE_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")
 # the engine's output columns, in this order
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
            "power_w", "joules_per_token", "usd_per_mtok", "usd_per_hour", "num_gpus", "memory_gb_per_gpu",
@@ -143,7 +152,7 @@ METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "tokens_per_s_per_gpu
            "quality_loss_p90", *(f"{m}_{q}" for m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu",
                                                        "tokens_per_s_per_user", "usd_per_mtok", "joules_per_token",
                                                        "goodput_tokens_per_s") for q in ("p10", "p90")),
-           "cache_hit_rate", "load_imbalance", "feasible", "infeasible_reason", "bottleneck")
+           "cache_hit_rate", "load_imbalance", *PERCENTILE_METRICS, "feasible", "infeasible_reason", "bottleneck")
 NON_NUMERIC_METRICS = ("feasible", "infeasible_reason", "bottleneck", "meets_slo")
 
 
@@ -171,6 +180,10 @@ METRIC_INFO: dict[str, Metric] = {
     "num_gpus": Metric("GPUs", "", "min"),
     "memory_gb_per_gpu": Metric("memory per GPU", "GB", "min"),
     "meets_slo_prob": Metric("chance of meeting the SLOs", "", "max"),
+    "ttft_p50_ms": Metric("TTFT p50", "ms", "min"),
+    "ttft_p99_ms": Metric("TTFT p99", "ms", "min"),
+    "tpot_p50_ms": Metric("TPOT p50", "ms", "min"),
+    "tpot_p99_ms": Metric("TPOT p99", "ms", "min"),
     # expected drop in answer quality from the weight and KV formats (hardware/quality.yaml)
     "quality_loss": Metric("quality loss", "pp", "min"),
     "quality_loss_p90": Metric("quality loss (p90)", "pp", "min"),
@@ -197,7 +210,8 @@ BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]
 
 # why a row is infeasible: the code is the first word of its text ("memory: weights do not fit")
 # and is what code branches on; the text says the rest
-REASON_CODES = ("memory", "kv_capacity", "structure", "context", "placement", "constraint", "numeric")
+REASON_CODES = ("memory", "kv_capacity", "structure", "context", "placement", "constraint", "numeric",
+                "saturated")
 
 
 def direction(metric: str) -> str:

@@ -88,6 +88,9 @@ RULES: dict[str, Rule] = {
     "spec_acceptance": Rule("must be in [0, 1] (nan = the runtime.yaml default)", low=0, high=1, nan=True),
     "ttft_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
     "tpot_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+    "ttft_p99_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+    "tpot_p99_slo_ms": Rule("must be > 0 ms (inf = no limit)", low=0, low_open=True, inf=True),
+    "arrival_rate": Rule("must be a finite number of requests/s >= 0 (0 = the closed loop)", low=0),
 }
 
 

@@ -13,7 +13,7 @@ from dse.catalog.models import Model, get_model
 from dse.catalog.runtime import engine_limit, routing_skew_of
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
-from dse.deploy import intervals, kvcache
+from dse.deploy import intervals, kvcache, openloop
 from dse.deploy.context import Context, make_context
 from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
@@ -202,8 +202,10 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
         "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"],
         "ttft": res.ttft_ms})
+    c = openloop.with_percentile_slos(c)
     out = _metrics(res, used, load, c, ctx, reasons, pools.mem_gb, factors)
     out.update(cache)
+    openloop.apply(out, model, mode, res, load, c, reasons, factors, ctx)   # arrival_rate > 0: the queue model
     out["bottleneck"] = bottleneck
     intervals.add_interval_columns(out, {"osl": c["osl"]}, factors=factors)
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(

@@ -111,7 +111,9 @@ def load_intervals(path: str | None = None) -> Intervals:
         for m in METRICS:
             spec = doc["tables"][m]
             levels = {f: tuple(spec["levels"][f]) for f in FEATURES[m]}
-            cells = pd.read_csv(p.parent / spec["file"], keep_default_na=False)
+            cells = pd.read_csv(p.parent / spec["file"], keep_default_na=False,
+                                usecols=[*FEATURES[m], "p10", "p90"],     # not the fit's n / source
+                                dtype={f: "category" for f in ("mode", "backend", "bottleneck")})
             tables[m] = table_from_cells(cells, m, levels, source=f"{p}: {spec['file']}")
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DSEError(f"{p}: not an interval table ({type(exc).__name__}: {exc})") from None
@@ -126,11 +128,15 @@ def table_from_cells(cells: pd.DataFrame, metric: str, levels: dict[str, tuple],
     try:
         idx = np.zeros(len(cells), dtype=np.int64)
         for f, n in zip(feats, shape):
-            idx = idx * n + _codes(f, cells[f].to_numpy(), levels[f], bucketed=True, source=source)
+            col = cells[f]
+            vals = col.array if isinstance(col.dtype, pd.CategoricalDtype) else col.to_numpy()
+            idx = idx * n + _codes(f, vals, levels[f], bucketed=True, source=source)
         p10, p90 = cells["p10"].to_numpy(float), cells["p90"].to_numpy(float)
     except (KeyError, ValueError) as exc:
         raise DSEError(f"{source}: not an interval table ({type(exc).__name__}: {exc})") from None
-    if len(cells) != int(np.prod(shape)) or len(np.unique(idx)) != len(cells):
+    size = int(np.prod(shape))
+    # one row per cell: each cell index exactly once (a count, not a sort or hash of ~200k rows)
+    if len(cells) != size or (np.bincount(idx, minlength=size) != 1).any():
         raise DSEError(f"{source}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
                        f"got {len(cells)} rows")
     lo, hi = np.empty(len(cells)), np.empty(len(cells))

@@ -84,6 +84,8 @@ class Space:
     placement: tuple[tuple[str, Any], ...] = ()   # afd rows also scored at their optimal placement
     resolved: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
     eplb_experts: int = 0       # scenario `eplb`: the model's experts (redundant_experts filled per row)
+    # per mode: its deployable rows (dse.search.deployable.ModeEnum) and structural axes; () = every row
+    enum: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -108,9 +110,56 @@ class Space:
         core = {k: v for k, v in self.resolved.items() if k not in ("description", "search", "path")}
         return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    @property
+    def deployable_size(self) -> int:
+        """Configurations the enumeration keeps (structure and GPU budget); `size` is the raw product."""
+        return sum(e.size for e, _ in self.enum) if self.enum else self.size
+
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
-        for lo in range(0, self.size, chunk_size):
-            yield lo, min(lo + chunk_size, self.size)
+        """Ranges of deployable positions (see `positions`)."""
+        total = self.deployable_size
+        for lo in range(0, total, chunk_size):
+            yield lo, min(lo + chunk_size, total)
+
+    def positions(self, lo: int, hi: int) -> np.ndarray:
+        """Config ids (indices of the full product) of deployable positions [lo, hi)."""
+        if not self.enum:
+            return np.arange(lo, hi, dtype=np.int64)
+        out, start = [], 0
+        for m, (e, _) in zip(self.modes, self.enum):
+            a, b = max(lo - start, 0), min(hi - start, e.size)
+            if a < b:
+                out.append(m.offset + e.local(np.arange(a, b, dtype=np.int64)))
+            start += e.size
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+    def deployable(self, indices: Any) -> np.ndarray:
+        """Per config id: does the enumeration keep it?"""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ok = np.ones(idx.size, dtype=bool)
+        for m, (e, s_axes) in zip(self.modes, self.enum):
+            rows = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+            if e.offsets is None or not rows.size:
+                continue
+            s = e.structural(idx[rows] - m.offset, s_axes)
+            pos = np.minimum(np.searchsorted(e.offsets, s), max(len(e.offsets) - 1, 0))
+            ok[rows] = (e.offsets[pos] == s) if len(e.offsets) else False
+        return ok
+
+    def repair(self, indices: Any) -> np.ndarray:
+        """Config ids with an undeployable layout moved to the nearest deployable one (same
+        free axes; the structural offset at or after it, else the last): NSGA-II and Optuna
+        spend no evaluation on rows the enumeration drops."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1).copy()
+        for m, (e, s_axes) in zip(self.modes, self.enum):
+            rows = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+            if e.offsets is None or not rows.size or not len(e.offsets):
+                continue
+            local = idx[rows] - m.offset
+            s = e.structural(local, s_axes)
+            pos = np.minimum(np.searchsorted(e.offsets, s), len(e.offsets) - 1)
+            idx[rows] = m.offset + local - s + e.offsets[pos]
+        return idx
 
     # -- index <-> columns ------------------------------------------------------
     def decode(self, indices: Any) -> dict[str, np.ndarray]:

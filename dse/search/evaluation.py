@@ -52,8 +52,9 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
 
 
 def evaluate_chunk(space: Space, lo: int, hi: int) -> tuple[int, int, pd.DataFrame, float]:
-    """One grid chunk [lo, hi): what a joblib or Dask worker runs."""
+    """One grid chunk, deployable positions [lo, hi): what a joblib or Dask worker runs
+    (eval_index is the config id, as for a grid over every row)."""
     t0 = time.perf_counter()
-    df, _ = evaluate_batch(space, np.arange(lo, hi, dtype=np.int64))
+    df, _ = evaluate_batch(space, space.positions(lo, hi))
     df.insert(1, "eval_index", df["config_id"].to_numpy())
     return lo, hi, df, time.perf_counter() - t0

@@ -185,6 +185,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         "objectives": objectives,
         "constraints": space.resolved.get("constraints", []),
         "space_size": space.size,
+        "deployable_size": space.deployable_size,
         "budget": meta.get("budget"),
         "n_evaluated": int(meta.get("n_evaluated", n_rows)),
         "n_configs": n_rows,

@@ -74,7 +74,10 @@ ObjectiveList = Annotated[list[Objective], BeforeValidator(_objectives, json_sch
 
 class Constraints(DataModel):
     """Hard limits on the deployment, and how it is paid for."""
-    max_gpus: Optional[PositiveInt] = Field(None, description="at most this many GPUs (num_gpus <= max_gpus)")
+    gpus: Optional[PositiveInt] = Field(None, description="exactly this many GPUs per deployment, replicas included "
+                                                         "(num_gpus == gpus); applied while the space is enumerated")
+    max_gpus: Optional[PositiveInt] = Field(None, description="at most this many GPUs (num_gpus <= max_gpus); applied "
+                                                             "while the space is enumerated")
     max_power_kw: Optional[PositiveOrInf] = Field(None, description="average wall power limit, kW (power_w; "
                                                                      ".inf = no limit)")
     budget_usd: Optional[PositiveOrInf] = Field(None, description="capital budget, USD (capex_usd; .inf = no limit)")

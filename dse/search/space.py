@@ -8,6 +8,7 @@ axis value evaluates (a dry run, so that a bad value fails at load time with its
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from dse.catalog.yamlfile import load_yaml
 from dse.deploy.evaluate import evaluate
 from dse.errors import DSEError
 from dse.schema import direction
+from dse.search.deployable import enumerate_mode
 from dse.search.encoding import MAX_SIZE, Axis, Constraint, Mode, Objective, Space, column_kind
 from dse.search.scenario import DEFAULT_OBJECTIVES, SAMPLERS, STRATEGIES, Scenario
 
@@ -104,6 +106,8 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
                   reference_point=reference, search=tuple(search.items()), placement=tuple(placement.items()),
                   resolved=resolved, eplb_experts=eplb_experts)
     sample = _dry_run(space, fixed_keys, fail)
+    space = dataclasses.replace(space, enum=_enumerate(space, scn.constraints))
+    resolved["deployable_size"] = space.deployable_size
     for i, o in enumerate(objectives):
         if o.name in sample and not _is_number(sample[o.name]):
             raise fail(f"objectives[{i}]", f"metric {o.name!r} is not a number ({sample[o.name].dtype})")
@@ -183,6 +187,8 @@ def _fixed_and_constraints(scn: Scenario, data: dict, model_id: str):
         constraints.append(Constraint("meets_slo_prob", "min", float(scn.slo_confidence), "slo_confidence"))
     cons = scn.constraints
     if cons is not None:
+        if cons.gpus is not None:
+            constraints += [Constraint("num_gpus", b, cons.gpus, "constraints.gpus") for b in ("max", "min")]
         if cons.max_gpus is not None:
             constraints.append(Constraint("num_gpus", "max", cons.max_gpus, "constraints.max_gpus"))
         if cons.max_power_kw is not None:
@@ -248,6 +254,15 @@ def _encoding(common: dict[str, Axis], per_mode: dict[str, dict[str, Axis]]):
         modes.append(Mode(m, ax, tuple(gene_of[(m, a.name)] for a in ax), offset, s, tuple(reversed(strides))))
         offset += s
     return genes, modes
+
+
+def _enumerate(space: Space, cons) -> tuple:
+    """Per mode its deployable rows under the structure checks and the GPU budget."""
+    exact = cons.gpus if cons is not None else None
+    at_most = cons.max_gpus if cons is not None else None
+    fixed = dict(space.fixed)
+    return tuple(enumerate_mode(m, fixed, space.model, space.eplb_experts, exact, at_most, space.path)
+                 for m in space.modes)
 
 
 def _is_number(col: pd.Series) -> bool:

@@ -59,7 +59,9 @@ def run_command(a: argparse.Namespace) -> int:
                 pop_size=a.pop_size, chunk_size=a.chunk_size, tol=a.tol, progress=not a.quiet,
                 force=a.force, **extra)
     run = res.run
-    print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations in "
+    deployable = run.get("deployable_size", run["space_size"])
+    print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations "
+          f"({deployable:,} deployable) in "
           f"{run['eval_seconds']:.1f} s ({run['evals_per_second'] or 0:,.0f}/s), {run['n_feasible']:,} feasible, "
           f"{run['n_pareto']:,} on the Pareto front, hypervolume {run['hypervolume']:.4f}; "
           f"wall {run['wall_seconds']:.1f} s")

@@ -88,3 +88,40 @@ def test_grid_evaluates_only_deployable_rows_and_repair_moves_to_one(tmp_path):
     assert np.array_equal(fixed[keep], every[keep])
     df, G = evaluate_batch(space, fixed[~keep][:500])
     assert (df["num_gpus"] == 8).all()
+
+
+@pytest.mark.parametrize("scenario", ["quickstart", "moe_hetero", "aic_qwen3_235b_b200"])
+def test_codes_path_gives_the_string_paths_metrics(scenario):
+    """The search hands the engine integer codes (Space.coded + columns.from_codes); every
+    metric equals the one evaluate() computes from the same rows as strings."""
+    from pathlib import Path
+
+    from dse.deploy.columns import from_codes
+    from dse.deploy.context import make_context
+    from dse.deploy.evaluate import evaluate_columns
+    from dse.search.space import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / f"{scenario}.yaml")
+    idx = space.positions(0, space.deployable_size)[::7][:6000]
+    cols, n, vocab = from_codes(*space.coded(idx))
+    a = evaluate_columns(cols, n, vocab, make_context(facility=space.facility_overrides()), strict=False)
+    b = dse.evaluate(strict=False, facility=space.facility_overrides(), **space.columns(idx))
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == idx.size
+    for col in b.columns:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if b[col].dtype.kind in "iufb":
+            x, y = x.astype(float), y.astype(float)
+            assert np.array_equal(x, y, equal_nan=True), col
+        else:
+            assert (x.astype(str) == y.astype(str)).all(), col
+    assert a["feasible"].any() and (~a["feasible"]).any()
+
+
+def test_from_codes_refuses_bad_codes():
+    from dse.deploy.columns import from_codes
+    from dse.errors import DSEError
+
+    with pytest.raises(DSEError, match="code out of range"):
+        from_codes({"model": MOE_FP8, "tp": [1, 2]}, {"device": (np.array([0, 2]), ["b200_sxm", "h100_sxm"])})
+    with pytest.raises(DSEError, match="not a string column"):
+        from_codes({"model": MOE_FP8, "device": "b200_sxm"}, {"tp": (np.array([0]), ["1"])})

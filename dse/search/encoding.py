@@ -214,6 +214,58 @@ class Space:
             cols.update(fewest_redundant(cols, self.eplb_experts))
         return cols
 
+    def coded(self, indices: Any) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, list]]]:
+        """The engine's input for the given indices without a string per row: (numeric axes
+        and fixed columns, {string column: (codes, words)}) for dse.deploy.columns.from_codes.
+        Same rows as `columns`; `mode` and string axes stay the axis digits."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.size):
+            raise DSEError(f"space {self.name}: index out of range [0, {self.size})")
+        n = idx.size
+        num: dict[str, list] = {}
+        text: dict[str, tuple[np.ndarray, list]] = {}
+        mode_codes = np.zeros(n, dtype=np.int32)
+        for k, m in enumerate(self.modes):
+            if len(self.modes) == 1:
+                sel: np.ndarray | slice = slice(None)
+                local = idx - m.offset
+            else:
+                sel = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+                if not sel.size:
+                    continue
+                local = idx[sel] - m.offset
+                mode_codes[sel] = k
+            for axis, stride in zip(m.axes, m.strides):
+                digit = (local // stride) % axis.size
+                if column_kind(axis.name) == "str":
+                    codes, words = text.setdefault(axis.name, (self._default_codes(axis.name, n), []))
+                    lut = np.array([_word(words, str(v)) for v in axis.values], dtype=np.int32)
+                    codes[sel] = lut[digit]
+                else:
+                    num.setdefault(axis.name, []).append((sel, axis.array()[digit]))
+        cols: dict[str, Any] = dict(self.fixed)
+        for name, parts in num.items():
+            if len(parts) == 1 and isinstance(parts[0][0], slice):
+                cols[name] = parts[0][1]
+                continue
+            default = _column_default(name)
+            col = np.full(n, default, dtype=np.result_type(*[p[1] for p in parts], as_array(name, (default,))))
+            for sel, vals in parts:
+                col[sel] = vals
+            cols[name] = col
+        for name, (codes, words) in text.items():   # rows of modes without the axis: the default
+            if (codes < 0).any():
+                codes[codes < 0] = _word(words, str(_column_default(name)))
+        text["mode"] = (mode_codes, [m.name for m in self.modes])
+        if self.eplb_experts:
+            from dse.deploy.roles import fewest_redundant
+            cols.update(fewest_redundant({**cols, "mode": np.array(text["mode"][1])[mode_codes]}, self.eplb_experts))
+        return cols, text
+
+    @staticmethod
+    def _default_codes(name: str, n: int) -> np.ndarray:
+        return np.full(n, -1, dtype=np.int32)
+
     def encode(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Indices of configurations given as columns (inverse of `decode`)."""
         n = None
@@ -304,6 +356,13 @@ def column_kind(col: str) -> str:
     if default is None:
         return "str"
     return "float"
+
+
+def _word(words: list, w: str) -> int:
+    """Index of `w` in `words`, appended when new."""
+    if w not in words:
+        words.append(w)
+    return words.index(w)
 
 
 def _column_default(col: str) -> Any:

@@ -284,8 +284,30 @@ def _probe(axis: Axis) -> list:
 
 def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
     """Evaluate every axis value once so that bad values fail at load time, with their key;
-    returns one evaluated row (its dtypes tell which metrics are numbers)."""
+    returns one evaluated row (its dtypes tell which metrics are numbers). All the probes go
+    through one evaluation (one engine call instead of one per axis and mode); only when it
+    fails are they rerun one axis at a time to name the key."""
+    rows: list[dict] = []
+    for m in space.modes:
+        base = {a.name: a.values[0] for a in m.axes}
+        base["mode"] = m.name
+        rows.append(base)
+        for a in m.axes:
+            if a.size > 1:
+                rows += [{**base, a.name: v} for v in _probe(a)[1:]]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    defaults = {k: schema.COLUMNS[k] for k in names}
+    cols = {k: [r.get(k, defaults[k]) for r in rows] for k in names}
+    try:
+        df = evaluate(strict=False, **dict(space.fixed), **cols)
+        return df.iloc[:1]
+    except DSEError:
+        pass
+    return _dry_run_each(space, fixed_keys, fail)
 
+
+def _dry_run_each(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
+    """The dry run one mode and one axis at a time: the first bad value raises with its key."""
     sample = None
     for m in space.modes:
         base = {a.name: a.values[0] for a in m.axes}

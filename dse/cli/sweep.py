@@ -6,9 +6,10 @@ runs it standalone (tests, `python -m dse.cli.sweep`).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:       # pandas is imported by the sweep itself, not to register the command
+    import pandas as pd
 
 __all__ = ["add_parser", "run_command", "pareto_table"]
 
@@ -78,7 +79,7 @@ DECIDING = ("mode", "device", "prefill_device", "decode_device", "attn_device", 
             "weight_dtype", "kv_dtype", "batch_size")
 
 
-def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> str:
+def pareto_table(pareto: "pd.DataFrame", run: dict[str, Any], rows: int = 12) -> str:
     """The Pareto set as a short text table: rows that tie on every objective as one (the
     simplest, with how many it stands for); the deciding columns always, then the axes that
     vary, then the objectives."""

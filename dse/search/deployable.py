@@ -22,8 +22,8 @@ from dse.errors import DSEError
 
 __all__ = ["ModeEnum", "enumerate_mode", "MAX_STRUCTURE_CELLS"]
 
-# structural combinations held at once per mode (bools and a few float grids): beyond this
-# the mode is not pruned (every row evaluated, the budget applied after evaluation)
+# structural combinations held at once per mode (a few int32 digit columns and their GPUs):
+# beyond this the mode is not pruned (every row evaluated, the budget applied after evaluation)
 MAX_STRUCTURE_CELLS = 20_000_000
 
 
@@ -66,62 +66,114 @@ class ModeEnum:
 def enumerate_mode(mode, fixed: dict[str, Any], model_id: str, eplb_experts: int, exact: int | None,
                    at_most: int | None, where: str) -> tuple[ModeEnum, tuple[tuple[int, int], ...]]:
     """The deployable rows of `mode` (a dse.search.encoding.Mode) and its structural axes
-    (size, stride), by the engine's structure checks and the GPU budget."""
+    (size, stride), by the engine's structure checks and the GPU budget.
+
+    The structural product is never built whole: a table of the combinations kept so far
+    grows pool by pool by the axes that pool adds, and loses at once the rows that pool
+    rejects or that already exceed the budget (GPUs only add up, and replicas multiply),
+    so its size stays near the deployable count (4M cells of the 16-GPU MoE disagg
+    question are ~10k rows at any step)."""
     from dse.catalog.models import get_model
-    from dse.deploy.structure import POOLS, STRUCTURE_COLUMNS
+    from dse.deploy.structure import STRUCTURE_COLUMNS
 
     s_idx = [j for j, a in enumerate(mode.axes) if a.name in STRUCTURE_COLUMNS]
     free = tuple((mode.axes[j].size, mode.strides[j]) for j in range(len(mode.axes)) if j not in s_idx)
     s_axes = tuple((mode.axes[j].size, mode.strides[j]) for j in s_idx)
-    shape = tuple(mode.axes[j].size for j in s_idx)
-    cells = int(np.prod(shape, dtype=object)) if shape else 1
-    if cells > MAX_STRUCTURE_CELLS:
-        return ModeEnum(None, free, mode.size), s_axes
     model = get_model(model_id)
     names = [mode.axes[j].name for j in s_idx]
     base = {**fixed, "mode": mode.name}
     if "device" not in base:
         base["device"] = next(a.values[0] for a in mode.axes if a.name == "device")
-    ok = np.ones(shape, dtype=bool)
-    gpus = np.zeros(shape)
+    try:
+        offsets = _kept(mode, s_idx, names, model, base, eplb_experts, exact, at_most, where)
+    except _TooLarge:
+        return ModeEnum(None, free, mode.size), s_axes
+    return ModeEnum(offsets, free, mode.size), s_axes
+
+
+def _kept(mode, s_idx, names, model, base, eplb_experts, exact, at_most, where) -> np.ndarray:
+    """The sorted structural offsets of the deployable combinations (see enumerate_mode)."""
+    from dse.deploy.structure import POOLS
+
+    sizes = [mode.axes[j].size for j in s_idx]
+    s_axes = [(mode.axes[j].size, mode.strides[j]) for j in s_idx]
+    bound = exact if exact is not None else at_most
+    table = _Table(len(names))
     for pool in POOLS[mode.name]:
         dims = [d for d, n in enumerate(names) if n in pool.reads]
+        copies = names.index(pool.copies) if pool.copies in names else None
+        table.expand([*dims, *([copies] if copies is not None else [])], sizes)
         p_ok, p_gpus = _pool_grid(model, mode, s_idx, dims, base, eplb_experts, pool.name, where)
-        ok &= p_ok
-        gpus = gpus + p_gpus * _column_grid(mode, s_idx, names, pool.copies, base) if pool.copies else gpus + p_gpus
-    gpus = gpus * _column_grid(mode, s_idx, names, "replicas", base)
+        flat = np.ravel_multi_index([table.digits[d] for d in dims], [sizes[d] for d in dims]) if dims else 0
+        g = np.broadcast_to(p_gpus[flat], (table.n,)) * _count(mode, s_idx, names, pool.copies, base, table)
+        table.gpus = table.gpus + g
+        table.keep(np.broadcast_to(p_ok[flat], (table.n,)) & (table.gpus <= (bound if bound else np.inf)))
+    rep = names.index("replicas") if "replicas" in names else None
+    if rep is not None:
+        table.expand([rep], sizes)
+    total = table.gpus * _count(mode, s_idx, names, "replicas", base, table)
     if exact is not None:
-        ok &= gpus == exact
-    if at_most is not None:
-        ok &= gpus <= at_most
-    flat = np.flatnonzero(ok.reshape(-1))
-    offsets = np.zeros(flat.size, dtype=np.int64)
-    if shape:
-        for digits, (_, stride) in zip(np.unravel_index(flat, shape), s_axes):
-            offsets += digits.astype(np.int64) * stride
-    return ModeEnum(np.sort(offsets), free, mode.size), s_axes
+        table.keep(total == exact)
+    elif at_most is not None:
+        table.keep(total <= at_most)
+    table.expand(list(range(len(names))), sizes)      # structural axes no pool reads: every value
+    offsets = np.zeros(table.n, dtype=np.int64)
+    for d, (_, stride) in enumerate(s_axes):
+        offsets += table.digits[d].astype(np.int64) * stride
+    return np.sort(offsets)
 
 
-def _expand(values: np.ndarray, dims: list[int], ndim: int) -> np.ndarray:
-    """A grid over `dims` of the structural axes, shaped to broadcast over all of them."""
-    shape = [1] * ndim
-    for d, size in zip(dims, values.shape):
-        shape[d] = size
-    return values.reshape(shape)
+class _Table:
+    """Structural combinations kept so far: a digit column per covered axis, their GPUs."""
+
+    def __init__(self, ndim: int) -> None:
+        self.digits: list[np.ndarray | None] = [None] * ndim
+        self.n = 1
+        self.gpus = np.zeros(1)
+
+    def expand(self, dims: list[int], sizes: list[int]) -> None:
+        """Every kept row times every value of the axes in `dims` not covered yet."""
+        new = [d for d in dict.fromkeys(dims) if self.digits[d] is None]
+        if not new:
+            return
+        shape = [sizes[d] for d in new]
+        m = int(np.prod(shape))
+        if self.n * m > MAX_STRUCTURE_CELLS:
+            raise _TooLarge()
+        grid = np.unravel_index(np.arange(m), shape)
+        for d in range(len(self.digits)):
+            if self.digits[d] is not None:
+                self.digits[d] = np.repeat(self.digits[d], m)
+        for d, g in zip(new, grid):
+            self.digits[d] = np.tile(g.astype(np.int32), self.n)
+        self.gpus = np.repeat(self.gpus, m)
+        self.n *= m
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.digits = [None if c is None else c[mask] for c in self.digits]
+        self.gpus = self.gpus[mask]
+        self.n = int(self.gpus.size)
 
 
-def _column_grid(mode, s_idx: list[int], names: list[str], col: str, base: dict) -> np.ndarray | float:
-    """A count column (workers, replicas) over the structural axes, or its fixed value."""
+class _TooLarge(Exception):
+    """The kept combinations would outgrow MAX_STRUCTURE_CELLS: the mode is not pruned."""
+
+
+def _count(mode, s_idx: list[int], names: list[str], col: str, base: dict, table: _Table) -> np.ndarray | float:
+    """A count column (workers, replicas) per kept row, or its fixed value ("" = one)."""
+    if not col:
+        return 1.0
     if col in names:
         d = names.index(col)
-        return _expand(np.asarray(mode.axes[s_idx[d]].values, dtype=float), [d], len(names))
+        return np.asarray(mode.axes[s_idx[d]].values, dtype=float)[table.digits[d]]
     from dse.schema import COLUMNS
     return float(base.get(col, COLUMNS[col]))
 
 
 def _pool_grid(model, mode, s_idx: list[int], dims: list[int], base: dict, eplb_experts: int, pool: str,
                where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pool's (deployable, GPUs) over the product of the structural axes it reads."""
+    """One pool's (deployable, GPUs) over the product of the structural axes it reads
+    (flat, C order of `dims`)."""
     from dse.deploy.columns import broadcast, code_of
     from dse.deploy.structure import pool_check
 
@@ -139,6 +191,4 @@ def _pool_grid(model, mode, s_idx: list[int], dims: list[int], base: dict, eplb_
         raise DSEError(f"{where}: modes.{mode.name}: {exc}") from None
     c = {k: np.broadcast_to(v, (n,)) for k, v in c.items()}
     ok, gpus = pool_check(model, c, vocab, mode.name, pool, code_of(vocab, "device", ""))
-    shape = tuple(a.size for a in axes)
-    return (_expand(ok.reshape(shape), dims, len(s_idx)),
-            _expand(np.asarray(gpus, dtype=float).reshape(shape), dims, len(s_idx)))
+    return np.asarray(ok, dtype=bool).reshape(-1), np.asarray(gpus, dtype=float).reshape(-1)

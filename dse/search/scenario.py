@@ -95,8 +95,8 @@ class Constraints(DataModel):
 class Search(DataModel):
     """How `dse sweep` searches (command-line flags override these); not part of the fingerprint."""
     strategy: Optional[Literal[STRATEGIES]] = Field(  # type: ignore[valid-type]
-        None, description="auto (grid up to 5 million configurations, else nsga2), grid (every configuration), "
-                          "nsga2 (pymoo) or optuna (default: auto)")
+        None, description="auto (grid up to 5 million deployable configurations, else nsga2), grid (every "
+                          "deployable configuration), nsga2 (pymoo) or optuna (default: auto)")
     budget: Optional[PositiveInt] = Field(None, description="evaluations the optimiser may spend (nsga2, optuna)")
     seed: Optional[NonNegativeInt] = Field(None, description="random seed of the optimiser")
     pop_size: Optional[PositiveInt] = Field(None, description="population size (nsga2; optuna's nsga2 sampler)")

@@ -109,7 +109,9 @@ def table_from_cells(cells: pd.DataFrame, levels: dict[str, tuple], *, rho: floa
         bands = {(m, q): cells[f"{m}_{q}"].to_numpy(float) for m in METRICS for q in ("p10", "p90")}
     except (KeyError, ValueError) as exc:
         raise DSEError(f"{source}: not an interval table ({type(exc).__name__}: {exc})") from None
-    if len(cells) != int(np.prod(shape)) or len(np.unique(idx)) != len(cells):
+    size = int(np.prod(shape))
+    # one row per cell: each cell index exactly once (a count, not a sort or hash of ~1M rows)
+    if len(cells) != size or (np.bincount(idx, minlength=size) != 1).any():
         raise DSEError(f"{source}: expected one row per cell of the {'x'.join(map(str, shape))} grid, "
                        f"got {len(cells)} rows")
     lo, hi = np.empty((len(cells), 2)), np.empty((len(cells), 2))

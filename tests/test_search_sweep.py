@@ -84,8 +84,11 @@ def test_grid_writes_every_configuration_with_flags(grid_small, small_path):
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
         "configs.parquet", "pareto.csv", "recommendation.json", "run.json", "run_manifest.json"]
     df = pd.read_parquet(run_dir / "configs.parquet")
-    assert len(df) == space.size == 2 * 4 * 2 * 9 * 2
-    np.testing.assert_array_equal(np.sort(df["config_id"].to_numpy()), np.arange(space.size))
+    # every deployable configuration: tp 8 exceeds max_gpus 4 and is never evaluated
+    assert space.size == 2 * 4 * 2 * 9 * 2 and len(df) == space.deployable_size == 2 * 3 * 2 * 9 * 2
+    np.testing.assert_array_equal(np.sort(df["config_id"].to_numpy()),
+                                  np.sort(space.positions(0, space.deployable_size)))
+    assert set(df["tp"]) == {1, 2, 4}
     # the row of config i is the configuration decode(i)
     cols = space.decode(df["config_id"].to_numpy())
     for name in ("device", "tp", "weight_dtype", "batch_size", "power_cap"):
@@ -116,7 +119,8 @@ def test_pareto_csv_and_run_json(grid_small, small_path):
     assert (np.diff(pareto["e2e_ms"].to_numpy()) >= 0).all()          # sorted by the first objective
     df = grid_small.configs()
     assert set(pareto["config_id"]) == set(df["config_id"][df["is_pareto"]])
-    assert run["n_evaluated"] == run["n_configs"] == run["space_size"] == len(df)
+    assert run["n_evaluated"] == run["n_configs"] == run["deployable_size"] == len(df) == 216
+    assert run["space_size"] == 288
     assert run["n_feasible"] == int(df["feasible"].sum()) and run["n_pareto"] == len(pareto)
     assert run["strategy"] == "grid" and run["seed"] == 0
     assert run["scenario"]["name"] == "small" and run["versions"]["pymoo"]
@@ -237,7 +241,7 @@ def test_nsga2_resume_continues_exactly(small_path, tmp_path, monkeypatch):
 
 
 def test_nsga2_finds_most_of_the_exhaustive_front(medium_path, grid_medium, tmp_path):
-    size = grid_medium.run["space_size"]
+    size = grid_medium.run["deployable_size"]        # the rows the grid evaluated
     budget = size // 10
     res = sweep(medium_path, strategy="nsga2", budget=budget, seed=0, out=tmp_path / "n")
     names = [o["name"] for o in grid_medium.run["objectives"]]
@@ -302,7 +306,7 @@ def test_cli_sweep_prints_summary_and_pareto_table(small_path, tmp_path, capsys)
     out = tmp_path / "cli"
     assert cli.main(["sweep", str(small_path), "--out", str(out), "--chunk-size", "100"]) == 0
     captured = capsys.readouterr()
-    assert "grid: 288 evaluations of 288 configurations" in captured.out
+    assert "grid: 216 evaluations of 288 configurations (216 deployable)" in captured.out
     assert "Pareto set (" in captured.out and "e2e_ms" in captured.out
     assert "evals/s" in captured.err                            # the progress bar
     assert (out / "configs.parquet").is_file()
@@ -316,5 +320,5 @@ def test_space_without_feasible_configuration(tmp_path):
     assert res.run["n_feasible"] == 0 and res.run["n_pareto"] == 0 and res.run["hypervolume"] == 0.0
     assert len(pd.read_csv(tmp_path / "run" / "pareto.csv")) == 0
     df = res.configs()
-    assert len(df) == 288 and not df["is_pareto"].any()
+    assert len(df) == 216 and not df["is_pareto"].any()
     assert (df["infeasible_reason"] != "").all()

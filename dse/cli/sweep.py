@@ -6,9 +6,10 @@ runs it standalone (tests, `python -m dse.cli.sweep`).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:       # pandas is imported by the sweep itself, not to register the command
+    import pandas as pd
 
 __all__ = ["add_parser", "run_command", "pareto_table"]
 
@@ -59,7 +60,9 @@ def run_command(a: argparse.Namespace) -> int:
                 pop_size=a.pop_size, chunk_size=a.chunk_size, tol=a.tol, progress=not a.quiet,
                 force=a.force, **extra)
     run = res.run
-    print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations in "
+    deployable = run.get("deployable_size", run["space_size"])
+    print(f"{run['strategy']}: {run['n_evaluated']:,} evaluations of {run['space_size']:,} configurations "
+          f"({deployable:,} deployable) in "
           f"{run['eval_seconds']:.1f} s ({run['evals_per_second'] or 0:,.0f}/s), {run['n_feasible']:,} feasible, "
           f"{run['n_pareto']:,} on the Pareto front, hypervolume {run['hypervolume']:.4f}; "
           f"wall {run['wall_seconds']:.1f} s")
@@ -76,7 +79,7 @@ DECIDING = ("mode", "device", "prefill_device", "decode_device", "attn_device", 
             "weight_dtype", "kv_dtype", "batch_size")
 
 
-def pareto_table(pareto: pd.DataFrame, run: dict[str, Any], rows: int = 12) -> str:
+def pareto_table(pareto: "pd.DataFrame", run: dict[str, Any], rows: int = 12) -> str:
     """The Pareto set as a short text table: rows that tie on every objective as one (the
     simplest, with how many it stands for); the deciding columns always, then the axes that
     vary, then the objectives."""

@@ -19,7 +19,7 @@ from dse.errors import DSEError
 from dse.model.kvcache import ROUTINGS
 from dse.schema import COLUMNS, DEVICE_COLUMNS, INT_COLUMNS, MODES, ROLE_INT_COLUMNS, STRING_COLUMNS
 
-__all__ = ["broadcast", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule"]
+__all__ = ["broadcast", "from_codes", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule"]
 
 
 def vocab_key(name: str) -> str:
@@ -193,6 +193,38 @@ def broadcast(columns: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict
         lookup = np.array([words.index(w) for w in uniq], dtype=np.int32)
         arr = lookup[codes]
         out[name] = np.broadcast_to(arr, (n,)) if arr.size == 1 else arr
+    return out, n, vocab
+
+
+def from_codes(columns: dict[str, Any], codes: dict[str, tuple[np.ndarray, Any]]) -> tuple[dict, int, dict]:
+    """`broadcast` for string columns that arrive as integer codes into their own words
+    (`codes[name] = (codes, words)`, as a search space holds its axes): the codes are
+    remapped into the engine's vocabulary through a lookup of len(words), so no row ever
+    becomes a string. `columns`: every other column, checked as `broadcast` checks it."""
+    bad = sorted(set(codes) - set(STRING_COLUMNS))
+    if bad:
+        raise DSEError(f"evaluate: column {bad[0]!r} is not a string column; pass its values")
+    words_of = {k: [str(w) for w in ws] for k, (_, ws) in codes.items()}
+    placeholder = {k: (ws[0] if ws else "") for k, ws in words_of.items()}
+    out, n, vocab = broadcast({**columns, **placeholder})
+    for name, (c, _) in codes.items():
+        c = np.asarray(c).reshape(-1)
+        if n not in (1, c.size) and c.size != 1:
+            raise DSEError(f"evaluate: column {name!r} has {c.size} values, the others {n}")
+        if c.size and (c.min() < 0 or c.max() >= len(words_of[name])):
+            raise DSEError(f"evaluate: column {name!r}: code out of range [0, {len(words_of[name])})")
+        n = max(n, c.size)
+        key = vocab_key(name)
+        words = list(vocab[key])
+        for w in words_of[name]:
+            if w not in words:
+                words.append(w)
+        vocab[key] = np.array(words, dtype=object)
+        lookup = np.array([words.index(w) for w in words_of[name]], dtype=np.int32)
+        out[name] = lookup[c] if c.size != 1 else np.broadcast_to(lookup[c], (n,))
+    for name, arr in out.items():
+        if arr.size == 1 and n != 1:
+            out[name] = np.broadcast_to(arr.reshape(-1), (n,))
     return out, n, vocab
 
 

@@ -105,59 +105,83 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+_ROW_KEYS = ("mode", "num_gpus", "device", "feasible", "infeasible_reason", "bottleneck", "meets_slo")
+
+
 def hover_text(df: pd.DataFrame, config_columns: list[str]) -> np.ndarray:
     """The configuration of each row as a few HTML lines: GPUs and devices, mode,
-    per-role pools, parallelism, dtypes and batch, other varying axes, what binds it."""
+    per-role pools, parallelism, dtypes and batch, other varying axes, what binds it.
+    Reads only the columns it shows (not every column as a record per row) and formats
+    each distinct value once: the report's largest cost on a big sweep."""
     cols = [c for c in config_columns if c in df.columns]
     roles = {c: c.split("_", 1)[0] for c in cols if c.split("_", 1)[0] in ROLE_MODES}
     par = [c for c in ("tp", "pp", "ep", "dp", "replicas") if c in cols]
     dtype_batch = [c for c in ("weight_dtype", "kv_dtype", "batch_size") if c in cols]
     short = {"weight_dtype": "weights", "kv_dtype": "kv", "batch_size": "batch"}
     other = [c for c in cols if c not in roles and c not in (*par, *dtype_batch, "device", "mode")]
-    recs = df.to_dict("records")
-    out = np.empty(len(recs), dtype=object)
-    for i, r in enumerate(recs):
-        mode = str(r.get("mode", "") or "")
-        gpus = r.get("num_gpus")
-        split = [role for role, m in ROLE_MODES.items() if m == mode and any(v == role for v in roles.values())]
-        if split:  # the devices are named per role below
-            head = f"<b>{fmt_value(gpus)} GPUs</b>" if gpus is not None else "<b>split</b>"
-        elif "device" in r:
-            head = f"<b>{fmt_value(gpus)} × {r['device']}</b>" if gpus is not None else f"<b>{r['device']}</b>"
-        else:
-            head = f"<b>{fmt_value(gpus)} GPUs</b>"
-        lines = [head + (f" · {mode}" if mode else "")]
-        by_role: dict[str, list[str]] = {role: [] for role in split}
-        for c, role in roles.items():
-            if ROLE_MODES[role] != mode:
-                continue
-            v = r[c]
-            if _is_blank(v) or (_is_number(v) and v == 0):
-                continue  # "" / 0 = inherits the generic column
-            name = c.split("_", 1)[1]
-            parts = by_role.setdefault(role, [])
-            if name == "device":
-                parts.insert(0, fmt_value(v))
-            else:
-                parts.append(f"{name} {fmt_value(v)}")
-        for role, parts in by_role.items():
-            if _is_blank(r.get(f"{role}_device", "")) and "device" in r:
-                parts.insert(0, fmt_value(r["device"]))  # a blank role device inherits the generic one
-            lines.append(f"{role}: " + " · ".join(parts))
-        if par:
-            lines.append(" · ".join(f"{c} {fmt_value(r[c])}" for c in par))
-        if dtype_batch:
-            lines.append(" · ".join(f"{short[c]} {fmt_value(r[c])}" for c in dtype_batch))
-        if other:
-            lines.append(" · ".join(f"{c} {fmt_value(r[c])}" for c in other if not _is_blank(r[c])))
-        feasible = bool(r.get("feasible", True))
-        if not feasible:
-            lines.append(f"infeasible: {r.get('infeasible_reason', '')}")
-        elif r.get("bottleneck"):
-            miss = "meets_slo" in r and not _is_blank(r["meets_slo"]) and not bool(r["meets_slo"])
-            lines.append(f"bound by {r['bottleneck']}" + (" · misses SLO" if miss else ""))
-        out[i] = "<br>".join(lines)
+    keys = [c for c in dict.fromkeys([*cols, *_ROW_KEYS, *(f"{r}_device" for r in set(roles.values()))])
+            if c in df.columns]
+    data = {c: df[c].tolist() for c in keys}
+    memo: dict = {}
+
+    def fmt(v: Any) -> str:
+        k = (type(v), v)
+        try:
+            return memo[k]
+        except KeyError:
+            out = memo[k] = fmt_value(v)
+            return out
+        except TypeError:       # unhashable
+            return fmt_value(v)
+
+    out = np.empty(len(df), dtype=object)
+    for i in range(len(df)):
+        r = {c: data[c][i] for c in keys}
+        out[i] = _hover_row(r, roles, par, dtype_batch, short, other, fmt)
     return out
+
+
+def _hover_row(r: dict, roles: dict, par: list, dtype_batch: list, short: dict, other: list, fmt) -> str:
+    mode = str(r.get("mode", "") or "")
+    gpus = r.get("num_gpus")
+    split = [role for role, m in ROLE_MODES.items() if m == mode and any(v == role for v in roles.values())]
+    if split:  # the devices are named per role below
+        head = f"<b>{fmt(gpus)} GPUs</b>" if gpus is not None else "<b>split</b>"
+    elif "device" in r:
+        head = f"<b>{fmt(gpus)} × {r['device']}</b>" if gpus is not None else f"<b>{r['device']}</b>"
+    else:
+        head = f"<b>{fmt(gpus)} GPUs</b>"
+    lines = [head + (f" · {mode}" if mode else "")]
+    by_role: dict[str, list[str]] = {role: [] for role in split}
+    for c, role in roles.items():
+        if ROLE_MODES[role] != mode:
+            continue
+        v = r[c]
+        if _is_blank(v) or (_is_number(v) and v == 0):
+            continue  # "" / 0 = inherits the generic column
+        name = c.split("_", 1)[1]
+        parts = by_role.setdefault(role, [])
+        if name == "device":
+            parts.insert(0, fmt(v))
+        else:
+            parts.append(f"{name} {fmt(v)}")
+    for role, parts in by_role.items():
+        if _is_blank(r.get(f"{role}_device", "")) and "device" in r:
+            parts.insert(0, fmt(r["device"]))  # a blank role device inherits the generic one
+        lines.append(f"{role}: " + " · ".join(parts))
+    if par:
+        lines.append(" · ".join(f"{c} {fmt(r[c])}" for c in par))
+    if dtype_batch:
+        lines.append(" · ".join(f"{short[c]} {fmt(r[c])}" for c in dtype_batch))
+    if other:
+        lines.append(" · ".join(f"{c} {fmt(r[c])}" for c in other if not _is_blank(r[c])))
+    feasible = bool(r.get("feasible", True))
+    if not feasible:
+        lines.append(f"infeasible: {r.get('infeasible_reason', '')}")
+    elif r.get("bottleneck"):
+        miss = "meets_slo" in r and not _is_blank(r["meets_slo"]) and not bool(r["meets_slo"])
+        lines.append(f"bound by {r['bottleneck']}" + (" · misses SLO" if miss else ""))
+    return "<br>".join(lines)
 
 
 def hover_metrics(rd: RunData) -> list[str]:

@@ -59,6 +59,16 @@ def _hovertemplate(metrics: list[str]) -> str:
     return "<br>".join(lines)
 
 
+def _figure(*traces):
+    """A figure on the plotly_white template, given at construction: plotly otherwise
+    deep-copies its default template into every figure, then plotly_white over it (3/4 of
+    the time to build a figure; the same JSON)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    return go.Figure(list(traces), layout=dict(template=pio.templates["plotly_white"]))
+
+
 def _axis_title(o: fd.Objective) -> str:
     return f"{o.label} {o.arrow}"
 
@@ -74,7 +84,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
     n_bg = sum(len(s.x) for s in sd.series if s.role in ("dominated", "infeasible"))
     n_par = sum(len(s.x) for s in sd.series if s.role == "pareto")
     tmpl = _hovertemplate(hover_metrics)
-    fig = go.Figure()
+    fig = _figure()
     with_pareto = {s.group for s in sd.series if s.role == "pareto"}
     rank = {g: 10 * (i + 1) for i, g in enumerate(groups)}  # legend in group order
     for s in sd.series:
@@ -115,7 +125,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
                 cls = go.Scattergl if n_bg > GL_THRESHOLD else go.Scatter
                 fig.add_trace(cls(**common, mode="markers", opacity=0.35,
                                   marker=dict(size=4, color="#999", symbol="x")))
-    layout: dict[str, Any] = dict(template="plotly_white", hovermode="closest", margin=dict(l=60, r=10, t=40, b=50),
+    layout: dict[str, Any] = dict(hovermode="closest", margin=dict(l=60, r=10, t=40, b=50),
                                   title=dict(text=sd.title, x=0.02, font=dict(size=14)),
                                   legend=dict(itemsizing="constant", font=dict(size=11)),
                                   hoverlabel=dict(align="left", font=dict(size=11)))
@@ -165,9 +175,9 @@ def parcoords_figure(pc: fd.ParcoordsData):
         if d.tickvals is not None:
             dim.update(tickvals=d.tickvals, ticktext=d.ticktext)
         dims.append(dim)
-    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=pc.color.astype(np.float32), colorscale=scale,
-                                                            cmin=-0.5, cmax=k - 0.5)))
-    fig.update_layout(template="plotly_white", margin=dict(l=70, r=70, t=80, b=30))
+    fig = _figure(go.Parcoords(dimensions=dims, line=dict(color=pc.color.astype(np.float32), colorscale=scale,
+                                                          cmin=-0.5, cmax=k - 0.5)))
+    fig.update_layout(margin=dict(l=70, r=70, t=80, b=30))
     return fig
 
 

@@ -84,6 +84,8 @@ class Space:
     placement: tuple[tuple[str, Any], ...] = ()   # afd rows also scored at their optimal placement
     resolved: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
     eplb_experts: int = 0       # scenario `eplb`: the model's experts (redundant_experts filled per row)
+    # per mode: its deployable rows (dse.search.deployable.ModeEnum) and structural axes; () = every row
+    enum: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False)
 
     # -- sizes ------------------------------------------------------------------
     @property
@@ -108,9 +110,56 @@ class Space:
         core = {k: v for k, v in self.resolved.items() if k not in ("description", "search", "path")}
         return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    @property
+    def deployable_size(self) -> int:
+        """Configurations the enumeration keeps (structure and GPU budget); `size` is the raw product."""
+        return sum(e.size for e, _ in self.enum) if self.enum else self.size
+
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
-        for lo in range(0, self.size, chunk_size):
-            yield lo, min(lo + chunk_size, self.size)
+        """Ranges of deployable positions (see `positions`)."""
+        total = self.deployable_size
+        for lo in range(0, total, chunk_size):
+            yield lo, min(lo + chunk_size, total)
+
+    def positions(self, lo: int, hi: int) -> np.ndarray:
+        """Config ids (indices of the full product) of deployable positions [lo, hi)."""
+        if not self.enum:
+            return np.arange(lo, hi, dtype=np.int64)
+        out, start = [], 0
+        for m, (e, _) in zip(self.modes, self.enum):
+            a, b = max(lo - start, 0), min(hi - start, e.size)
+            if a < b:
+                out.append(m.offset + e.local(np.arange(a, b, dtype=np.int64)))
+            start += e.size
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+    def deployable(self, indices: Any) -> np.ndarray:
+        """Per config id: does the enumeration keep it?"""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ok = np.ones(idx.size, dtype=bool)
+        for m, (e, s_axes) in zip(self.modes, self.enum):
+            rows = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+            if e.offsets is None or not rows.size:
+                continue
+            s = e.structural(idx[rows] - m.offset, s_axes)
+            pos = np.minimum(np.searchsorted(e.offsets, s), max(len(e.offsets) - 1, 0))
+            ok[rows] = (e.offsets[pos] == s) if len(e.offsets) else False
+        return ok
+
+    def repair(self, indices: Any) -> np.ndarray:
+        """Config ids with an undeployable layout moved to the nearest deployable one (same
+        free axes; the structural offset at or after it, else the last): NSGA-II and Optuna
+        spend no evaluation on rows the enumeration drops."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1).copy()
+        for m, (e, s_axes) in zip(self.modes, self.enum):
+            rows = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+            if e.offsets is None or not rows.size or not len(e.offsets):
+                continue
+            local = idx[rows] - m.offset
+            s = e.structural(local, s_axes)
+            pos = np.minimum(np.searchsorted(e.offsets, s), len(e.offsets) - 1)
+            idx[rows] = m.offset + local - s + e.offsets[pos]
+        return idx
 
     # -- index <-> columns ------------------------------------------------------
     def decode(self, indices: Any) -> dict[str, np.ndarray]:
@@ -164,6 +213,58 @@ class Space:
             from dse.deploy.roles import fewest_redundant
             cols.update(fewest_redundant(cols, self.eplb_experts))
         return cols
+
+    def coded(self, indices: Any) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, list]]]:
+        """The engine's input for the given indices without a string per row: (numeric axes
+        and fixed columns, {string column: (codes, words)}) for dse.deploy.columns.from_codes.
+        Same rows as `columns`; `mode` and string axes stay the axis digits."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.size):
+            raise DSEError(f"space {self.name}: index out of range [0, {self.size})")
+        n = idx.size
+        num: dict[str, list] = {}
+        text: dict[str, tuple[np.ndarray, list]] = {}
+        mode_codes = np.zeros(n, dtype=np.int32)
+        for k, m in enumerate(self.modes):
+            if len(self.modes) == 1:
+                sel: np.ndarray | slice = slice(None)
+                local = idx - m.offset
+            else:
+                sel = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+                if not sel.size:
+                    continue
+                local = idx[sel] - m.offset
+                mode_codes[sel] = k
+            for axis, stride in zip(m.axes, m.strides):
+                digit = (local // stride) % axis.size
+                if column_kind(axis.name) == "str":
+                    codes, words = text.setdefault(axis.name, (self._default_codes(axis.name, n), []))
+                    lut = np.array([_word(words, str(v)) for v in axis.values], dtype=np.int32)
+                    codes[sel] = lut[digit]
+                else:
+                    num.setdefault(axis.name, []).append((sel, axis.array()[digit]))
+        cols: dict[str, Any] = dict(self.fixed)
+        for name, parts in num.items():
+            if len(parts) == 1 and isinstance(parts[0][0], slice):
+                cols[name] = parts[0][1]
+                continue
+            default = _column_default(name)
+            col = np.full(n, default, dtype=np.result_type(*[p[1] for p in parts], as_array(name, (default,))))
+            for sel, vals in parts:
+                col[sel] = vals
+            cols[name] = col
+        for name, (codes, words) in text.items():   # rows of modes without the axis: the default
+            if (codes < 0).any():
+                codes[codes < 0] = _word(words, str(_column_default(name)))
+        text["mode"] = (mode_codes, [m.name for m in self.modes])
+        if self.eplb_experts:
+            from dse.deploy.roles import fewest_redundant
+            cols.update(fewest_redundant({**cols, "mode": np.array(text["mode"][1])[mode_codes]}, self.eplb_experts))
+        return cols, text
+
+    @staticmethod
+    def _default_codes(name: str, n: int) -> np.ndarray:
+        return np.full(n, -1, dtype=np.int32)
 
     def encode(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Indices of configurations given as columns (inverse of `decode`)."""
@@ -255,6 +356,13 @@ def column_kind(col: str) -> str:
     if default is None:
         return "str"
     return "float"
+
+
+def _word(words: list, w: str) -> int:
+    """Index of `w` in `words`, appended when new."""
+    if w not in words:
+        words.append(w)
+    return words.index(w)
 
 
 def _column_default(col: str) -> Any:

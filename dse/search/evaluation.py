@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from dse.search.space import Space
-from dse.deploy.evaluate import evaluate
+from dse.deploy.columns import from_codes
+from dse.deploy.context import make_context
+from dse.deploy.evaluate import evaluate_columns
 
 __all__ = ["evaluate_batch", "evaluate_chunk"]
 
@@ -24,7 +26,9 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
     per constraint holding (value - limit) / |limit| for an upper limit (> 0 = violated)."""
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    df = evaluate(strict=False, facility=space.facility_overrides(), **space.columns(idx))
+    # axis values go to the engine as integer codes into the axes' words (no string per row)
+    cols, n, vocab = from_codes(*space.coded(idx))
+    df = evaluate_columns(cols, n, vocab, make_context(facility=space.facility_overrides()), strict=False)
     if space.placement:
         from dse.solvers import placed
         df = placed.add_metrics(df, dict(space.placement))
@@ -32,8 +36,9 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
     model_ok = df["feasible"].to_numpy(dtype=bool)
     G = np.zeros((idx.size, 1 + len(space.constraints)))
     G[:, 0] = np.where(model_ok, 0.0, 1.0)
-    reason = df["infeasible_reason"].to_numpy(dtype=object)
-    code = df["infeasible_code"].to_numpy(dtype=object)
+    reason, code = pd.Categorical(df["infeasible_reason"]), pd.Categorical(df["infeasible_code"])
+    r_codes, r_words = np.array(reason.codes, dtype=np.int32), list(reason.categories)
+    k_codes, k_words = np.array(code.codes, dtype=np.int32), list(code.categories)
     ok = model_ok.copy()
     for j, c in enumerate(space.constraints):
         v = df[c.metric].to_numpy(dtype=float)
@@ -42,18 +47,27 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
         viol = np.nan_to_num(viol, nan=1.0, posinf=1e6, neginf=-1e6)
         G[:, 1 + j] = viol
         bad = viol > 0
-        reason = np.where(ok & bad, f"{c.key}: {c.metric} {'>' if c.bound == 'max' else '<'} {c.limit:g}", reason)
-        code = np.where(ok & bad, "constraint", code)
+        hit = ok & bad
+        if hit.any():    # the first limit a row breaks names it (codes, not a string per row)
+            r_codes[hit] = _word(r_words, f"{c.key}: {c.metric} {'>' if c.bound == 'max' else '<'} {c.limit:g}")
+            k_codes[hit] = _word(k_words, "constraint")
         ok &= ~bad
     df["feasible"] = ok
-    df["infeasible_reason"] = reason.astype(str)
-    df["infeasible_code"] = code.astype(str)
+    df["infeasible_reason"] = pd.Categorical.from_codes(r_codes, categories=pd.Index(r_words, dtype=object))
+    df["infeasible_code"] = pd.Categorical.from_codes(k_codes, categories=pd.Index(k_words, dtype=object))
     return df, G
 
 
+def _word(words: list, w: str) -> int:
+    if w not in words:
+        words.append(w)
+    return words.index(w)
+
+
 def evaluate_chunk(space: Space, lo: int, hi: int) -> tuple[int, int, pd.DataFrame, float]:
-    """One grid chunk [lo, hi): what a joblib or Dask worker runs."""
+    """One grid chunk, deployable positions [lo, hi): what a joblib or Dask worker runs
+    (eval_index is the config id, as for a grid over every row)."""
     t0 = time.perf_counter()
-    df, _ = evaluate_batch(space, np.arange(lo, hi, dtype=np.int64))
+    df, _ = evaluate_batch(space, space.positions(lo, hi))
     df.insert(1, "eval_index", df["config_id"].to_numpy())
     return lo, hi, df, time.perf_counter() - t0

@@ -1,6 +1,8 @@
 """Exhaustive sweep: the space in index-range chunks, in-process, on joblib workers or on Dask.
 
-The ground truth for small and medium spaces. Memory is bounded by the chunk size
+The ground truth for small and medium spaces. The chunks range over the deployable rows
+(dse.search.deployable: structure and GPU budget applied while enumerating), so rows the
+engine could only reject are never evaluated. Memory is bounded by the chunk size
 and the number of chunks in flight, whatever the size of the space; each finished chunk
 becomes a part file named by its index range, so a rerun into the same directory
 evaluates only the chunks that are missing. Chunks are pure functions of their range, and
@@ -119,7 +121,7 @@ def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, 
     done = _done_ranges(store, chunks)
     todo = [c for c in chunks if c not in done]
     n_done = sum(hi - lo for lo, hi in chunks if (lo, hi) in done)
-    bar = Progress(space.size, "grid", progress, start=n_done)
+    bar = Progress(space.deployable_size, "grid", progress, start=n_done)
     t0 = time.perf_counter()
     model_seconds = 0.0
     results = BACKENDS[backend](space, todo, jobs, scheduler)
@@ -134,6 +136,6 @@ def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, 
         if close is not None:
             close()
         bar.close()
-    return {"n_evaluated": space.size, "eval_seconds": time.perf_counter() - t0,
+    return {"n_evaluated": space.deployable_size, "eval_seconds": time.perf_counter() - t0,
             "settings": {"chunk_size": chunk_size, "jobs": jobs, "backend": backend, "scheduler": scheduler,
                          "model_seconds": round(model_seconds, 4), "chunks_resumed": len(chunks) - len(todo)}}

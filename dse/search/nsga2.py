@@ -186,7 +186,8 @@ class SpaceProblem(Problem):
         full = np.zeros((x.shape[0], len(self.space.genes)), dtype=np.int64)
         if len(self.active):
             full[:, self.active] = np.rint(x[:, :len(self.active)]).astype(np.int64)
-        return self.space.index(full)
+        # an undeployable layout (structure, GPU budget) is evaluated as its nearest deployable one
+        return self.space.repair(self.space.index(full))
 
     def _evaluate(self, x: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         assert self.archive is not None, "SpaceProblem needs an archive"

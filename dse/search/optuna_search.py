@@ -260,7 +260,7 @@ def run_optuna(space: Space, store: RunStore, *, budget: int, seed: int, sampler
                     params = t.params          # a copy per access: take it once
                     for i in active:
                         X[r, i] = lookup[i](params[labels[i]])
-                df, G = evaluate_batch(space, space.index(X))
+                df, G = evaluate_batch(space, space.repair(space.index(X)))   # deployable layouts only
                 values = np.nan_to_num(df[names].to_numpy(dtype=float), nan=1e300, posinf=1e300, neginf=-1e300)
                 for r, t in enumerate(trials):
                     constraints[t.number] = G[r].tolist()
@@ -291,7 +291,7 @@ def _write_trials(space: Space, store: RunStore, study: optuna.Study, labels: li
     for r, t in enumerate(trials):
         for i in active:
             X[r, i] = lookup[i](t.params[labels[i]])
-    idx = space.index(X) if len(trials) else np.empty(0, dtype=np.int64)
+    idx = space.repair(space.index(X)) if len(trials) else np.empty(0, dtype=np.int64)
     _, first = np.unique(idx, return_index=True)
     first.sort()                       # distinct configurations in the order first tried
     for s in range(0, first.size, chunk):

@@ -146,7 +146,8 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
                 mask = np.isin(table["config_id"].to_numpy(), front_ids)
                 table = table.append_column("is_pareto", pa.array(mask))
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
+                    repeat = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+                    writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=repeat)   # see RunStore.write_part
                 else:
                     table = table.cast(writer.schema)
                 writer.write_table(table)
@@ -185,6 +186,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
         "objectives": objectives,
         "constraints": space.resolved.get("constraints", []),
         "space_size": space.size,
+        "deployable_size": space.deployable_size,
         "budget": meta.get("budget"),
         "n_evaluated": int(meta.get("n_evaluated", n_rows)),
         "n_configs": n_rows,

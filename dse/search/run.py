@@ -89,11 +89,12 @@ def _check_size(space: Space, strategy: str, budget: int | None, max_evaluations
                        "scenario by mode")
     if strategy != "grid":
         return
+    size = int(space.deployable_size)     # what a grid evaluates
     if budget is not None and size > budget:
-        raise DSEError(f"{space.path}: the space has {size:,} configurations, more than --budget "
+        raise DSEError(f"{space.path}: the space has {size:,} deployable configurations, more than --budget "
                        f"{budget:,}; use --strategy nsga2 or optuna, or raise --budget")
     if budget is None and size > max_evaluations:
-        raise DSEError(f"{space.path}: a grid over {size:,} configurations is more than --max-evaluations "
+        raise DSEError(f"{space.path}: a grid over {size:,} deployable configurations is more than --max-evaluations "
                        f"{max_evaluations:,}; use --strategy nsga2 or optuna (with --budget), or raise "
                        "--max-evaluations / give --budget if you mean it")
 
@@ -106,8 +107,8 @@ AUTO_GRID_MAX = 5_000_000
 
 
 def auto_strategy(space: Space) -> str:
-    """grid for spaces of at most AUTO_GRID_MAX configurations, nsga2 beyond."""
-    return "grid" if int(space.size) <= AUTO_GRID_MAX else "nsga2"
+    """grid for spaces of at most AUTO_GRID_MAX deployable configurations, nsga2 beyond."""
+    return "grid" if int(space.deployable_size) <= AUTO_GRID_MAX else "nsga2"
 
 
 def sweep(space_or_path: Space | str | Path, *, strategy: str | None = None, budget: int | None = None,

@@ -74,7 +74,10 @@ ObjectiveList = Annotated[list[Objective], BeforeValidator(_objectives, json_sch
 
 class Constraints(DataModel):
     """Hard limits on the deployment, and how it is paid for."""
-    max_gpus: Optional[PositiveInt] = Field(None, description="at most this many GPUs (num_gpus <= max_gpus)")
+    gpus: Optional[PositiveInt] = Field(None, description="exactly this many GPUs per deployment, replicas included "
+                                                         "(num_gpus == gpus); applied while the space is enumerated")
+    max_gpus: Optional[PositiveInt] = Field(None, description="at most this many GPUs (num_gpus <= max_gpus); applied "
+                                                             "while the space is enumerated")
     max_power_kw: Optional[PositiveOrInf] = Field(None, description="average wall power limit, kW (power_w; "
                                                                      ".inf = no limit)")
     budget_usd: Optional[PositiveOrInf] = Field(None, description="capital budget, USD (capex_usd; .inf = no limit)")
@@ -92,8 +95,8 @@ class Constraints(DataModel):
 class Search(DataModel):
     """How `dse sweep` searches (command-line flags override these); not part of the fingerprint."""
     strategy: Optional[Literal[STRATEGIES]] = Field(  # type: ignore[valid-type]
-        None, description="auto (grid up to 5 million configurations, else nsga2), grid (every configuration), "
-                          "nsga2 (pymoo) or optuna (default: auto)")
+        None, description="auto (grid up to 5 million deployable configurations, else nsga2), grid (every "
+                          "deployable configuration), nsga2 (pymoo) or optuna (default: auto)")
     budget: Optional[PositiveInt] = Field(None, description="evaluations the optimiser may spend (nsga2, optuna)")
     seed: Optional[NonNegativeInt] = Field(None, description="random seed of the optimiser")
     pop_size: Optional[PositiveInt] = Field(None, description="population size (nsga2; optuna's nsga2 sampler)")

@@ -8,6 +8,7 @@ axis value evaluates (a dry run, so that a bad value fails at load time with its
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from dse.catalog.yamlfile import load_yaml
 from dse.deploy.evaluate import evaluate
 from dse.errors import DSEError
 from dse.schema import direction
+from dse.search.deployable import enumerate_mode
 from dse.search.encoding import MAX_SIZE, Axis, Constraint, Mode, Objective, Space, column_kind
 from dse.search.scenario import DEFAULT_OBJECTIVES, SAMPLERS, STRATEGIES, Scenario
 
@@ -105,6 +107,8 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
                   reference_point=reference, search=tuple(search.items()), placement=tuple(placement.items()),
                   resolved=resolved, eplb_experts=eplb_experts)
     sample = _dry_run(space, fixed_keys, fail)
+    space = dataclasses.replace(space, enum=_enumerate(space, scn.constraints))
+    resolved["deployable_size"] = space.deployable_size
     for i, o in enumerate(objectives):
         if o.name in sample and not _is_number(sample[o.name]):
             raise fail(f"objectives[{i}]", f"metric {o.name!r} is not a number ({sample[o.name].dtype})")
@@ -203,6 +207,8 @@ def _fixed_and_constraints(scn: Scenario, data: dict, model_id: str):
         constraints.append(Constraint("meets_slo_prob", "min", float(scn.slo_confidence), "slo_confidence"))
     cons = scn.constraints
     if cons is not None:
+        if cons.gpus is not None:
+            constraints += [Constraint("num_gpus", b, cons.gpus, "constraints.gpus") for b in ("max", "min")]
         if cons.max_gpus is not None:
             constraints.append(Constraint("num_gpus", "max", cons.max_gpus, "constraints.max_gpus"))
         if cons.max_power_kw is not None:
@@ -270,6 +276,15 @@ def _encoding(common: dict[str, Axis], per_mode: dict[str, dict[str, Axis]]):
     return genes, modes
 
 
+def _enumerate(space: Space, cons) -> tuple:
+    """Per mode its deployable rows under the structure checks and the GPU budget."""
+    exact = cons.gpus if cons is not None else None
+    at_most = cons.max_gpus if cons is not None else None
+    fixed = dict(space.fixed)
+    return tuple(enumerate_mode(m, fixed, space.model, space.eplb_experts, exact, at_most, space.path)
+                 for m in space.modes)
+
+
 def _is_number(col: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
@@ -289,8 +304,30 @@ def _probe(axis: Axis) -> list:
 
 def _dry_run(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
     """Evaluate every axis value once so that bad values fail at load time, with their key;
-    returns one evaluated row (its dtypes tell which metrics are numbers)."""
+    returns one evaluated row (its dtypes tell which metrics are numbers). All the probes go
+    through one evaluation (one engine call instead of one per axis and mode); only when it
+    fails are they rerun one axis at a time to name the key."""
+    rows: list[dict] = []
+    for m in space.modes:
+        base = {a.name: a.values[0] for a in m.axes}
+        base["mode"] = m.name
+        rows.append(base)
+        for a in m.axes:
+            if a.size > 1:
+                rows += [{**base, a.name: v} for v in _probe(a)[1:]]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    defaults = {k: schema.COLUMNS[k] for k in names}
+    cols = {k: [r.get(k, defaults[k]) for r in rows] for k in names}
+    try:
+        df = evaluate(strict=False, **dict(space.fixed), **cols)
+        return df.iloc[:1]
+    except DSEError:
+        pass
+    return _dry_run_each(space, fixed_keys, fail)
 
+
+def _dry_run_each(space: Space, fixed_keys: dict[str, str], fail) -> pd.DataFrame:
+    """The dry run one mode and one axis at a time: the first bad value raises with its key."""
     sample = None
     for m in space.modes:
         base = {a.name: a.values[0] for a in m.axes}

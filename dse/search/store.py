@@ -242,7 +242,12 @@ class RunStore:
     # -- parts --------------------------------------------------------------------
     def write_part(self, name: str, df: pd.DataFrame) -> Path:
         table = pa.Table.from_pandas(df, preserve_index=False)
-        return io.atomic_write(self.parts_dir / f"{name}.parquet", lambda p: pq.write_table(table, p))
+        # dictionary pages for the columns that repeat (ids, counts, flags, strings), none for
+        # the metrics: a float column of distinct values only grows a dictionary to drop it,
+        # which made writing a part a quarter of a sweep (same values, ~1 % larger files)
+        repeat = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+        return io.atomic_write(self.parts_dir / f"{name}.parquet",
+                               lambda p: pq.write_table(table, p, use_dictionary=repeat))
 
     def parts(self) -> list[Path]:
         return sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.is_dir() else []

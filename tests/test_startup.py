@@ -1,0 +1,73 @@
+"""Start-up and the AIConfigurator scenarios: a command imports only what it uses, and the
+three shipped aic_* questions load, enumerate exactly their GPU budget and sweep."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("pandas", "plotly", "optuna", "ortools", "pymoo", "scipy", "pyarrow", "pydantic")
+
+
+def _imported(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_version_and_parser_import_nothing_heavy():
+    assert _imported("from dse.cli.main import main\nimport contextlib, io\n"
+                     "with contextlib.redirect_stdout(io.StringIO()): main(['--version'])") == []
+    assert _imported("from dse.cli.main import build_parser\nbuild_parser()") == []
+
+
+def test_grid_sweep_imports_no_optimiser_solver_or_plotting(tmp_path):
+    """A grid sweep without a report loads neither Optuna, pymoo, OR-Tools nor plotly."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text("model: meta-llama/Llama-3.1-8B\naxes: {device: [h100_sxm], tp: [1, 2], batch_size: [1, 8]}\n"
+                    "modes: {agg: {}, disagg: {decode_workers: [1, 2]}}\nconstraints: {max_gpus: 4}\n")
+    got = _imported(f"from dse.search.run import sweep\nsweep({str(path)!r}, strategy='grid', "
+                    f"out={str(tmp_path / 'run')!r})")
+    assert not {"optuna", "pymoo", "ortools", "plotly"} & set(got)
+    assert {"pandas", "pyarrow"} <= set(got)
+
+
+# GPUs, deployable rows, deployable layouts per mode (agg, disagg: rows / batch sizes 46, 96)
+AIC = {"aic_qwen3_32b_h200": (8, 2_872, (4, 28)), "aic_llama31_70b_h100": (8, 2_872, (4, 28)),
+       "aic_qwen3_235b_b200": (16, 114_782, (41, 1_176))}
+
+
+@pytest.mark.parametrize("name", AIC)
+def test_aic_scenarios_enumerate_their_budget_and_sweep(name, tmp_path):
+    import dse
+    from dse.catalog.yamlfile import load_yaml
+    from dse.search.space import load_space, space_from_dict
+
+    gpus, deployable, layouts = AIC[name]
+    path = ROOT / "search_spaces" / f"{name}.yaml"
+    space = load_space(path)
+    assert space.deployable_size == deployable == layouts[0] * 46 + layouts[1] * 96
+    assert space.size > 100 * deployable
+    assert {m.name for m in space.modes} == {"agg", "disagg"}
+    # a sample of the deployable rows, through the engine: every one on exactly the budget
+    ids = space.positions(0, space.deployable_size)[::97]
+    df = dse.evaluate(strict=False, **space.columns(ids))
+    assert (df["num_gpus"] == gpus).all() and (df["infeasible_code"].astype(str) != "structure").all()
+    # the whole question over two batch sizes per mode: a grid of the deployable rows only
+    data = load_yaml(path)
+    for spec in data["modes"].values():
+        spec["batch_size"] = [8, 64]
+    small = space_from_dict(data, where=str(path), default_name=name)
+    res = dse.sweep(small, out=tmp_path / "run")
+    assert res.run["n_evaluated"] == small.deployable_size == 2 * sum(layouts)
+    configs = res.configs()
+    assert len(configs) == small.deployable_size and set(configs["num_gpus"]) == {gpus}
+    assert configs["feasible"].any() and len(res.pareto) > 0
+    assert set(configs["mode"].astype(str)) == {"agg", "disagg"}
+    assert np.isfinite(res.pareto["tokens_per_s_per_gpu"]).all()

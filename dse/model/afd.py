@@ -11,7 +11,7 @@ from dse.model import ops
 from dse.model.ops import Step
 from dse.model.pd import pd_loop, prefill_pool_state
 from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, draft_ms, new_tokens,
-                             pair_link, phase_power, where_step)
+                             pair_link, phase_power, take, where_step)
 
 __all__ = ["afd", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]
 
@@ -129,8 +129,9 @@ def _afd_at(model: Model, st: dict, c, *, keep=False):
     n = np.maximum(c / dp, 1.0)
     running = np.minimum(np.minimum(n, np.maximum(ap.max_seqs / dp, 1.0)), np.maximum(rt.max_seqs, 1.0))
     if st.get("pd"):
-        ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = pd_loop(st, c, running,
-                                                                         lambda b: _afd_token(model, st, b))
+        n = np.size(running)
+        ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = pd_loop(
+            st, c, running, lambda b, rows=None: _afd_token(model, st if rows is None else take(st, rows, n), b))
         if not keep:
             return ttft, tpot, x * osl * 1e3
         return ttft, tpot, x, d, da, df, tx, dec_a, dec_f, micro

@@ -20,11 +20,13 @@ import pandas as pd
 
 from dse.catalog.models import Model
 from dse.model import ops, power
+from dse.model.dedupe import KEY_WEIGHTS as _KEY_WEIGHTS, distinct_rows
+from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
            "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take"]
 
 
 @dataclasses.dataclass
@@ -142,6 +144,12 @@ def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
     return comp / np.maximum(comp + mem + comm, 1e-12)
 
 
+def take(x, idx, n: int):
+    """The rows `idx` of x (n rows): arrays, scalars (broadcast), and the dicts and dataclasses
+    (pools, states, Specs) made of them."""
+    return _take(x, idx, n)
+
+
 def _take(x, idx, n):
     if x is None or isinstance(x, (bool, str)):
         return x
@@ -150,36 +158,6 @@ def _take(x, idx, n):
     if dataclasses.is_dataclass(x):
         return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
-
-
-# Square roots of distinct primes are linearly independent over the rationals, so
-# integer-valued columns (codes, sizes, lengths) cannot cancel out in the weighted sum.
-# (Powers of one number, used before, do: two of them summed to exactly 1.)
-_KEY_WEIGHTS = tuple(np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61]))
-
-
-def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first row of each distinct combination of `cols`, and each row's group.
-
-    One hash pass over a weighted sum of the columns, then a check that every column is
-    constant inside each group (the exact column-by-column factorisation if not)."""
-    n = max(np.size(c) for c in cols)
-    arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
-    if len(arrs) <= len(_KEY_WEIGHTS):
-        key = sum(a * w for a, w in zip(arrs, _KEY_WEIGHTS))
-        inverse, uniq = pd.factorize(key)
-        first = np.zeros(len(uniq), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(n)[::-1]
-        if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):
-            return first, inverse
-    key = np.zeros(n, dtype=np.int64)
-    for a in arrs:
-        codes, uniq = pd.factorize(a)
-        key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
-    inverse, uniq_keys = pd.factorize(key)
-    first = np.zeros(len(uniq_keys), dtype=np.int64)
-    first[inverse[::-1]] = np.arange(n)[::-1]
-    return first, inverse
 
 
 class _Gathered(Mapping):
@@ -249,11 +227,32 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
 
 def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
     """A decode step of `batch` sequences on `pool` (carrying prompt `chunk`s, if given):
-    (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU)."""
+    (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU).
+
+    Rows that share the step's every input (pool, batch, context, chunks) share its result:
+    when a sample of the rows shows few distinct ones (a sweep's decode pool under many
+    prefill pools, worker counts or prices), each distinct step is priced once and gathered."""
     spec = st.get("spec")
-    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec, chunk)
-    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, st["coeffs"])
-    d = dec.total_ms * s_dec + st["rt"].step_ms
+    batch = np.asarray(batch, dtype=float)
+    cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, pool.cap_w, batch,
+            st["ctx"], st["skew"], st["rt"].step_ms]
+    cols += [] if spec is None else [spec.tokens, spec.accept]
+    cols += [] if chunk is None else list(chunk)
+    groups = distinct_rows(cols)
+    if groups is None:
+        return _decode_phase(model, pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms, chunk)
+    first, inverse, n = groups
+    sub = [_take(x, first, n) for x in (pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms)]
+    d, per_step, dec, p_dec = _decode_phase(model, *sub,
+                                            None if chunk is None else tuple(_take(x, first, n) for x in chunk))
+    per_step = per_step if spec is None else per_step[inverse]
+    return d[inverse], per_step, _gather_step(dec, inverse), p_dec[inverse]
+
+
+def _decode_phase(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None, coeffs: dict, step_ms, chunk):
+    dec = _decode_step(model, pool, batch, ctx, skew, spec, chunk)
+    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, coeffs)
+    d = dec.total_ms * s_dec + step_ms
     if spec is None:
         return d, 1.0, dec, p_dec
     return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec

@@ -1,0 +1,71 @@
+"""Rows that share every input share the result: find the distinct rows of a few columns
+fast (one hash of a weighted sum, checked exactly), so a phase is priced once per distinct
+row and gathered. Used where a sweep repeats inputs: prefills, decode steps, MoE routing."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["KEY_WEIGHTS", "unique_rows", "distinct_rows", "take_rows"]
+
+
+# Square roots of distinct primes are linearly independent over the rationals, so
+# integer-valued columns (codes, sizes, lengths) cannot cancel out in the weighted sum.
+# (Powers of one number, used before, do: two of them summed to exactly 1.)
+KEY_WEIGHTS = tuple(np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61]))
+
+
+def unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first row of each distinct combination of `cols`, and each row's group.
+
+    One hash pass over a weighted sum of the columns, then a check that every column is
+    constant inside each group (the exact column-by-column factorisation if not)."""
+    n = max(np.size(c) for c in cols)
+    arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
+    if len(arrs) <= len(KEY_WEIGHTS):
+        key = sum(a * w for a, w in zip(arrs, KEY_WEIGHTS))
+        inverse, uniq = pd.factorize(key)
+        first = np.zeros(len(uniq), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(n)[::-1]
+        if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):
+            return first, inverse
+    key = np.zeros(n, dtype=np.int64)
+    for a in arrs:
+        codes, uniq = pd.factorize(a)
+        key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
+    inverse, uniq_keys = pd.factorize(key)
+    first = np.zeros(len(uniq_keys), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n)[::-1]
+    return first, inverse
+
+
+DEDUPE_MIN_ROWS = 256      # fewer rows: pricing them all is cheaper than looking for repeats
+DEDUPE_SAMPLE = 2048       # rows (evenly spaced) whose distinct count decides whether to dedupe
+DEDUPE_MAX_SHARE = 0.5     # dedupe when at most this share of the rows is distinct
+DEDUPE_SAMPLE_SHARE = 0.25  # ... and a sample suggests at most this share (a clear margin: sampling is noisy)
+
+
+def distinct_rows(cols) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(first row of each distinct combination of `cols`, each row's group, rows) when the rows
+    repeat enough for pricing each distinct one once and gathering to pay, else None.
+
+    The decision reads a sample: m rows drawn from D equally common distinct ones show
+    D (1 - exp(-m / D)) distinct on average, so a sample showing fewer than that for D = DEDUPE_SAMPLE_SHARE x n
+    means fewer than that many overall. The answer is exact either way."""
+    n = max(np.size(c) for c in cols)
+    if n < DEDUPE_MIN_ROWS or len(cols) > len(KEY_WEIGHTS):
+        return None
+    step = max(n // DEDUPE_SAMPLE, 1)
+    key = sum(np.broadcast_to(np.asarray(c, dtype=float), (n,))[::step] * w for c, w in zip(cols, KEY_WEIGHTS))
+    m, guess = key.size, DEDUPE_SAMPLE_SHARE * n
+    if len(pd.unique(key)) > guess * -np.expm1(-m / guess):
+        return None
+    first, inverse = unique_rows(*cols)
+    if len(first) > DEDUPE_MAX_SHARE * n:
+        return None
+    return first, inverse, n
+
+
+def take_rows(col, first: np.ndarray, n: int) -> np.ndarray:
+    """The rows `first` of a column given as a scalar or an array of n."""
+    return np.broadcast_to(np.asarray(col, dtype=float), (n,))[first]

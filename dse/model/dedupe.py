@@ -3,10 +3,12 @@ fast (one hash of a weighted sum, checked exactly), so a phase is priced once pe
 row and gathered. Used where a sweep repeats inputs: prefills, decode steps, MoE routing."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["KEY_WEIGHTS", "unique_rows", "distinct_rows", "take_rows"]
+__all__ = ["KEY_WEIGHTS", "unique_rows", "distinct_rows", "take_rows", "Rows"]
 
 
 # Square roots of distinct primes are linearly independent over the rationals, so
@@ -69,3 +71,40 @@ def distinct_rows(cols) -> tuple[np.ndarray, np.ndarray, int] | None:
 def take_rows(col, first: np.ndarray, n: int) -> np.ndarray:
     """The rows `first` of a column given as a scalar or an array of n."""
     return np.broadcast_to(np.asarray(col, dtype=float), (n,))[first]
+
+
+class Rows(Mapping):
+    """Named columns of a small table (one column per distinct device and format) gathered
+    to rows `idx` when first read. take() composes the index instead of gathering, so a pool
+    whose figures are only read by deduplicated phases never gathers them for every row.
+    A column may be set (replaced by per-row values, as a test of a what-if does)."""
+
+    def __init__(self, names: dict[str, int], table: np.ndarray, idx: np.ndarray, own: dict | None = None):
+        self.names, self.table, self.idx = names, table, idx
+        self.own = dict(own or {})          # columns set by hand: per-row arrays
+        self.done: dict = {}
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        if k in self.own:
+            return self.own[k]
+        if k not in self.done:
+            self.done[k] = self.table[self.names[k]][self.idx]
+        return self.done[k]
+
+    def __setitem__(self, k: str, v) -> None:
+        self.own[k] = np.broadcast_to(np.asarray(v, dtype=float), self.idx.shape)
+
+    def __iter__(self):
+        return iter({**self.names, **self.own})
+
+    def __len__(self) -> int:
+        return len({**self.names, **self.own})
+
+    def take(self, sel) -> "Rows":
+        return Rows(self.names, self.table, self.idx[sel], {k: v[sel] for k, v in self.own.items()})
+
+    def family(self, prefix: str) -> "Rows":
+        """The columns named `prefix`:name, under their short names."""
+        cut = len(prefix) + 1
+        return Rows({k[cut:]: r for k, r in self.names.items() if k.startswith(prefix + ":")}, self.table, self.idx,
+                    {k[cut:]: v for k, v in self.own.items() if k.startswith(prefix + ":")})

@@ -20,7 +20,7 @@ import pandas as pd
 
 from dse.catalog.models import Model
 from dse.model import ops, power
-from dse.model.dedupe import KEY_WEIGHTS as _KEY_WEIGHTS, distinct_rows
+from dse.model.dedupe import KEY_WEIGHTS as _KEY_WEIGHTS, Rows, distinct_rows
 from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
@@ -153,6 +153,8 @@ def take(x, idx, n: int):
 def _take(x, idx, n):
     if x is None or isinstance(x, (bool, str)):
         return x
+    if isinstance(x, Rows):
+        return x.take(idx)
     if isinstance(x, dict):
         return {k: _take(v, idx, n) for k, v in x.items()}
     if dataclasses.is_dataclass(x):

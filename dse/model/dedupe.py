@@ -51,16 +51,17 @@ def distinct_rows(cols) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(first row of each distinct combination of `cols`, each row's group, rows) when the rows
     repeat enough for pricing each distinct one once and gathering to pay, else None.
 
-    The decision reads a sample: m rows drawn from D equally common distinct ones show
-    D (1 - exp(-m / D)) distinct on average, so a sample showing fewer than that for D = DEDUPE_SAMPLE_SHARE x n
-    means fewer than that many overall. The answer is exact either way."""
+    The decision reads an evenly spaced sample: its u distinct values, f1 of them seen once
+    and f2 twice, put the whole's distinct count near u + f1^2 / (2 f2) (Chao's estimator,
+    which a long tail of single rows does not fool). The answer is exact either way."""
     n = max(np.size(c) for c in cols)
     if n < DEDUPE_MIN_ROWS or len(cols) > len(KEY_WEIGHTS):
         return None
     step = max(n // DEDUPE_SAMPLE, 1)
     key = sum(np.broadcast_to(np.asarray(c, dtype=float), (n,))[::step] * w for c, w in zip(cols, KEY_WEIGHTS))
-    m, guess = key.size, DEDUPE_SAMPLE_SHARE * n
-    if len(pd.unique(key)) > guess * -np.expm1(-m / guess):
+    counts = np.bincount(pd.factorize(key)[0])
+    f1, f2 = int(np.sum(counts == 1)), int(np.sum(counts == 2))
+    if counts.size + f1 * (f1 - 1) / (2.0 * (f2 + 1)) > DEDUPE_SAMPLE_SHARE * n:
         return None
     first, inverse = unique_rows(*cols)
     if len(first) > DEDUPE_MAX_SHARE * n:

@@ -26,7 +26,7 @@ from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
            "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
 @dataclasses.dataclass
@@ -249,6 +249,22 @@ def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
                                             None if chunk is None else tuple(_take(x, first, n) for x in chunk))
     per_step = per_step if spec is None else per_step[inverse]
     return d[inverse], per_step, _gather_step(dec, inverse), p_dec[inverse]
+
+
+def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False) -> Step:
+    """ops.forward on `pool`, once per distinct row of (pool, batch, q_len, ctx, skew): the
+    attention and the FFN pool of afd are priced each on its own (an attention pool serves
+    under many FFN pools in a sweep, and the other way round), then joined row by row."""
+    cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, batch, q_len, ctx, skew]
+    groups = distinct_rows(cols)
+    if groups is None:
+        return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=batch, q_len=q_len, ctx=ctx, skew=skew,
+                           verify=verify)
+    first, inverse, n = groups
+    sub = _take(pool, first, n)
+    b, q, c, sk = (_take(x, first, n) for x in (batch, q_len, ctx, skew))
+    step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=b, q_len=q, ctx=c, skew=sk, verify=verify)
+    return _gather_step(step, inverse)
 
 
 def _decode_phase(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None, coeffs: dict, step_ms, chunk):

@@ -76,21 +76,28 @@ def take_rows(col, first: np.ndarray, n: int) -> np.ndarray:
 
 class Rows(Mapping):
     """Named columns of a small table (one column per distinct device and format) gathered
-    to rows `idx` when first read. take() composes the index instead of gathering, so a pool
-    whose figures are only read by deduplicated phases never gathers them for every row.
-    A column may be set (replaced by per-row values, as a test of a what-if does)."""
+    to rows `idx` when first read, a group at a time (the names before a ":" say the group:
+    one take for all of a kernel family's figures). take() composes the index instead of
+    gathering, so a pool whose figures are only read by deduplicated phases never gathers
+    them for every row. A column may be set (replaced by per-row values, as a what-if does)."""
 
     def __init__(self, names: dict[str, int], table: np.ndarray, idx: np.ndarray, own: dict | None = None):
         self.names, self.table, self.idx = names, table, idx
         self.own = dict(own or {})          # columns set by hand: per-row arrays
-        self.done: dict = {}
+        self.blocks: dict[str, tuple[dict, np.ndarray]] = {}
 
     def __getitem__(self, k: str) -> np.ndarray:
         if k in self.own:
             return self.own[k]
-        if k not in self.done:
-            self.done[k] = self.table[self.names[k]][self.idx]
-        return self.done[k]
+        group = k.split(":", 1)[0] if ":" in k else ""
+        if group not in self.blocks:
+            if k not in self.names:
+                raise KeyError(k)
+            members = {m: r for m, r in self.names.items() if (m.split(":", 1)[0] if ":" in m else "") == group}
+            self.blocks[group] = ({m: i for i, m in enumerate(members)},
+                                  np.take(self.table[list(members.values())], self.idx, axis=1))
+        pos, block = self.blocks[group]
+        return block[pos[k]]
 
     def __setitem__(self, k: str, v) -> None:
         self.own[k] = np.broadcast_to(np.asarray(v, dtype=float), self.idx.shape)
@@ -105,7 +112,7 @@ class Rows(Mapping):
         return Rows(self.names, self.table, self.idx[sel], {k: v[sel] for k, v in self.own.items()})
 
     def family(self, prefix: str) -> "Rows":
-        """The columns named `prefix`:name, under their short names."""
+        """The columns named `prefix`:name, under their short names (one group)."""
         cut = len(prefix) + 1
         return Rows({k[cut:]: r for k, r in self.names.items() if k.startswith(prefix + ":")}, self.table, self.idx,
                     {k[cut:]: v for k, v in self.own.items() if k.startswith(prefix + ":")})

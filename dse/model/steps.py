@@ -159,6 +159,8 @@ def _take(x, idx, n):
         return {k: _take(v, idx, n) for k, v in x.items()}
     if dataclasses.is_dataclass(x):
         return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, np.ndarray) and x.dtype == np.float64 and x.shape == (n,):
+        return x[idx]                      # the common case, without a broadcast view
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
 
 

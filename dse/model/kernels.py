@@ -227,11 +227,7 @@ def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.nd
     a1 = 1.0 - alpha
     near1 = np.abs(a1) < 1e-6
     a1s = np.where(near1, 1.0, a1)
-    lo_a = lo ** a1s
-    pw = (hi ** a1s - lo_a) * q + lo_a
-    if not np.any(near1):                 # the log-uniform branch only where a row needs it
-        return np.abs(pw) ** (1.0 / a1s)
-    pw = np.where(near1, lo, pw)
+    pw = np.where(near1, lo, (hi ** a1s - lo ** a1s) * q + lo ** a1s)
     return np.where(near1, lo * (hi / lo) ** q, np.abs(pw) ** (1.0 / a1s))
 
 

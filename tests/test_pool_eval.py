@@ -90,3 +90,12 @@ def test_distinct_rows_declines_rows_that_barely_repeat():
     few = rng.integers(0, 50, n).astype(float)
     first, inverse, _ = dedupe.distinct_rows([few, 2 * few])
     assert len(first) == len(np.unique(few)) and np.array_equal(few[first][inverse], few)
+
+
+def test_unique_rows_keeps_nan_rows_apart():
+    """NaN is a value of its own: rows (0, 7) and (1, nan) are different rows (a -1 code for
+    NaN made 1 * 2 - 1 == 0 * 2 + 1 in the exact path and merged them)."""
+    x = np.array([0.0, 0.0, 1.0] * 100)
+    y = np.array([5.0, 7.0, np.nan] * 100)
+    first, inverse = dedupe.unique_rows(x, y)
+    assert len(first) == 3 and len(set(inverse[:3])) == 3

@@ -33,7 +33,7 @@ def unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
             return first, inverse
     key = np.zeros(n, dtype=np.int64)
     for a in arrs:
-        codes, uniq = pd.factorize(a)
+        codes, uniq = pd.factorize(a, use_na_sentinel=False)      # NaN a value of its own, not -1
         key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
     inverse, uniq_keys = pd.factorize(key)
     first = np.zeros(len(uniq_keys), dtype=np.int64)

@@ -99,3 +99,8 @@ def test_unique_rows_keeps_nan_rows_apart():
     y = np.array([5.0, 7.0, np.nan] * 100)
     first, inverse = dedupe.unique_rows(x, y)
     assert len(first) == 3 and len(set(inverse[:3])) == 3
+
+
+def test_unique_rows_of_a_constant_nan_column():
+    first, inverse = dedupe.unique_rows(np.broadcast_to(np.nan, (300,)), np.arange(300.0) % 3)
+    assert len(first) == 3 and np.array_equal(inverse[:6], [0, 1, 2, 0, 1, 2])

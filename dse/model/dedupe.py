@@ -26,7 +26,7 @@ def unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
     arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
     if len(arrs) <= len(KEY_WEIGHTS):
         key = sum(a * w for a, w in zip(arrs, KEY_WEIGHTS))
-        inverse, uniq = pd.factorize(key)
+        inverse, uniq = pd.factorize(key, use_na_sentinel=False)
         first = np.zeros(len(uniq), dtype=np.int64)
         first[inverse[::-1]] = np.arange(n)[::-1]
         if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):

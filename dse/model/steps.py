@@ -183,9 +183,34 @@ class _Gathered(Mapping):
         return len(self.src)
 
 
-def _gather_step(step: Step, idx) -> Step:
-    return Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
-                bytes=_Gathered(step.bytes, idx))
+def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
+    """`step`'s rows idx; hw = (the hardware its rows were priced on, the gathered rows'):
+    a bound split already taken on the first is gathered too, for the second."""
+    out = Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
+               bytes=_Gathered(step.bytes, idx))
+    if hw is not None and step.split is not None and step.split[0] is hw[0]:
+        m = len(np.atleast_1d(step.total_ms))
+        out.split = (hw[1], tuple(np.broadcast_to(x, (m,))[idx] for x in step.split[1]))
+    return out
+
+
+class _Where(Mapping):
+    """np.where(mask, a[k], b[k]) for each op k, when first read (a breakdown reads them;
+    the bottleneck reads the bound split, which where_step carries over)."""
+
+    def __init__(self, mask, a: Mapping, b: Mapping):
+        self.mask, self.a, self.b, self.done = mask, a, b, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            self.done[k] = np.where(self.mask, self.a[k], self.b[k])
+        return self.done[k]
+
+    def __iter__(self):
+        return iter(self.a)
+
+    def __len__(self) -> int:
+        return len(self.a)
 
 
 def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=None):
@@ -250,7 +275,7 @@ def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
     d, per_step, dec, p_dec = _decode_phase(model, *sub,
                                             None if chunk is None else tuple(_take(x, first, n) for x in chunk))
     per_step = per_step if spec is None else per_step[inverse]
-    return d[inverse], per_step, _gather_step(dec, inverse), p_dec[inverse]
+    return d[inverse], per_step, _gather_step(dec, inverse, hw=(sub[0].hw, pool.hw)), p_dec[inverse]
 
 
 def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False) -> Step:
@@ -355,9 +380,13 @@ def mixed_latency(model: Model, st: dict, n, running):
 
 
 def where_step(mask, a: Step, b: Step) -> Step:
-    return Step(time_ms={k: np.where(mask, a.time_ms[k], b.time_ms[k]) for k in a.time_ms},
-                flops={k: np.where(mask, a.flops[k], b.flops[k]) for k in a.flops},
-                bytes={k: np.where(mask, a.bytes[k], b.bytes[k]) for k in a.bytes})
+    """Row by row a's step where mask, else b's: per-op arrays when read; a bound split both
+    took on the same hardware is chosen row by row too (a row's split is its own step's)."""
+    out = Step(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
+               bytes=_Where(mask, a.bytes, b.bytes))
+    if a.split is not None and b.split is not None and a.split[0] is b.split[0]:
+        out.split = (a.split[0], tuple(np.where(mask, x, y) for x, y in zip(a.split[1], b.split[1])))
+    return out
 
 
 def pair_link(a: Pool, b: Pool, same_domain) -> np.ndarray:

@@ -9,12 +9,19 @@ same configurations, measured in the same run:
                     prefill pools x decode pools x worker counts x KV formats, in grid order;
   moe_disagg_random the same columns drawn independently per row (no pool repeats to share).
 Targets (issue #15): >= 2,000,000/s dense agg, >= 1,500,000/s MoE disagg.
+
+`--baseline DIR` also imports the dse package of another checkout (e.g. a worktree of main)
+into the same process and times both alternately on the same columns, printing the ratio
+(the two read the same data files: this checkout's hardware/).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -55,19 +62,39 @@ def configs(n: int, seed: int = 0) -> dict:
 CASES = {"dense_agg": (configs, 2e6), "moe_disagg": (moe_disagg, 1.5e6), "moe_disagg_random": (moe_disagg_random, 1.5e6)}
 
 
-def run(name: str, n: int, loop_sample: int) -> None:
+def _baseline(path: str):
+    """dse.evaluate of the checkout at `path`, imported beside this one (its modules swapped
+    in for the import only)."""
+    mine = {m: sys.modules.pop(m) for m in list(sys.modules) if m == "dse" or m.startswith("dse.")}
+    sys.path.insert(0, path)
+    try:
+        other = importlib.import_module("dse")
+    finally:
+        sys.path.remove(path)
+        for m in [m for m in sys.modules if m == "dse" or m.startswith("dse.")]:
+            del sys.modules[m]
+        sys.modules.update(mine)
+    if not Path(other.__file__).resolve().is_relative_to(Path(path).resolve()):
+        raise SystemExit(f"--baseline {path}: no dse package there (imported {other.__file__})")
+    return other.evaluate
+
+
+def run(name: str, n: int, loop_sample: int, baseline=None) -> None:
     import dse
 
     make, target = CASES[name]
     cols = make(n)
-    dse.evaluate(strict=False, **{k: (v[:1000] if isinstance(v, np.ndarray) else v) for k, v in cols.items()})
-    best = float("inf")
+    fns = {"this": dse.evaluate, **({"baseline": baseline} if baseline else {})}
+    for f in fns.values():
+        f(strict=False, **{k: (v[:1000] if isinstance(v, np.ndarray) else v) for k, v in cols.items()})
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(5):
-        # CPU time, not wall: the machine's cores are shared, and waiting for one is no engine cost
-        t = time.process_time()
-        df = dse.evaluate(strict=False, **cols)
-        best = min(best, time.process_time() - t)
-    vec_rate = n / best
+        for k, f in fns.items():     # alternately: both see the same machine load
+            # CPU time, not wall: the machine's cores are shared, and waiting for one is no engine cost
+            t = time.process_time()
+            df = f(strict=False, **cols)
+            best[k] = min(best[k], time.process_time() - t)
+    vec_rate = n / best["this"]
     t = time.process_time()
     for i in range(loop_sample):
         dse.evaluate(strict=False, **{k: (v[i] if isinstance(v, np.ndarray) else v) for k, v in cols.items()})
@@ -75,7 +102,10 @@ def run(name: str, n: int, loop_sample: int) -> None:
     print(f"[{name}]")
     print(f"configurations           {n:>12,}")
     print(f"feasible                 {int(df.feasible.sum()):>12,}")
-    print(f"vectorized  configs/s    {vec_rate:>12,.0f}   ({best:.2f} s CPU, best of 5, one core)")
+    print(f"vectorized  configs/s    {vec_rate:>12,.0f}   ({best['this']:.2f} s CPU, best of 5, one core)")
+    if baseline:
+        print(f"baseline    configs/s    {n / best['baseline']:>12,.0f}   (same run; this / baseline "
+              f"{best['baseline'] / best['this']:.2f}x)")
     print(f"python loop configs/s    {loop_rate:>12,.1f}   (sample of {loop_sample})")
     print(f"speed-up                 {vec_rate / loop_rate:>12,.0f}x")
     print(f"target {target:>11,.0f}/s     {'met' if vec_rate >= target else 'NOT met'}")
@@ -86,11 +116,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--loop-sample", type=int, default=300)
     ap.add_argument("--case", choices=["all", *CASES], default="all")
+    ap.add_argument("--baseline", help="another checkout's directory, timed in the same run")
     a = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    base = _baseline(a.baseline) if a.baseline else None
     for name in (CASES if a.case == "all" else [a.case]):
-        run(name, a.n, a.loop_sample)
+        run(name, a.n, a.loop_sample, base)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def _baseline(path: str):
     sys.path.insert(0, path)
     try:
         other = importlib.import_module("dse")
+        evaluate = other.evaluate        # resolved now: dse's lazy attribute imports from sys.modules
     finally:
         sys.path.remove(path)
         for m in [m for m in sys.modules if m == "dse" or m.startswith("dse.")]:
@@ -76,7 +77,9 @@ def _baseline(path: str):
         sys.modules.update(mine)
     if not Path(other.__file__).resolve().is_relative_to(Path(path).resolve()):
         raise SystemExit(f"--baseline {path}: no dse package there (imported {other.__file__})")
-    return other.evaluate
+    if not Path(evaluate.__code__.co_filename).resolve().is_relative_to(Path(path).resolve()):
+        raise SystemExit(f"--baseline {path}: its evaluate came from {evaluate.__code__.co_filename}")
+    return evaluate
 
 
 def run(name: str, n: int, loop_sample: int, baseline=None) -> None:

@@ -11,7 +11,7 @@ from dse.catalog.models import Model
 from dse.deploy import roles
 from dse.deploy.reasons import Reasons
 from dse.deploy.spec_table import SpecTable
-from dse.model import memory, serving
+from dse.model import dedupe, memory, serving
 from dse.model.ops import Dtypes, Parallel
 
 __all__ = ["Pools", "structure_errors", "block_rows", "block_errors", "context_errors"]
@@ -128,6 +128,20 @@ def block_errors(model: Model, reasons: Reasons, par: Parallel, block, holds: st
                          f"must be a multiple of {bk}")
 
 
+def _structure_errors_once(model: Model, reasons: Reasons, tp, dp, ep, holds: str, pp, redundant) -> None:
+    """structure_errors, run once per distinct layout (a sweep has few) and spread to the rows."""
+    cols = [tp, dp, ep, pp, redundant]
+    groups = dedupe.distinct_rows(cols)
+    if groups is None:
+        structure_errors(model, reasons, tp, dp, ep, holds, pp=pp, redundant=redundant)
+        return
+    first, inverse, n = groups
+    sub = Reasons(len(first))
+    t, d, e, p, r = (dedupe.take_rows(c, first, n) for c in cols)
+    structure_errors(model, sub, t, d, e, holds, pp=p, redundant=r)
+    reasons.absorb(inverse, sub)
+
+
 @functools.lru_cache(maxsize=64)
 def _spec_table(pairs: tuple[tuple[str, str, bool], ...]) -> SpecTable:
     return SpecTable(list(pairs))
@@ -189,7 +203,7 @@ class Pools:
         redundant = 0.0 if holds == "attn" else (roles.layout(c, role, "redundant_experts") if role
                                                 else c["redundant_experts"])
         par = Parallel(tp=tp, dp=dp, ep=ep, pp=pp, redundant=redundant)
-        structure_errors(model, self.reasons, tp, dp, ep, holds, pp=pp, redundant=redundant)
+        _structure_errors_once(model, self.reasons, tp, dp, ep, holds, pp, redundant)
         block_errors(model, self.reasons, par, self.block, holds)
         # memory: weights + activations + reserve must fit; the rest (x kv fraction) holds KV
         weights = self._weights(par, w_bytes, holds)

@@ -33,6 +33,13 @@ class Reasons:
             self.kinds.append(kind)
         return self.texts.index(text)
 
+    def absorb(self, inverse: np.ndarray, other: "Reasons") -> None:
+        """Flag row i with other's reason for row inverse[i], in other's order: as if its
+        checks had run on these rows (`other` ran them once per distinct row)."""
+        codes = other.codes[inverse]
+        for j in range(1, len(other.texts)):
+            self.flag(codes == j, other.kinds[j], other.texts[j])
+
     def merge(self, rows, other: "Reasons") -> None:
         lookup = np.array([self._index(k, t) if t else 0 for k, t in zip(other.kinds, other.texts)], dtype=np.int16)
         self.codes[rows] = lookup[other.codes]

@@ -8,6 +8,7 @@ few fancy-indexing operations, not a million dictionary lookups.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from dse.catalog.devices import get_device
 from dse.catalog.systems import get_system
 from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
+from dse.model.dedupe import Rows
 from dse.model.ops import Hw
 
 __all__ = ["FAMILIES", "SpecTable"]
@@ -68,22 +70,25 @@ class SpecTable:
         """pairs: (device, weight format) or (device, weight format, fp8 KV cache?)."""
         rows = [_pair_row(*p) for p in pairs]
         self.keys = sorted(set().union(*rows)) if rows else []
-        # one row per figure, one column per pair: a gather is one 2-D take (~5x faster
-        # than a take per figure) whose rows come out contiguous
+        # one row per figure, one column per pair: a figure's rows are one take from it
         self.matrix = np.array([[r.get(k, np.nan) for r in rows] for k in self.keys], dtype=float)
 
-    def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.keys, np.take(self.matrix, idx, axis=1) if self.keys else []))
+    def gather(self, idx: np.ndarray) -> Rows:
+        """The figures of rows whose pair is `idx`, each gathered when first read."""
+        return Rows({k: i for i, k in enumerate(self.keys)}, self.matrix, np.asarray(idx))
 
     @staticmethod
-    def hw(cols: dict[str, np.ndarray], *, runtime: dict) -> Hw:
+    def hw(cols: Mapping[str, np.ndarray], *, runtime: dict) -> Hw:
         """The model's hardware arrays from gathered columns and the runtime facts
         (runtime.yaml, as the Context carries them) that price point-to-point hand-offs."""
-        params: dict[str, dict[str, np.ndarray]] = {f: {} for f in FAMILIES}
-        for key, val in cols.items():
-            if ":" in key:
-                fam, name = key.split(":", 1)
-                params[fam][name] = val
+        if isinstance(cols, Rows):
+            params = {f: cols.family(f) for f in FAMILIES}
+        else:
+            params = {f: {} for f in FAMILIES}
+            for key, val in cols.items():
+                if ":" in key:
+                    fam, name = key.split(":", 1)
+                    params[fam][name] = val
         return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
                   mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
                   scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params,

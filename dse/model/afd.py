@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 from dse.catalog.models import Model
-from dse.model import ops
 from dse.model.ops import Step
 from dse.model.pd import pd_loop, prefill_pool_state
 from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, draft_ms, new_tokens,
-                             pair_link, phase_power, where_step)
+                             pair_link, phase_power, pool_forward, take,
+                             where_step)
 
 __all__ = ["afd", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]
 
@@ -101,10 +101,8 @@ def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro, verify: bool = F
     its experts (the dispatch replaces the expert-parallel all-to-all) and gets the
     weighted sum back: a token crosses to every distinct FFN GPU among its top-k experts."""
     ap, fp = st["attn_pool"], st["ffn_pool"]
-    sa = ops.forward(model, hw=ap.hw, par=ap.par, dt=ap.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"],
-                     verify=verify)
-    sf = ops.forward(model, hw=fp.hw, par=fp.par, dt=fp.dt, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"],
-                     verify=verify)
+    sa = pool_forward(model, ap, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify)
+    sf = pool_forward(model, fp, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify)
     ta, tf = _sum_ops(sa, ATTN_OPS), _sum_ops(sf, FFN_OPS)
     tokens = batch / micro * q_len
     per_gpu = tokens * st["copies"] * float(model.hidden) / np.minimum(ap.gpus, fp.gpus)
@@ -129,8 +127,9 @@ def _afd_at(model: Model, st: dict, c, *, keep=False):
     n = np.maximum(c / dp, 1.0)
     running = np.minimum(np.minimum(n, np.maximum(ap.max_seqs / dp, 1.0)), np.maximum(rt.max_seqs, 1.0))
     if st.get("pd"):
-        ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = pd_loop(st, c, running,
-                                                                         lambda b: _afd_token(model, st, b))
+        n = np.size(running)
+        ttft, tpot, x, (_, d, da, df, tx, dec_a, dec_f, micro) = pd_loop(
+            st, c, running, lambda b, rows=None: _afd_token(model, st if rows is None else take(st, rows, n), b))
         if not keep:
             return ttft, tpot, x * osl * 1e3
         return ttft, tpot, x, d, da, df, tx, dec_a, dec_f, micro

@@ -25,6 +25,7 @@ import numpy as np
 
 from dse.catalog.models import Attention, LayerGroup, Model
 from dse.model import kernels
+from dse.model.dedupe import distinct_rows, take_rows
 from dse.model.sharding import attn_params_per_gpu
 
 __all__ = ["OPS", "COMM_OPS", "Hw", "Parallel", "Dtypes", "Step", "forward", "MMA_ROWS"]
@@ -269,10 +270,11 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
     if f.shared_intermediate:
         acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt))
         acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
+    hit, imbalance = _routing(t_all, f, par, skew)
     t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
                            skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
                            peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"],
-                           redundant=par.redundant)
+                           redundant=par.redundant, imbalance=imbalance, experts_hit=hit)
     group = par.moe_group
     f_moe = 2.0 * t_all * f.top_k * f.mats * h * f.intermediate / group
     phys = f.num_experts + par.redundant            # physical experts (replicas included)
@@ -285,6 +287,21 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
     t_ep = (kernels.alltoall_ms(ep_payload * dt.a_bytes, par.ep, link_gb_s=ep_link, p=hw.params["nccl"])
             + kernels.alltoall_ms(ep_payload * 2.0, par.ep, link_gb_s=ep_link, p=hw.params["nccl"]))
     acc.add("ep_comm", n, (t_ep, acc.zero, ep_payload * (dt.a_bytes + 2.0)))
+
+
+def _routing(t_all, f, par: Parallel, skew) -> tuple[np.ndarray, np.ndarray]:
+    """(experts hit on the busiest rank, its load imbalance): functions of the routing alone
+    (tokens, ep, skew, replicas), which a step's many rows share a few values of, and the
+    dearest part of pricing experts (a 12-node quadrature each): computed per distinct one."""
+    cols = [t_all, par.ep, skew, par.redundant]
+    args = (f.top_k, f.num_experts)
+    groups = distinct_rows(cols)
+    if groups is None:
+        return (kernels.moe_experts_hit(t_all, *args, par.ep, skew, par.redundant),
+                kernels.moe_imbalance(t_all, *args, par.ep, skew, par.redundant))
+    first, inverse, n = groups
+    t, ep, sk, r = (take_rows(c, first, n) for c in cols)
+    return kernels.moe_experts_hit(t, *args, ep, sk, r)[inverse], kernels.moe_imbalance(t, *args, ep, sk, r)[inverse]
 
 
 def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from dse.catalog.models import Model
 from dse.model.ops import Step
 from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency, new_tokens,
-                             pair_link, prefill_phase, where_step)
+                             pair_link, prefill_phase, take)
 
 __all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
 
@@ -95,8 +95,13 @@ def _disagg_at(model: Model, st: dict, c, *, keep=False):
     running = np.minimum(np.minimum(np.maximum(c / st["d_ranks"], 1.0), np.maximum(pool.max_seqs / pool.par.dp, 1.0)),
                          np.maximum(st["rt"].max_seqs, 1.0))
 
-    def decode(batch):
-        d, per_step, dec, p_dec = decode_phase(model, pool, batch * pool.par.dp, st)
+    n = np.size(running)
+
+    def decode(batch, rows=None):
+        p, s = pool, st
+        if rows is not None:
+            p, s = take(pool, rows, n), {k: take(st.get(k), rows, n) for k in ("spec", "ctx", "skew", "coeffs", "rt")}
+        d, per_step, dec, p_dec = decode_phase(model, p, batch * p.par.dp, s)
         return d / per_step, dec, p_dec
 
     ttft, tpot, x, (_, dec, p_dec) = pd_loop(st, c, running, decode)
@@ -127,7 +132,7 @@ def prefill_pool_state(model: Model, pre_pool: Pool, dst: Pool, *, prefill_worke
 def pd_loop(st: dict, c, running, decode):
     """Closed loop over a prefill pool and decode ranks whose time per output token at a
     given batch per rank is decode(batch)[0]: (TTFT, TPOT, requests per ms, decode(...) at
-    the served load)."""
+    the served load). decode(batch, rows) prices the rows `rows` only (batch: theirs)."""
     rt, osl = st["rt"], st["osl"]
     osl1 = np.maximum(osl - 1.0, 0.0)
     p_ranks, d_ranks, full, p1, t_pre = st["p_ranks"], st["d_ranks"], st["full"], st["p1"], st["t_pre"]
@@ -145,15 +150,26 @@ def pd_loop(st: dict, c, running, decode):
     x = np.minimum(np.minimum(loop, st["pre_rate"]), dec_rate)
     starved = x < np.minimum(loop, dec_rate) * 0.999
     if np.any(starved):
-        # prefill-bound: fewer sequences decode at once (Little: x * decode time), so steps are shorter
-        out2 = decode(np.clip(x * osl1 * tpot / d_ranks, 1.0, running))
-        out = tuple(_where_any(starved, b, a) for a, b in zip(out, out2))
+        # prefill-bound: fewer sequences decode at once (Little: x * decode time), so steps are
+        # shorter; only those rows are priced again
+        fewer = np.clip(x * osl1 * tpot / d_ranks, 1.0, running)
+        if np.all(starved):
+            out = decode(fewer)
+        else:
+            rows = np.flatnonzero(starved)
+            again = decode(np.broadcast_to(fewer, starved.shape)[rows], rows)
+            out = tuple(_scatter(a, rows, b, starved.size) for a, b in zip(out, again))
         tpot = out[0]
     ttft = np.maximum(ttft, c / x - osl1 * tpot)          # the backlog waits for prefill or a decode slot
     return ttft, tpot, x, out
 
 
-def _where_any(mask, a, b):
+def _scatter(a, rows, b, n: int):
+    """`a` (n rows) with its rows `rows` replaced by `b` (arrays, or the Steps of them)."""
     if isinstance(a, Step):
-        return where_step(mask, a, b)
-    return np.where(mask, a, b)
+        return Step(time_ms={k: _scatter(v, rows, b.time_ms[k], n) for k, v in a.time_ms.items()},
+                    flops={k: _scatter(v, rows, b.flops[k], n) for k, v in a.flops.items()},
+                    bytes={k: _scatter(v, rows, b.bytes[k], n) for k, v in a.bytes.items()})
+    out = np.array(np.broadcast_to(a, (n,)), dtype=float)
+    out[rows] = b
+    return out

@@ -49,6 +49,15 @@ the sequence's last token in one step of k + 1 query tokens. Each draft is kept 
 probability a if every draft before it was, so a step yields E = (1 - a^(k+1)) / (1 - a)
 tokens (Leviathan et al., ICML 2023) and TPOT = (verify + drafting + step_ms) / E.
 
+Pricing per pool: a disaggregated candidate is a prefill (or attention) pool x a decode
+(or FFN) pool x worker counts, and a sweep holds each pool many times over. The prefill
+step, the decode step at the configured batch, each afd pool's forward, MoE routing and
+the layout checks are priced once per distinct row of their own inputs (dse.model.dedupe,
+within a chunk of rows, when a sample shows repeats) and gathered; the join -- rate
+matching of the pools, KV transfer, the lesser pool's throughput, the SLOs -- runs row by
+row. Rows the prefill pool starves are priced again alone. The numbers are the row-by-row
+path's (tests/test_pool_eval.py).
+
 The code: dse.model.steps (pools, steps, batching), dse.model.pd (agg, disagg),
 dse.model.afd; this module is their face.
 """

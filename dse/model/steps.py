@@ -20,11 +20,13 @@ import pandas as pd
 
 from dse.catalog.models import Model
 from dse.model import ops, power
+from dse.model.dedupe import KEY_WEIGHTS as _KEY_WEIGHTS, Rows, distinct_rows
+from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
            "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
 @dataclasses.dataclass
@@ -144,44 +146,24 @@ def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
     return comp / np.maximum(comp + mem + comm, 1e-12)
 
 
+def take(x, idx, n: int):
+    """The rows `idx` of x (n rows): arrays, scalars (broadcast), and the dicts and dataclasses
+    (pools, states, Specs) made of them."""
+    return _take(x, idx, n)
+
+
 def _take(x, idx, n):
     if x is None or isinstance(x, (bool, str)):
         return x
+    if isinstance(x, Rows):
+        return x.take(idx)
     if isinstance(x, dict):
         return {k: _take(v, idx, n) for k, v in x.items()}
     if dataclasses.is_dataclass(x):
         return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, np.ndarray) and x.dtype == np.float64 and x.shape == (n,):
+        return x[idx]                      # the common case, without a broadcast view
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
-
-
-# Square roots of distinct primes are linearly independent over the rationals, so
-# integer-valued columns (codes, sizes, lengths) cannot cancel out in the weighted sum.
-# (Powers of one number, used before, do: two of them summed to exactly 1.)
-_KEY_WEIGHTS = tuple(np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61]))
-
-
-def _unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first row of each distinct combination of `cols`, and each row's group.
-
-    One hash pass over a weighted sum of the columns, then a check that every column is
-    constant inside each group (the exact column-by-column factorisation if not)."""
-    n = max(np.size(c) for c in cols)
-    arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
-    if len(arrs) <= len(_KEY_WEIGHTS):
-        key = sum(a * w for a, w in zip(arrs, _KEY_WEIGHTS))
-        inverse, uniq = pd.factorize(key)
-        first = np.zeros(len(uniq), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(n)[::-1]
-        if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):
-            return first, inverse
-    key = np.zeros(n, dtype=np.int64)
-    for a in arrs:
-        codes, uniq = pd.factorize(a)
-        key = pd.factorize(key * len(uniq) + codes)[0]  # stays < n: no overflow
-    inverse, uniq_keys = pd.factorize(key)
-    first = np.zeros(len(uniq_keys), dtype=np.int64)
-    first[inverse[::-1]] = np.arange(n)[::-1]
-    return first, inverse
 
 
 class _Gathered(Mapping):
@@ -203,9 +185,34 @@ class _Gathered(Mapping):
         return len(self.src)
 
 
-def _gather_step(step: Step, idx) -> Step:
-    return Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
-                bytes=_Gathered(step.bytes, idx))
+def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
+    """`step`'s rows idx; hw = (the hardware its rows were priced on, the gathered rows'):
+    a bound split already taken on the first is gathered too, for the second."""
+    out = Step(time_ms=_Gathered(step.time_ms, idx), flops=_Gathered(step.flops, idx),
+               bytes=_Gathered(step.bytes, idx))
+    if hw is not None and step.split is not None and step.split[0] is hw[0]:
+        m = len(np.atleast_1d(step.total_ms))
+        out.split = (hw[1], tuple(np.broadcast_to(x, (m,))[idx] for x in step.split[1]))
+    return out
+
+
+class _Where(Mapping):
+    """np.where(mask, a[k], b[k]) for each op k, when first read (a breakdown reads them;
+    the bottleneck reads the bound split, which where_step carries over)."""
+
+    def __init__(self, mask, a: Mapping, b: Mapping):
+        self.mask, self.a, self.b, self.done = mask, a, b, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            self.done[k] = np.where(self.mask, self.a[k], self.b[k])
+        return self.done[k]
+
+    def __iter__(self):
+        return iter(self.a)
+
+    def __len__(self) -> int:
+        return len(self.a)
 
 
 def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=None):
@@ -251,11 +258,48 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
 
 def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
     """A decode step of `batch` sequences on `pool` (carrying prompt `chunk`s, if given):
-    (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU)."""
+    (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU).
+
+    Rows that share the step's every input (pool, batch, context, chunks) share its result:
+    when a sample of the rows shows few distinct ones (a sweep's decode pool under many
+    prefill pools, worker counts or prices), each distinct step is priced once and gathered."""
     spec = st.get("spec")
-    dec = _decode_step(model, pool, batch, st["ctx"], st["skew"], spec, chunk)
-    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, st["coeffs"])
-    d = dec.total_ms * s_dec + st["rt"].step_ms
+    batch = np.asarray(batch, dtype=float)
+    cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, pool.cap_w, batch,
+            st["ctx"], st["skew"], st["rt"].step_ms]
+    cols += [] if spec is None else [spec.tokens, spec.accept]
+    cols += [] if chunk is None else list(chunk)
+    groups = distinct_rows(cols)
+    if groups is None:
+        return _decode_phase(model, pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms, chunk)
+    first, inverse, n = groups
+    sub = [_take(x, first, n) for x in (pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms)]
+    d, per_step, dec, p_dec = _decode_phase(model, *sub,
+                                            None if chunk is None else tuple(_take(x, first, n) for x in chunk))
+    per_step = per_step if spec is None else per_step[inverse]
+    return d[inverse], per_step, _gather_step(dec, inverse, hw=(sub[0].hw, pool.hw)), p_dec[inverse]
+
+
+def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False) -> Step:
+    """ops.forward on `pool`, once per distinct row of (pool, batch, q_len, ctx, skew): the
+    attention and the FFN pool of afd are priced each on its own (an attention pool serves
+    under many FFN pools in a sweep, and the other way round), then joined row by row."""
+    cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, batch, q_len, ctx, skew]
+    groups = distinct_rows(cols)
+    if groups is None:
+        return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=batch, q_len=q_len, ctx=ctx, skew=skew,
+                           verify=verify)
+    first, inverse, n = groups
+    sub = _take(pool, first, n)
+    b, q, c, sk = (_take(x, first, n) for x in (batch, q_len, ctx, skew))
+    step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=b, q_len=q, ctx=c, skew=sk, verify=verify)
+    return _gather_step(step, inverse)
+
+
+def _decode_phase(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None, coeffs: dict, step_ms, chunk):
+    dec = _decode_step(model, pool, batch, ctx, skew, spec, chunk)
+    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, coeffs)
+    d = dec.total_ms * s_dec + step_ms
     if spec is None:
         return d, 1.0, dec, p_dec
     return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec
@@ -338,9 +382,13 @@ def mixed_latency(model: Model, st: dict, n, running):
 
 
 def where_step(mask, a: Step, b: Step) -> Step:
-    return Step(time_ms={k: np.where(mask, a.time_ms[k], b.time_ms[k]) for k in a.time_ms},
-                flops={k: np.where(mask, a.flops[k], b.flops[k]) for k in a.flops},
-                bytes={k: np.where(mask, a.bytes[k], b.bytes[k]) for k in a.bytes})
+    """Row by row a's step where mask, else b's: per-op arrays when read; a bound split both
+    took on the same hardware is chosen row by row too (a row's split is its own step's)."""
+    out = Step(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
+               bytes=_Where(mask, a.bytes, b.bytes))
+    if a.split is not None and b.split is not None and a.split[0] is b.split[0]:
+        out.split = (a.split[0], tuple(np.where(mask, x, y) for x, y in zip(a.split[1], b.split[1])))
+    return out
 
 
 def pair_link(a: Pool, b: Pool, same_domain) -> np.ndarray:

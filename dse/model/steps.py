@@ -16,11 +16,10 @@ import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
-import pandas as pd
 
 from dse.catalog.models import Model
 from dse.model import ops, power
-from dse.model.dedupe import KEY_WEIGHTS as _KEY_WEIGHTS, Rows, distinct_rows
+from dse.model.dedupe import Rows, distinct_rows
 from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dse.deploy.factorize import factorize
-from dse.model import steps
+from dse.model import dedupe, steps
 
 words = st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
                  min_size=1, max_size=8)
@@ -44,7 +44,7 @@ def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
 def test_small_integer_columns_do_not_collide_in_the_hash():
     """Rows (1,0,0) and (0,1,1) must not share a key: weights with an integer relation
     between them (two of the old ones summed to 1) send the exact, slower path every time."""
-    w = np.array(steps._KEY_WEIGHTS)
+    w = np.array(dedupe.KEY_WEIGHTS)
     grid = np.stack(np.meshgrid(*[np.arange(3.0)] * 4, indexing="ij"), -1).reshape(-1, 4)
     for cols in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 5, 9, 17]):
         keys = grid @ w[cols]

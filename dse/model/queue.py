@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["birth_death", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
+__all__ = ["birth_death", "batch_chain", "poisson_pmf", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
 
 QUANTILE_STEPS = 26     # bisection steps of a quantile: the bracket shrinks by 2^-26 (~1.5e-8)
 
@@ -66,6 +66,42 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     wait = last * rc / (1.0 - rc)
     total = p.sum(axis=1) + wait
     return p / total[:, None], wait / total, r
+
+
+def poisson_pmf(x, count: int) -> np.ndarray:
+    """P(A = 0..count-1) of A ~ Poisson(x), x (...,) -> (..., count), in logs (no overflow)."""
+    x = np.maximum(np.asarray(x, dtype=float), 1e-300)[..., None]
+    k = np.arange(count, dtype=float)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, count, dtype=float)))])
+    return np.exp(k * np.log(x) - x - log_fact)
+
+
+def batch_chain(lam, serve, k, states: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stationary law of the queue a batching server finds when it starts a batch.
+
+    Why an embedded chain and not the birth-death chain: a server that takes up to k waiting
+    requests per batch, for a deterministic time serve[g - 1] that grows with the batch g, has a
+    wait made of whole batches whose lengths are correlated (a long batch gathers a long next
+    one); the chain at batch starts (bulk service M/G^(1,k)/1, Bailey 1954) is exact for it.
+    lam: (rows,) arrivals per unit time; serve: (rows, >= max k); k: (rows,) integer. From Q
+    waiting the batch is g = min(Q, k), the next start finds Q - g + A (A ~ Poisson(lam
+    serve[g - 1])), or 1 after an idle spell; queues beyond `states` are lumped into the last.
+    Returns (pi over Q = 1..states, pmf (rows, states, states + 1) of A from each Q)."""
+    lam = np.asarray(lam, dtype=float)
+    q = np.arange(1, states + 1)[None, :]
+    g = np.minimum(q, np.asarray(k, dtype=np.int64)[:, None])
+    pmf = poisson_pmf(lam[:, None] * np.take_along_axis(serve, g - 1, axis=1), states + 1)   # (rows, Q, A)
+    left = (q - g)[:, :, None]
+    a = np.arange(states)[None, None, :] + 1 - left                       # A that lands on Q' = index + 1
+    trans = np.where(a >= 0, np.take_along_axis(pmf, np.clip(a, 0, states), axis=2), 0.0)
+    trans[:, :, 0] += np.where(left[:, :, 0] == 0, pmf[:, :, 0], 0.0)     # A = 0: idle, then one arrival
+    trans[:, :, -1] += np.maximum(1.0 - trans.sum(axis=2), 0.0)           # the lumped tail
+    m = np.swapaxes(trans, 1, 2) - np.eye(states)[None]
+    m[:, -1, :] = 1.0                                                     # sum pi = 1 replaces one balance
+    rhs = np.zeros((len(lam), states, 1))
+    rhs[:, -1, 0] = 1.0
+    pi = np.maximum(np.linalg.solve(m, rhs)[:, :, 0], 0.0)
+    return pi / pi.sum(axis=1, keepdims=True), pmf
 
 
 class _Uniform:

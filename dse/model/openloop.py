@@ -332,7 +332,7 @@ def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarr
     u = np.ceil(k_full / BATCH_GROUPS)
     k = np.maximum(np.round(k_full / u), 1.0).astype(np.int64)
     kmax = int(np.max(k))
-    states = 4 * kmax + 16
+    states = 3 * kmax + 16
     g = np.arange(1, kmax + 1)[None, :]
     own = (np.minimum(g, k[:, None]) * u[:, None] - 1.0) * eng.p1[:, None]       # own batch less t_pre
     serve = (eng.t_pre[:, None] + own) / c[:, None]
@@ -348,22 +348,19 @@ def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # m = 0: the positions left + 1 .. min(left + A, k) join the next batch, of min(left + A, k)
     n0 = np.clip(kk - left, 0, a)
     nxt = np.minimum(left + a, kk)
-    cls = (gq - 1)[:, :, None] * (kmax + mmax) + np.maximum(nxt, 1) - 1
     ncls = kmax * (kmax + mmax)
+    base_cls = (gq - 1)[:, :, None] * (kmax + mmax)
+    # m >= 1: position left + j (j = 1..states) carries the arrivals with A >= j; m = ceil(pos / k) - 1
+    tail = np.cumsum(w[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+    m = np.minimum(np.ceil((left + a[:, :, 1:]) / kk) - 1, mmax).astype(np.int64)
+    cls = np.concatenate([base_cls + np.maximum(nxt, 1) - 1, base_cls + kmax + np.maximum(m, 1) - 1], axis=2)
+    wt = np.concatenate([w * n0, np.where(m >= 1, tail, 0.0)], axis=2)
     flat = (np.arange(rows)[:, None, None] * ncls + cls).ravel()
-    weight = np.bincount(flat, (w * n0).ravel(), minlength=rows * ncls).reshape(rows, ncls)
-    value = np.broadcast_to(np.concatenate([own, np.zeros((rows, mmax))], axis=1)[:, None, :],
-                            (rows, kmax, kmax + mmax)).copy()
+    weight = np.bincount(flat, wt.ravel(), minlength=rows * ncls).reshape(rows, ncls)
     full_t = serve[np.arange(rows), k - 1]
     own_full = own[np.arange(rows), k - 1]
-    for m in range(1, mmax + 1):      # positions in (m k, (m + 1) k]: m full batches, then a full own one
-        cnt = np.clip(np.minimum((m + 1) * kk, left + a) - np.maximum(m * kk, left), 0, None)
-        if m == mmax:
-            cnt = np.clip(left + a - np.maximum(m * kk, left), 0, None)
-        wm = np.sum(w * cnt, axis=2)                                             # (rows, Q)
-        col = (gq - 1) * (kmax + mmax) + kmax + m - 1
-        np.add.at(weight, (np.arange(rows)[:, None], col), wm)
-        value[:, :, kmax + m - 1] = (m * full_t + own_full)[:, None]
+    later = np.arange(1, mmax + 1)[None, :] * full_t[:, None] + own_full[:, None]   # m full batches, then its own
+    value = np.broadcast_to(np.concatenate([own, later], axis=1)[:, None, :], (rows, kmax, kmax + mmax))
     weight = weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-300)
     widths = np.repeat(serve, kmax + mmax, axis=1)
     keep = np.flatnonzero(np.max(weight, axis=0) > 1e-9)

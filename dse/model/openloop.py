@@ -322,8 +322,8 @@ def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     The c servers are pooled into one that runs a batch of g prompts in (t_pre + (g - 1) p1) / c
     (once all are busy, FCFS over c servers drains like one c times faster) and takes up to
-    `full` waiting prompts (counted in groups of u so that a batch is at most BATCH_GROUPS
-    groups; the count of groups is taken Poisson). queue.batch_chain gives the queue Q at batch
+    `full` waiting prompts (counted in groups of u, the last one partial, so that a batch is at
+    most BATCH_GROUPS groups: a batch of g groups holds (g - 1) u + (u + 1) / 2 prompts on average). queue.batch_chain gives the queue Q at batch
     starts. A prompt arriving during a batch (weight pi(Q) P(A) per arrival of its A) waits
     for the rest of it (uniform over its length), then, if fewer than `full` are ahead (Q - g
     left over and the arrivals before it), for its own batch of min(Q - g + A, full) prompts
@@ -334,9 +334,9 @@ def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarr
     kmax = int(np.max(k))
     states = 3 * kmax + 16
     g = np.arange(1, kmax + 1)[None, :]
-    own = (np.minimum(g, k[:, None]) * u[:, None] - 1.0) * eng.p1[:, None]       # own batch less t_pre
+    own = ((np.minimum(g, k[:, None]) - 1.0) * u[:, None] + (u[:, None] - 1.0) / 2.0) * eng.p1[:, None]   # less t_pre
     serve = (eng.t_pre[:, None] + own) / c[:, None]
-    pi, pmf = batch_chain(lam / u, serve, k, states)
+    pi, pmf = batch_chain(lam, serve, k, states, u)
     rows = len(k)
     q = np.arange(1, states + 1)[None, :]
     gq = np.minimum(q, k[:, None])

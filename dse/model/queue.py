@@ -68,15 +68,29 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     return p / total[:, None], wait / total, r
 
 
-def poisson_pmf(x, count: int) -> np.ndarray:
-    """P(A = 0..count-1) of A ~ Poisson(x), x (...,) -> (..., count), in logs (no overflow)."""
+def poisson_pmf(x, count: int, group=None) -> np.ndarray:
+    """P(G = 0..count-1) of G = ceil(A / group), A ~ Poisson(x): x (...,) -> (..., count), in logs
+    (no overflow). group (broadcast to x's rows, integer >= 1; None = 1) counts arrivals in groups."""
     x = np.maximum(np.asarray(x, dtype=float), 1e-300)[..., None]
-    k = np.arange(count, dtype=float)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, count, dtype=float)))])
-    return np.exp(k * np.log(x) - x - log_fact)
+    if group is None:
+        k = np.arange(count, dtype=float)
+        return np.exp(k * np.log(x) - x - _log_fact(count))
+    u = np.asarray(group, dtype=np.int64).reshape((-1,) + (1,) * (x.ndim - 1))
+    span = np.arange(1, int(np.max(u)) + 1)                               # offsets inside a group
+    log_fact = _log_fact(count * int(np.max(u)) + 1)
+    out = [np.exp(-x[..., 0])]
+    for j in range(1, count):
+        a = (j - 1) * u + span                                            # A in ((j - 1) u, j u]
+        terms = np.exp(a * np.log(x) - x - log_fact[np.minimum(a, len(log_fact) - 1)])
+        out.append(np.sum(np.where(span <= u, terms, 0.0), axis=-1))
+    return np.stack(out, axis=-1)
 
 
-def batch_chain(lam, serve, k, states: int) -> tuple[np.ndarray, np.ndarray]:
+def _log_fact(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n, dtype=float)))])
+
+
+def batch_chain(lam, serve, k, states: int, group=None) -> tuple[np.ndarray, np.ndarray]:
     """Stationary law of the queue a batching server finds when it starts a batch.
 
     Why an embedded chain and not the birth-death chain: a server that takes up to k waiting
@@ -86,11 +100,12 @@ def batch_chain(lam, serve, k, states: int) -> tuple[np.ndarray, np.ndarray]:
     lam: (rows,) arrivals per unit time; serve: (rows, >= max k); k: (rows,) integer. From Q
     waiting the batch is g = min(Q, k), the next start finds Q - g + A (A ~ Poisson(lam
     serve[g - 1])), or 1 after an idle spell; queues beyond `states` are lumped into the last.
+    group (rows,): Q and k count arrivals in groups of that many (poisson_pmf).
     Returns (pi over Q = 1..states, pmf (rows, states, states + 1) of A from each Q)."""
     lam = np.asarray(lam, dtype=float)
     q = np.arange(1, states + 1)[None, :]
     g = np.minimum(q, np.asarray(k, dtype=np.int64)[:, None])
-    pmf = poisson_pmf(lam[:, None] * np.take_along_axis(serve, g - 1, axis=1), states + 1)   # (rows, Q, A)
+    pmf = poisson_pmf(lam[:, None] * np.take_along_axis(serve, g - 1, axis=1), states + 1, group)
     left = (q - g)[:, :, None]
     a = np.arange(states)[None, None, :] + 1 - left                       # A that lands on Q' = index + 1
     trans = np.where(a >= 0, np.take_along_axis(pmf, np.clip(a, 0, states), axis=2), 0.0)

@@ -29,13 +29,16 @@ forms exist:
     meanwhile, and, for prompts near the budget, an M/D/1-like prompt backlog; its TPOT is the
     mean step over its life (normal: the batch averages the requests present at its arrival
     and those arriving during it, plus the Poisson count of other prompts its steps carry);
-  - disagg: the prefill pool is an M/D/c-like batching queue (the chain with batch-dependent
-    rates gives the busy share rho; a waiting prompt either waits for the first busy server
-    or, with chance rho, an exponential Kingman wait), then the KV hand-off, then a decode
-    rank like agg without prompts (a decode slot wait lands in TPOT).
+  - disagg: the prefill pool is a batching queue: the birth-death chain with batch-dependent
+    rates gives the chance that a prompt waits (c servers); how long it waits comes from the
+    embedded chain at batch starts of the pool pooled into one server (queue.batch_chain:
+    exact for one server, where a long batch gathers a long next one, which an M/D/c split
+    into "first free server" and a Kingman tail missed at light load); then the KV hand-off,
+    then a decode rank like agg without prompts (a decode slot wait lands in TPOT).
 The mixture over states gives the p50 / p99. It is held to a discrete-event simulation of
 the same engine (dse.fit.queue_sim; `python -m dse.fit.queue_check`, tests/test_openloop.py):
-within 15 % at 30-85 % of capacity on a sample, but for two recorded misses.
+within 15 % at 30-85 % of capacity on a sample, but for one recorded miss (a prompt-heavy agg
+rank's p99 TTFT at 85 %, where the slot wait holds the p99).
 """
 from __future__ import annotations
 

@@ -183,6 +183,9 @@ def mixture_quantiles(levels, *, ue=None, nrm=None) -> list[np.ndarray]:
     ue = (weight, a, width, q, rate): components a + U width + Bernoulli(q) Exp(rate);
     nrm = (weight, mean, sd): normal components. Each array is (rows, K)."""
     lo0, hi0 = _bracket(ue, nrm)
+    atoms = None
+    if ue is not None:        # a quantile on an atom (a component of no width) is the atom itself
+        atoms = np.where((ue[0] > 0) & (ue[2] <= 0) & (ue[3] <= 0), ue[1], np.nan)
     ue = None if ue is None else _Uniform(*ue)
     out = []
     for level in levels:
@@ -191,5 +194,8 @@ def mixture_quantiles(levels, *, ue=None, nrm=None) -> list[np.ndarray]:
             mid = 0.5 * (lo + hi)
             below = _mixture_cdf(mid, ue, nrm) < level
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        if atoms is not None:
+            near = (atoms <= hi[:, None]) & (atoms >= lo[:, None])
+            hi = np.where(near.any(axis=1), np.nanmax(np.where(near, atoms, np.nan), axis=1, initial=-np.inf), hi)
         out.append(hi)
     return out

@@ -29,13 +29,16 @@ forms exist:
     meanwhile, and, for prompts near the budget, an M/D/1-like prompt backlog; its TPOT is the
     mean step over its life (normal: the batch averages the requests present at its arrival
     and those arriving during it, plus the Poisson count of other prompts its steps carry);
-  - disagg: the prefill pool is an M/D/c-like batching queue (the chain with batch-dependent
-    rates gives the busy share rho; a waiting prompt either waits for the first busy server
-    or, with chance rho, an exponential Kingman wait), then the KV hand-off, then a decode
-    rank like agg without prompts (a decode slot wait lands in TPOT).
+  - disagg: the prefill pool is a batching queue: the birth-death chain with batch-dependent
+    rates gives the chance that a prompt waits (c servers); how long it waits comes from the
+    embedded chain at batch starts of the pool pooled into one server (queue.batch_chain:
+    exact for one server, where a long batch gathers a long next one, which an M/D/c split
+    into "first free server" and a Kingman tail missed at light load); then the KV hand-off,
+    then a decode rank like agg without prompts (a decode slot wait lands in TPOT).
 The mixture over states gives the p50 / p99. It is held to a discrete-event simulation of
 the same engine (dse.fit.queue_sim; `python -m dse.fit.queue_check`, tests/test_openloop.py):
-within 15 % at 30-85 % of capacity on a sample, but for two recorded misses.
+within 15 % at 30-85 % of capacity on a sample, but for one recorded miss (a prompt-heavy agg
+rank's p99 TTFT at 85 %, where the slot wait holds the p99).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ import dataclasses
 import numpy as np
 
 from dse.catalog.models import Model
-from dse.model.queue import birth_death, mixture_quantiles
+from dse.model.queue import batch_chain, birth_death, mixture_quantiles
 from dse.model.steps import decode_phase
 
 __all__ = ["Engine", "engine_of", "latency_percentiles", "interp", "GRID_POINTS", "MAX_STATES", "PERCENTILES"]
@@ -53,6 +56,7 @@ GRID_POINTS = 9          # step-cost table points over the running batch, log-sp
 MAX_STATES = 4096        # states of the birth-death chain (a slot limit above it waits from here)
 PERCENTILES = (0.5, 0.99)
 _ROWS_PER_BLOCK = 256    # rows whose (rows, states) arrays are built at once
+BATCH_GROUPS = 16        # prefill batch chain: prompts are counted in groups so that a batch is <= 16 of them
 
 
 @dataclasses.dataclass
@@ -315,6 +319,57 @@ def _agg_ttft(eng: Engine, lam, nn, p, wait, s, rate_w) -> tuple:
     return tuple(ws)
 
 
+def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How long a prompt that finds the prefill pool busy waits, as components (weight, extra
+    TTFT a, width of a uniform part) over the batch it arrived in and the batch it joins.
+
+    The c servers are pooled into one that runs a batch of g prompts in (t_pre + (g - 1) p1) / c
+    (once all are busy, FCFS over c servers drains like one c times faster) and takes up to
+    `full` waiting prompts (counted in groups of u, the last one partial, so that a batch is at
+    most BATCH_GROUPS groups: a batch of g groups holds (g - 1) u + (u + 1) / 2 prompts on average). queue.batch_chain gives the queue Q at batch
+    starts. A prompt arriving during a batch (weight pi(Q) P(A) per arrival of its A) waits
+    for the rest of it (uniform over its length), then, if fewer than `full` are ahead (Q - g
+    left over and the arrivals before it), for its own batch of min(Q - g + A, full) prompts
+    (t_pre + (g' - 1) p1, less the t_pre already in the base); else for m full batches first."""
+    k_full = np.maximum(np.floor(eng.full), 1.0)
+    u = np.ceil(k_full / BATCH_GROUPS)
+    k = np.maximum(np.round(k_full / u), 1.0).astype(np.int64)
+    kmax = int(np.max(k))
+    states = 3 * kmax + 16
+    g = np.arange(1, kmax + 1)[None, :]
+    own = ((np.minimum(g, k[:, None]) - 1.0) * u[:, None] + (u[:, None] - 1.0) / 2.0) * eng.p1[:, None]   # less t_pre
+    serve = (eng.t_pre[:, None] + own) / c[:, None]
+    pi, pmf = batch_chain(lam, serve, k, states, u)
+    rows = len(k)
+    q = np.arange(1, states + 1)[None, :]
+    gq = np.minimum(q, k[:, None])
+    left, width = (q - gq)[:, :, None], np.take_along_axis(serve, gq - 1, axis=1)   # (rows, Q)
+    a = np.arange(states + 1)[None, None, :]
+    w = pi[:, :, None] * pmf                                                    # per arrival of the A
+    kk = k[:, None, None]
+    mmax = int(np.ceil(2.0 * states / np.min(k)))
+    # m = 0: the positions left + 1 .. min(left + A, k) join the next batch, of min(left + A, k)
+    n0 = np.clip(kk - left, 0, a)
+    nxt = np.minimum(left + a, kk)
+    ncls = kmax * (kmax + mmax)
+    base_cls = (gq - 1)[:, :, None] * (kmax + mmax)
+    # m >= 1: position left + j (j = 1..states) carries the arrivals with A >= j; m = ceil(pos / k) - 1
+    tail = np.cumsum(w[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]
+    m = np.minimum(np.ceil((left + a[:, :, 1:]) / kk) - 1, mmax).astype(np.int64)
+    cls = np.concatenate([base_cls + np.maximum(nxt, 1) - 1, base_cls + kmax + np.maximum(m, 1) - 1], axis=2)
+    wt = np.concatenate([w * n0, np.where(m >= 1, tail, 0.0)], axis=2)
+    flat = (np.arange(rows)[:, None, None] * ncls + cls).ravel()
+    weight = np.bincount(flat, wt.ravel(), minlength=rows * ncls).reshape(rows, ncls)
+    full_t = serve[np.arange(rows), k - 1]
+    own_full = own[np.arange(rows), k - 1]
+    later = np.arange(1, mmax + 1)[None, :] * full_t[:, None] + own_full[:, None]   # m full batches, then its own
+    value = np.broadcast_to(np.concatenate([own, later], axis=1)[:, None, :], (rows, kmax, kmax + mmax))
+    weight = weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-300)
+    widths = np.repeat(serve, kmax + mmax, axis=1)
+    keep = np.flatnonzero(np.max(weight, axis=0) > 1e-9)
+    return weight[:, keep], value.reshape(rows, -1)[:, keep], widths[:, keep]
+
+
 def _disagg(eng: Engine, lam, levels=PERCENTILES) -> dict[str, np.ndarray]:
     """A disagg unit: the prefill pool (batches of waiting prompts on pre_servers servers),
     the KV hand-off, then a decode rank (its share lam / ranks of the arrivals)."""
@@ -325,25 +380,18 @@ def _disagg(eng: Engine, lam, levels=PERCENTILES) -> dict[str, np.ndarray]:
     t_g = eng.t_pre[:, None] + (g - 1.0) * eng.p1[:, None]
     mu_pre = np.minimum(npre, c[:, None]) * g / t_g
     p_pre, wait_pre, r_pre = birth_death(lam, mu_pre, sp)
-    # the chain's law gives the busy servers and the chance of waiting (batching included). A
-    # waiting prompt finds, with chance 1 - rho, no queue: it waits for the first busy server
-    # (a uniform share of t_pre / c); with chance rho a queue: an M/D/c-like exponential wait
-    # (fixed prompt lengths, Kingman's heavy-traffic rate 2 c (1 - rho) / t_pre). The prompts
-    # arriving while it waits join its batch (up to `full`), so each ms of wait costs
-    # 1 + lam p1 / c ms (less where the batch fills).
-    rho = (np.sum(p_pre * np.minimum(npre - 1.0, c[:, None]), axis=1) + wait_pre * c) / c
+    # the chain's law gives the chance of waiting (c servers, batching included); how long a
+    # waiting prompt waits comes from the batch-start chain of the pool (_prefill_wait)
     p_wait = np.sum(np.where(npre - 1.0 >= c[:, None], p_pre, 0.0), axis=1) + wait_pre
-    rate = 2.0 * c * np.maximum(1.0 - rho, 1e-9) / eng.t_pre
     t_full = eng.t_pre + (eng.full - 1.0) * eng.p1
-    stretch = 1.0 + lam * eng.p1 / c * np.minimum(1.0, (eng.full - 1.0) * rate * c / np.maximum(lam, 1e-300))
     base = eng.request_ms + eng.xfer + eng.t_pre
-    zero = np.zeros_like(rho)
-    g_w = np.clip(1.0 + lam / (2.0 * rate * c), 1.0, eng.full)         # the batch a queued prompt joins
-    ue = tuple(np.stack(x, axis=1) for x in ((1.0 - p_wait, p_wait * (1.0 - rho), p_wait * rho),
-                                              (base, base, base + (g_w - 1.0) * eng.p1),
-                                              (zero, eng.t_pre / c * stretch, zero), (zero, zero, zero + 1.0),
-                                              (rate, rate, rate)))
-    mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2.0 + ue[3] / ue[4]), axis=1)
+    w_q, v_q, width_q = _prefill_wait(eng, lam, c)
+    zero = np.zeros_like(w_q)
+    ue = (np.concatenate([(1.0 - p_wait)[:, None], p_wait[:, None] * w_q], axis=1),
+          base[:, None] + np.concatenate([np.zeros((len(c), 1)), v_q], axis=1),
+          np.concatenate([np.zeros((len(c), 1)), width_q], axis=1), np.concatenate([zero[:, :1], zero], axis=1),
+          np.ones((len(c), w_q.shape[1] + 1)))
+    mean_ttft = np.sum(ue[0] * (ue[1] + ue[2] / 2.0), axis=1)
     cap_pre = c * eng.full / t_full
     # decode rank
     lam_d = lam / eng.ranks

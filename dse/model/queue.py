@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["birth_death", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
+__all__ = ["birth_death", "batch_chain", "poisson_pmf", "mixture_quantiles", "norm_cdf", "QUANTILE_STEPS"]
 
 QUANTILE_STEPS = 26     # bisection steps of a quantile: the bracket shrinks by 2^-26 (~1.5e-8)
 
@@ -66,6 +66,57 @@ def birth_death(lam, mu, slots, jump=None) -> tuple[np.ndarray, np.ndarray, np.n
     wait = last * rc / (1.0 - rc)
     total = p.sum(axis=1) + wait
     return p / total[:, None], wait / total, r
+
+
+def poisson_pmf(x, count: int, group=None) -> np.ndarray:
+    """P(G = 0..count-1) of G = ceil(A / group), A ~ Poisson(x): x (...,) -> (..., count), in logs
+    (no overflow). group (broadcast to x's rows, integer >= 1; None = 1) counts arrivals in groups."""
+    x = np.maximum(np.asarray(x, dtype=float), 1e-300)[..., None]
+    if group is None:
+        k = np.arange(count, dtype=float)
+        return np.exp(k * np.log(x) - x - _log_fact(count))
+    u = np.asarray(group, dtype=np.int64).reshape((-1,) + (1,) * (x.ndim - 1))
+    span = np.arange(1, int(np.max(u)) + 1)                               # offsets inside a group
+    log_fact = _log_fact(count * int(np.max(u)) + 1)
+    out = [np.exp(-x[..., 0])]
+    for j in range(1, count):
+        a = (j - 1) * u + span                                            # A in ((j - 1) u, j u]
+        terms = np.exp(a * np.log(x) - x - log_fact[np.minimum(a, len(log_fact) - 1)])
+        out.append(np.sum(np.where(span <= u, terms, 0.0), axis=-1))
+    return np.stack(out, axis=-1)
+
+
+def _log_fact(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n, dtype=float)))])
+
+
+def batch_chain(lam, serve, k, states: int, group=None) -> tuple[np.ndarray, np.ndarray]:
+    """Stationary law of the queue a batching server finds when it starts a batch.
+
+    Why an embedded chain and not the birth-death chain: a server that takes up to k waiting
+    requests per batch, for a deterministic time serve[g - 1] that grows with the batch g, has a
+    wait made of whole batches whose lengths are correlated (a long batch gathers a long next
+    one); the chain at batch starts (bulk service M/G^(1,k)/1, Bailey 1954) is exact for it.
+    lam: (rows,) arrivals per unit time; serve: (rows, >= max k); k: (rows,) integer. From Q
+    waiting the batch is g = min(Q, k), the next start finds Q - g + A (A ~ Poisson(lam
+    serve[g - 1])), or 1 after an idle spell; queues beyond `states` are lumped into the last.
+    group (rows,): Q and k count arrivals in groups of that many (poisson_pmf).
+    Returns (pi over Q = 1..states, pmf (rows, states, states + 1) of A from each Q)."""
+    lam = np.asarray(lam, dtype=float)
+    q = np.arange(1, states + 1)[None, :]
+    g = np.minimum(q, np.asarray(k, dtype=np.int64)[:, None])
+    pmf = poisson_pmf(lam[:, None] * np.take_along_axis(serve, g - 1, axis=1), states + 1, group)
+    left = (q - g)[:, :, None]
+    a = np.arange(states)[None, None, :] + 1 - left                       # A that lands on Q' = index + 1
+    trans = np.where(a >= 0, np.take_along_axis(pmf, np.clip(a, 0, states), axis=2), 0.0)
+    trans[:, :, 0] += np.where(left[:, :, 0] == 0, pmf[:, :, 0], 0.0)     # A = 0: idle, then one arrival
+    trans[:, :, -1] += np.maximum(1.0 - trans.sum(axis=2), 0.0)           # the lumped tail
+    m = np.swapaxes(trans, 1, 2) - np.eye(states)[None]
+    m[:, -1, :] = 1.0                                                     # sum pi = 1 replaces one balance
+    rhs = np.zeros((len(lam), states, 1))
+    rhs[:, -1, 0] = 1.0
+    pi = np.maximum(np.linalg.solve(m, rhs)[:, :, 0], 0.0)
+    return pi / pi.sum(axis=1, keepdims=True), pmf
 
 
 class _Uniform:
@@ -132,6 +183,9 @@ def mixture_quantiles(levels, *, ue=None, nrm=None) -> list[np.ndarray]:
     ue = (weight, a, width, q, rate): components a + U width + Bernoulli(q) Exp(rate);
     nrm = (weight, mean, sd): normal components. Each array is (rows, K)."""
     lo0, hi0 = _bracket(ue, nrm)
+    atoms = None
+    if ue is not None:        # a quantile on an atom (a component of no width) is the atom itself
+        atoms = np.where((ue[0] > 0) & (ue[2] <= 0) & (ue[3] <= 0), ue[1], np.nan)
     ue = None if ue is None else _Uniform(*ue)
     out = []
     for level in levels:
@@ -140,5 +194,8 @@ def mixture_quantiles(levels, *, ue=None, nrm=None) -> list[np.ndarray]:
             mid = 0.5 * (lo + hi)
             below = _mixture_cdf(mid, ue, nrm) < level
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        if atoms is not None:
+            near = (atoms <= hi[:, None]) & (atoms >= lo[:, None])
+            hi = np.where(near.any(axis=1), np.nanmax(np.where(near, atoms, np.nan), axis=1, initial=-np.inf), hi)
         out.append(hi)
     return out

@@ -139,7 +139,8 @@ def _quiet():
 
 def _held(model, side: int):
     """A fitted quantile model whose lower (side -1) or upper (+1) bound is moved to hold 0,
-    the point prediction; the conformal step then calibrates the interval as shipped."""
+    the point prediction; the conformal step then calibrates the interval as shipped.
+    (The class is made here because scikit-learn, the `fit` extra, is imported lazily.)"""
     from sklearn.base import BaseEstimator, RegressorMixin
 
     class HoldsPoint(RegressorMixin, BaseEstimator):
@@ -225,9 +226,9 @@ def fit_cells(res: pd.DataFrame, levels: dict, *, seed: int = SEED) -> dict[str,
     return out
 
 
-def _tables(cells: dict[str, pd.DataFrame], levels: dict, rho: float = 0.0) -> rt.Intervals:
+def _tables(cells: dict[str, pd.DataFrame], levels: dict) -> rt.Intervals:
     return rt.Intervals(tables={m: rt.table_from_cells(cells[m], m, levels[m], source="fit_cells") for m in METRICS},
-                        rho=rho, meta={})
+                        rho=0.0, meta={})
 
 
 def bounds(table: rt.Intervals, res: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -21,23 +21,28 @@ from typing import Callable
 
 import numpy as np
 
-from dse.catalog.kv_tiers import tier_of
+from dse.catalog.kv_tiers import TIERS, tier_of
 from dse.catalog.traces import read_trace, reuse_cdf
-from dse.deploy.columns import used
 from dse.model import kvcache as kv
 from dse.model import memory
 from dse.model.steps import ModeResult, Pool, prefill_phase
 
-__all__ = ["active", "serve", "metrics", "FEATURE_COLUMNS"]
+__all__ = ["asks", "active", "serve", "metrics", "FEATURE_COLUMNS"]
 
 FEATURE_COLUMNS = ("kv_tier", "kv_tier_gb", "kv_tier_gb_s", "routing", "turns", "system_prompt", "think_time_s", "trace")
 
 
+def asks(c: dict, vocab: dict) -> np.ndarray:
+    """Per row: does it use a reuse workload, an offload tier or a routing model?"""
+    def on(name, word_on):
+        return np.array([word_on(str(w)) for w in vocab[name]], dtype=bool)[np.asarray(c[name])]
+    return (on("kv_tier", lambda w: w != "hbm") | on("trace", bool) | on("routing", bool) | (c["turns"] > 1)
+            | (c["system_prompt"] > 0) | (c["kv_tier_gb"] > 0))
+
+
 def active(c: dict, vocab: dict) -> bool:
     """Does any row use a reuse workload, an offload tier or a routing model?"""
-    return (any(w != "hbm" for w in used(c, vocab, "kv_tier")) or any(used(c, vocab, "routing"))
-            or any(used(c, vocab, "trace")) or bool(np.any(c["kv_tier_gb"] > 0)) or bool(np.any(c["turns"] > 1))
-            or bool(np.any(c["system_prompt"] > 0)))
+    return bool(np.any(asks(c, vocab)))
 
 
 def _codes(c: dict, vocab: dict, name: str, words) -> np.ndarray:
@@ -48,15 +53,15 @@ def _codes(c: dict, vocab: dict, name: str, words) -> np.ndarray:
 
 def _tier_arrays(c: dict, vocab: dict, reasons) -> dict:
     """Per row: the offload tier's figures (zero where the row has none), and flags."""
-    tier = _codes(c, vocab, "kv_tier", ("hbm", "host", "fabric", "ssd"))
+    tier = _codes(c, vocab, "kv_tier", TIERS)
     dev = np.asarray(c["device"], dtype=np.int64)
     names = ("gb_per_gpu", "link_gb_s", "latency_ms", "usd_per_gb", "w_per_gb", "rent_usd_per_gb_hour", "pooled")
     out = {k: np.zeros(len(dev)) for k in names}
     missing = np.zeros(len(dev), dtype=bool)
-    key = dev * 4 + tier
+    key = dev * len(TIERS) + tier
     for k in np.unique(key[tier > 0]):
         rows = key == k
-        t = tier_of(str(vocab["device"][k // 4]), ("hbm", "host", "fabric", "ssd")[k % 4])
+        t = tier_of(str(vocab["device"][k // len(TIERS)]), TIERS[k % len(TIERS)])
         if t is None:
             missing |= rows
             continue
@@ -193,13 +198,9 @@ def metrics(res: ModeResult, c: dict, vocab: dict, mode: str, reasons) -> dict:
     rows of another mode than agg that ask for reuse, tiers or routing are flagged."""
     if res.cache is not None:
         return dict(res.cache)
-    if mode != "agg" and active(c, vocab):
-        tier_on = np.array([str(w) != "hbm" for w in vocab["kv_tier"]])[c["kv_tier"]]
-        trace_on = np.array([bool(str(w)) for w in vocab["trace"]])[c["trace"]]
-        route_on = np.array([bool(str(w)) for w in vocab["routing"]])[c["routing"]]
-        asks = tier_on | trace_on | route_on | (c["turns"] > 1) | (c["system_prompt"] > 0) | (c["kv_tier_gb"] > 0)
-        reasons.flag(asks, "structure", f"structure: kv tiers, reuse workloads and routing are modelled for agg, "
-                                        f"not {mode}")
+    if mode != "agg":
+        reasons.flag(asks(c, vocab), "structure", f"structure: kv tiers, reuse workloads and routing are modelled "
+                                                  f"for agg, not {mode}")
     n = len(np.asarray(c["tp"]))
     return {"cache_hit_rate": np.broadcast_to(np.asarray(c["prefix_hit"], dtype=float), (n,)).copy(),
             "load_imbalance": np.ones(n)}

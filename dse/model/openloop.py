@@ -343,7 +343,7 @@ def _prefill_wait(eng: Engine, lam, c) -> tuple[np.ndarray, np.ndarray, np.ndarr
     rows = len(k)
     q = np.arange(1, states + 1)[None, :]
     gq = np.minimum(q, k[:, None])
-    left, width = (q - gq)[:, :, None], np.take_along_axis(serve, gq - 1, axis=1)   # (rows, Q)
+    left = (q - gq)[:, :, None]                                                 # (rows, Q, 1)
     a = np.arange(states + 1)[None, None, :]
     w = pi[:, :, None] * pmf                                                    # per arrival of the A
     kk = k[:, None, None]

@@ -50,13 +50,9 @@ def disagg(model: Model, pools: Pools, c: dict, no_dev: int, common: dict) -> Mo
 def afd(model: Model, pools: Pools, c: dict, no_dev: int, common: dict) -> ModeRun:
     adev = roles.device(c, "attn", blank=no_dev)
     fdev = roles.device(c, "ffn", blank=no_dev)
-    agpus, fgpus = roles.afd_gpus(c)
-    atp = roles.attn_tp(c, agpus)
-    apool, ahwc = pools.make(adev, atp, np.maximum(agpus / atp, 1.0), np.ones_like(agpus), c["pp"], holds="attn")
-    if model.is_moe:
-        fpool, fhwc = pools.make(fdev, np.ones_like(fgpus), fgpus, fgpus, c["pp"], holds="ffn")
-    else:
-        fpool, fhwc = pools.make(fdev, fgpus, np.ones_like(fgpus), np.ones_like(fgpus), c["pp"], holds="ffn")
+    attn, ffn, agpus, fgpus = roles.afd_layouts(c, model.is_moe)
+    apool, ahwc = pools.make(adev, *attn, c["pp"], holds="attn")
+    fpool, fhwc = pools.make(fdev, *ffn, c["pp"], holds="ffn")
     same = (adev == fdev) & (agpus + fgpus <= ahwc["domain"])
     used = [(ahwc, apool.gpus), (fhwc, fpool.gpus)]
     pd_rows = c["prefill_device"] != no_dev

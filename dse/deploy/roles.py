@@ -13,7 +13,7 @@ import numpy as np
 
 from dse.schema import COLUMNS
 
-__all__ = ["ROLES", "ROLE_MODE", "device", "layout", "afd_gpus", "attn_tp", "fewest_redundant"]
+__all__ = ["ROLES", "ROLE_MODE", "device", "layout", "afd_gpus", "attn_tp", "afd_layouts", "fewest_redundant"]
 
 ROLES = ("prefill", "decode", "attn", "ffn")
 ROLE_MODE = {"prefill": "disagg", "decode": "disagg", "attn": "afd", "ffn": "afd"}
@@ -40,6 +40,18 @@ def afd_gpus(c: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def attn_tp(c: Mapping[str, Any], attn_gpus: np.ndarray) -> np.ndarray:
     return np.minimum(c["attn_tp"], attn_gpus)
+
+
+def afd_layouts(c: Mapping[str, Any], is_moe: bool) -> tuple[tuple, tuple, np.ndarray, np.ndarray]:
+    """(tp, dp, ep) of afd's attention pool and of its FFN pool, and the two pools' GPUs:
+    attention TP attn_tp (at most its GPUs) with the other ranks data-parallel; the FFN
+    pool expert parallel over its GPUs (MoE) or tensor parallel (dense)."""
+    agpus, fgpus = afd_gpus(c)
+    atp = attn_tp(c, agpus)
+    one = np.ones_like(fgpus)
+    attn = (atp, np.maximum(agpus / atp, 1.0), np.ones_like(agpus))
+    ffn = (one, fgpus, fgpus) if is_moe else (fgpus, one, one)
+    return attn, ffn, agpus, fgpus
 
 
 def fewest_redundant(c: Mapping[str, Any], experts: int) -> dict[str, np.ndarray]:

@@ -58,14 +58,10 @@ def _layout(model: Model, c: dict, pool: str):
         return c["tp"], c["dp"], c["ep"], c["pp"], c["redundant_experts"], "all"
     if pool in ("prefill", "decode"):
         return (*(roles.layout(c, pool, k) for k in _LAYOUT), "all")
-    agpus, fgpus = roles.afd_gpus(c)
+    attn, ffn, _, _ = roles.afd_layouts(c, model.is_moe)
     if pool == "attn":
-        atp = roles.attn_tp(c, agpus)
-        return atp, np.maximum(agpus / atp, 1.0), np.ones_like(agpus), c["pp"], 0.0, "attn"
-    one = np.ones_like(fgpus)
-    if model.is_moe:
-        return one, fgpus, fgpus, c["pp"], c["redundant_experts"], "ffn"
-    return fgpus, one, one, c["pp"], c["redundant_experts"], "ffn"
+        return (*attn, c["pp"], 0.0, "attn")
+    return (*ffn, c["pp"], c["redundant_experts"], "ffn")
 
 
 def pool_check(model: Model, c: dict, vocab: dict, mode: str, pool: str, no_dev: int) -> tuple[np.ndarray, np.ndarray]:

@@ -220,15 +220,15 @@ def _slo_check(res, c, factors, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     meets its SLOs when the chance that both hold (the calibrated error model of
     dse.deploy.intervals) is at least that confidence, and goodput is the load at which each
     latency's confidence-quantile (not its point) meets its limit."""
-    prob = intervals.meets_slo_prob(res.ttft_ms, res.tpot_ms, c["ttft_slo_ms"], c["tpot_slo_ms"], factors)
+    meets, prob = intervals.slo_verdict(res.ttft_ms, res.tpot_ms, c["ttft_slo_ms"], c["tpot_slo_ms"],
+                                        c["slo_confidence"], factors)
+    meets &= ok
     conf = np.asarray(c["slo_confidence"], dtype=float)
-    point = (res.ttft_ms <= c["ttft_slo_ms"]) & (res.tpot_ms <= c["tpot_slo_ms"])
     if not np.any(conf > 0):
-        return point & ok, prob, c["ttft_slo_ms"], c["tpot_slo_ms"]
+        return meets, prob, c["ttft_slo_ms"], c["tpot_slo_ms"]
     q = {m: intervals.quantile_factor(lo, hi, np.maximum(conf, 0.5)) for m, lo, hi in
          (("ttft", factors.ttft_lo, factors.ttft_hi), ("tpot", factors.tpot_lo, factors.tpot_hi))}
     sure = conf > 0
-    meets = np.where(sure, prob >= conf, point) & ok
     return (meets, prob, np.where(sure, c["ttft_slo_ms"] / q["ttft"], c["ttft_slo_ms"]),
             np.where(sure, c["tpot_slo_ms"] / q["tpot"], c["tpot_slo_ms"]))
 

@@ -42,7 +42,7 @@ from dse.errors import DSEError
 
 __all__ = ["CATEGORICAL", "NUMERIC", "FEATURES", "INPUTS", "Z90", "IntervalTable", "Intervals", "Factors",
            "load_intervals", "intervals", "feature_codes", "add_interval_columns", "meets_slo_prob", "quantile_factor",
-           "model_flags", "bucket", "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency"]
+           "model_flags", "bucket", "INTERVAL_COLUMNS", "METRICS", "table_from_cells", "concurrency", "slo_verdict"]
 
 CATEGORICAL = ("mode", "recorded", "moe", "mla", "backend", "bottleneck")
 NUMERIC = ("concurrency", "isl", "osl", "ttft")        # stored as log buckets
@@ -292,3 +292,12 @@ def meets_slo_prob(ttft, tpot, ttft_slo, tpot_slo, factors: Factors) -> np.ndarr
             z = (np.log(np.asarray(slo, float)) - np.log(np.asarray(pred, float)) - mu) / sd
         out.append(np.where(np.isposinf(np.asarray(slo, float)), np.inf, np.nan_to_num(z, nan=-np.inf)))
     return _phi2(out[0], out[1], factors.rho)
+
+
+def slo_verdict(ttft, tpot, ttft_slo, tpot_slo, confidence, factors: Factors) -> tuple[np.ndarray, np.ndarray]:
+    """(meets the mean SLOs, the chance both hold): with slo_confidence 0 the point
+    prediction decides; above 0 the chance must be at least that confidence."""
+    prob = meets_slo_prob(ttft, tpot, ttft_slo, tpot_slo, factors)
+    conf = np.asarray(confidence, dtype=float)
+    point = (ttft <= ttft_slo) & (tpot <= tpot_slo)
+    return np.where(conf > 0, prob >= conf, point), prob

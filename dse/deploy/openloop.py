@@ -108,9 +108,8 @@ def _rows(factors, idx):
 def _meets(lat: dict, ttft, tpot, sub: dict, fac) -> np.ndarray:
     """Every SLO at these latencies: the mean ones (the point prediction, or with
     slo_confidence > 0 the calibrated chance, as in the closed loop) and the p99 ones."""
-    prob = intervals.meets_slo_prob(ttft, tpot, sub["ttft_slo_ms"], sub["tpot_slo_ms"], fac)
-    conf = np.asarray(sub["slo_confidence"], dtype=float) * np.ones(len(ttft))
-    mean_ok = np.where(conf > 0, prob >= conf, (ttft <= sub["ttft_slo_ms"]) & (tpot <= sub["tpot_slo_ms"]))
+    mean_ok, prob = intervals.slo_verdict(ttft, tpot, sub["ttft_slo_ms"], sub["tpot_slo_ms"],
+                                          np.asarray(sub["slo_confidence"], dtype=float) * np.ones(len(ttft)), fac)
     return mean_ok & (lat["ttft_p99_ms"] <= sub["ttft_p99_slo_ms"]) & (lat["tpot_p99_ms"] <= sub["tpot_p99_slo_ms"]) \
         & (lat["utilisation"] < 1.0), prob
 

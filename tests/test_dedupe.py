@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dse.deploy.factorize import factorize
-from dse.model import dedupe, steps
+from dse.model import dedupe
 
 words = st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
                  min_size=1, max_size=8)
@@ -35,7 +35,7 @@ def test_factorize_of_long_ascii_ids_and_other_dtypes():
 def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
     rng = np.random.default_rng(seed)
     cols = [rng.integers(0, 4, nrows).astype(float) for _ in range(ncols)]
-    first, inverse = steps._unique_rows(*cols)
+    first, inverse = dedupe.unique_rows(*cols)
     mat = np.stack(cols, axis=1)
     assert len(first) == len(np.unique(mat, axis=0))
     assert (mat[first][inverse] == mat).all()

@@ -162,40 +162,36 @@ class Space:
         return idx
 
     # -- index <-> columns ------------------------------------------------------
-    def decode(self, indices: Any) -> dict[str, np.ndarray]:
-        """Configuration columns (axes and `mode`) of the given indices."""
+    def _digits(self, indices: Any) -> tuple[int, list]:
+        """(rows, [(mode number, its rows (a slice or indices), [(axis, digit per row)])]) of
+        the given indices: what `decode` and `coded` both read off a config id."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.size):
             raise DSEError(f"space {self.name}: index out of range [0, {self.size})")
-        n = idx.size
-        pieces: dict[str, list[tuple[np.ndarray | slice, np.ndarray]]] = {}
-        mode_col = np.empty(n, dtype=object)
-        for m in self.modes:
+        out = []
+        for k, m in enumerate(self.modes):
             if len(self.modes) == 1:
                 sel: np.ndarray | slice = slice(None)
                 local = idx - m.offset
             else:
-                mask = (idx >= m.offset) & (idx < m.offset + m.size)
-                if not mask.any():
+                sel = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
+                if not sel.size:
                     continue
-                sel = np.nonzero(mask)[0]
                 local = idx[sel] - m.offset
-            mode_col[sel] = m.name
-            for axis, stride in zip(m.axes, m.strides):
-                digit = (local // stride) % axis.size
+            out.append((k, sel, [(axis, (local // stride) % axis.size) for axis, stride in zip(m.axes, m.strides)]))
+        return idx.size, out
+
+    def decode(self, indices: Any) -> dict[str, np.ndarray]:
+        """Configuration columns (axes and `mode`) of the given indices."""
+        n, modes = self._digits(indices)
+        pieces: dict[str, list[tuple[np.ndarray | slice, np.ndarray]]] = {}
+        mode_col = np.empty(n, dtype=object)
+        for k, sel, digits in modes:
+            mode_col[sel] = self.modes[k].name
+            for axis, digit in digits:
                 pieces.setdefault(axis.name, []).append((sel, axis.array()[digit]))
         out: dict[str, np.ndarray] = {"mode": mode_col.astype(str)}
-        for name, parts in pieces.items():
-            if len(parts) == 1 and isinstance(parts[0][0], slice):
-                out[name] = parts[0][1]
-                continue
-            default = _column_default(name)
-            dtype = np.result_type(*[p[1] for p in parts], as_array(name, (default,)) if default is not None
-                                   else np.array([], dtype=object))
-            col = np.full(n, default, dtype=dtype if default is not None else object)
-            for sel, vals in parts:
-                col[sel] = vals
-            out[name] = col
+        out.update({name: _merge(name, parts, n) for name, parts in pieces.items()})
         return out
 
     def facility_overrides(self):
@@ -218,25 +214,13 @@ class Space:
         """The engine's input for the given indices without a string per row: (numeric axes
         and fixed columns, {string column: (codes, words)}) for dse.deploy.columns.from_codes.
         Same rows as `columns`; `mode` and string axes stay the axis digits."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.size):
-            raise DSEError(f"space {self.name}: index out of range [0, {self.size})")
-        n = idx.size
+        n, modes = self._digits(indices)
         num: dict[str, list] = {}
         text: dict[str, tuple[np.ndarray, list]] = {}
         mode_codes = np.zeros(n, dtype=np.int32)
-        for k, m in enumerate(self.modes):
-            if len(self.modes) == 1:
-                sel: np.ndarray | slice = slice(None)
-                local = idx - m.offset
-            else:
-                sel = np.nonzero((idx >= m.offset) & (idx < m.offset + m.size))[0]
-                if not sel.size:
-                    continue
-                local = idx[sel] - m.offset
-                mode_codes[sel] = k
-            for axis, stride in zip(m.axes, m.strides):
-                digit = (local // stride) % axis.size
+        for k, sel, digits in modes:
+            mode_codes[sel] = k
+            for axis, digit in digits:
                 if column_kind(axis.name) == "str":
                     codes, words = text.setdefault(axis.name, (self._default_codes(axis.name, n), []))
                     lut = np.array([_word(words, str(v)) for v in axis.values], dtype=np.int32)
@@ -244,15 +228,7 @@ class Space:
                 else:
                     num.setdefault(axis.name, []).append((sel, axis.array()[digit]))
         cols: dict[str, Any] = dict(self.fixed)
-        for name, parts in num.items():
-            if len(parts) == 1 and isinstance(parts[0][0], slice):
-                cols[name] = parts[0][1]
-                continue
-            default = _column_default(name)
-            col = np.full(n, default, dtype=np.result_type(*[p[1] for p in parts], as_array(name, (default,))))
-            for sel, vals in parts:
-                col[sel] = vals
-            cols[name] = col
+        cols.update({name: _merge(name, parts, n) for name, parts in num.items()})
         for name, (codes, words) in text.items():   # rows of modes without the axis: the default
             if (codes < 0).any():
                 codes[codes < 0] = _word(words, str(_column_default(name)))
@@ -378,3 +354,16 @@ def as_array(col: str, values: tuple | list) -> np.ndarray:
     if kind == "int":
         return np.array(values, dtype=np.int64)
     return np.array(values, dtype=float)
+
+
+def _merge(name: str, parts: list, n: int) -> np.ndarray:
+    """One column from the values of the modes that have the axis (the others: its default)."""
+    if len(parts) == 1 and isinstance(parts[0][0], slice):
+        return parts[0][1]
+    default = _column_default(name)
+    dtype = np.result_type(*[p[1] for p in parts], as_array(name, (default,)) if default is not None
+                           else np.array([], dtype=object))
+    col = np.full(n, default, dtype=dtype if default is not None else object)
+    for sel, vals in parts:
+        col[sel] = vals
+    return col

@@ -68,10 +68,10 @@ def test_committed_table_is_what_the_fit_produces(res, doc):
 
 
 def test_coverage_on_rows_the_trees_never_saw(res):
-    """The shipped table on its own conformalization rows (30 %, out of the trees' fit),
-    per held-out system: the 80 % interval holds 70-90 % of them."""
+    """The shipped table on its own conformalization rows (30 % of the deployments, out of
+    the trees' fit), per held-out system: the 80 % interval holds 70-90 % of them."""
     table = iv.load_intervals()
-    cal = fi.conformalize_rows(res.id.to_numpy())
+    cal = fi.conformalize_rows(res.deployment.to_numpy())
     for system in fi.SYSTEMS:
         part = res[cal & (res.system == system).to_numpy() & ~res.pooled.to_numpy()]
         s = fi.score(part, fi.bounds(table, part))["backend"]
@@ -88,8 +88,8 @@ def test_recorded_kfold_coverage(doc, system):
     assert s["tpot_width_80"] <= 1.8
 
 
-_WIDE = ("the out-of-fold TTFT interval is a little wider than the 2.5 target (median p90/p10 2.63 h100, 2.55 "
-         "b200 in docs/intervals.md)")
+_WIDE = ("held out by whole deployment, the TTFT interval is wider than the 2.5 target (median p90/p10 3.08 "
+         "h100, 3.24 b200 in docs/intervals.md): a deployment's TTFT bias is not in its features")
 
 
 @pytest.mark.parametrize("system", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_WIDE))
@@ -100,9 +100,9 @@ def test_ttft_width_target(doc, system):
 
 @pytest.mark.parametrize("system", ["h100_sxm", "b200_sxm"])
 def test_ttft_width_no_wider_than_shipped(doc, system):
-    """Conditioning TTFT on its own prediction took the width from 3.8-4.3 to about 2.6:
-    a refit must not lose that."""
-    assert doc["out_of_sample"]["kfold"][system]["backend"]["ttft_width_80"] <= 2.7
+    """Conditioning TTFT on its own prediction took the width (held out by measured row)
+    from 3.8-4.3 to about 2.6; held out by deployment it is 3.1-3.2: a refit must not lose that."""
+    assert doc["out_of_sample"]["kfold"][system]["backend"]["ttft_width_80"] <= 3.4
 
 
 def test_every_cell_holds_the_point_prediction():

@@ -10,8 +10,8 @@ dse.deploy.intervals. Every row is also predicted with the pooled constants (bac
 
 On those residuals, conformalized quantile regression (MAPIE's
 ConformalizedQuantileRegressor over scikit-learn's HistGradientBoostingRegressor, 80 %,
-train / conformalize split by measured row) gives p10 and p90 per feature cell. Every
-feature is discrete, so the model is evaluated on the whole grid and the grid is shipped
+train / conformalize split by measured deployment, all its loads on one side) gives p10
+and p90 per feature cell. Every feature is discrete, so the model is evaluated on the whole grid and the grid is shipped
 (hardware/intervals.yaml + intervals_{ttft,tpot}.csv.gz, a table per metric over its own
 features: dse.deploy.intervals.FEATURES), never the model:
   * a cell whose categorical features (mode, recorded, moe, mla, backend, bottleneck)
@@ -48,7 +48,7 @@ from dse.io import write_text
 from dse.schema import BOTTLENECKS
 
 __all__ = ["SYSTEMS", "MIN_COMBO", "MIN_COARSE", "FALLBACK", "loso_constants", "residuals",
-           "grid_levels", "conformalize_rows", "fit_cells", "bounds", "score", "crossfit", "main"]
+           "grid_levels", "deployment_key", "conformalize_rows", "fit_cells", "bounds", "score", "crossfit", "main"]
 
 SYSTEMS = ("h100_sxm", "b200_sxm")
 CONFIDENCE = 0.8
@@ -86,6 +86,7 @@ def residuals(data, constants: dict[str, dict]) -> pd.DataFrame:
             feats = config_features([c for _, c, _ in sel], pred.bottleneck.astype(str).to_numpy(), recorded,
                                     ttft=pred.ttft_ms.to_numpy(float))
             parts.append(pd.DataFrame({"id": data.meta.id.iloc[idx].to_numpy(), "system": held, "pooled": pooled,
+                                       "deployment": [deployment_key(c) for _, c, _ in (data.configs[j] for j in idx)],
                                        **feats,
                                        "r_ttft": np.log(data.ttft[idx] / pred.ttft_ms.to_numpy(float)),
                                        "r_tpot": np.log(data.tpot[idx] / pred.tpot_ms.to_numpy(float))}))
@@ -94,6 +95,17 @@ def residuals(data, constants: dict[str, dict]) -> pd.DataFrame:
     for f in NUMERIC:
         res[f] = bucket(res[f], f)
     return res[ok].reset_index(drop=True)
+
+
+LOAD = ("batch_size", "prefill_batch_size", "decode_batch_size", "isl", "osl", "bench_rounds")
+
+
+def deployment_key(cfg: dict) -> str:
+    """One measured deployment (model, system, formats, layout, workers), whatever its load
+    and prompt lengths: the unit that is held out. The file measures each deployment at
+    many concurrencies, and their errors share the deployment's bias, so a row whose
+    deployment is in the fit is no stand-in for a deployment never measured."""
+    return repr(sorted((k, str(v)) for k, v in cfg.items() if k not in LOAD))
 
 
 def grid_levels(res: pd.DataFrame) -> dict[str, dict[str, tuple]]:
@@ -116,8 +128,9 @@ def _grid(levels: dict) -> pd.DataFrame:
 
 
 def conformalize_rows(ids: np.ndarray, seed: int = SEED) -> np.ndarray:
-    """Mask of the rows held out of the trees to conformalize them (30 %, whole measured rows:
-    a row's named-backend and pooled residuals stay together)."""
+    """Mask of the rows held out of the trees to conformalize them: 30 % of the deployments,
+    each whole (all its loads, its named-backend and pooled residuals), so the conformal step
+    calibrates on deployments the trees never saw, as every deployment of a new system is."""
     from sklearn.model_selection import GroupShuffleSplit
 
     _, cal = next(GroupShuffleSplit(n_splits=1, test_size=0.3, random_state=seed).split(ids, groups=ids))
@@ -202,7 +215,7 @@ def fit_cells(res: pd.DataFrame, levels: dict, *, seed: int = SEED) -> dict[str,
     factors, the measured rows in the cell and where the value came from."""
     from threadpoolctl import threadpool_limits
 
-    cal = conformalize_rows(res.id.to_numpy(), seed)
+    cal = conformalize_rows(res.deployment.to_numpy(), seed)
     out = {}
     for m in METRICS:
         lv = levels[m]
@@ -258,7 +271,7 @@ def score(res: pd.DataFrame, b: dict[str, tuple[np.ndarray, np.ndarray]]) -> dic
 
 def crossfit(res: pd.DataFrame, levels: dict, *, folds: int = 5, seed: int = SEED) -> tuple[dict, float]:
     """Out-of-sample checks of the whole pipeline (trees, conformal step, fallbacks, widening):
-      kfold         fitted on 4/5 of the measured rows, scored on the fifth, per system;
+      kfold         fitted on 4/5 of the measured deployments, scored on the fifth, per system;
       cross_system  fitted on one system's residuals only, scored on the other's (a new
                     system's errors, shifted as a whole, are in no cell of the first);
     and the TTFT-TPOT correlation of the kfold standard scores (named backends)."""
@@ -266,7 +279,7 @@ def crossfit(res: pd.DataFrame, levels: dict, *, folds: int = 5, seed: int = SEE
     from sklearn.model_selection import GroupKFold
 
     oof = {m: (np.empty(len(res)), np.empty(len(res))) for m in METRICS}
-    for train, test in GroupKFold(n_splits=folds).split(res, groups=res.id.to_numpy()):
+    for train, test in GroupKFold(n_splits=folds).split(res, groups=res.deployment.to_numpy()):
         b = bounds(_tables(fit_cells(res.iloc[train], levels, seed=seed), levels), res.iloc[test])
         for m in METRICS:
             oof[m][0][test], oof[m][1][test] = b[m]
@@ -333,7 +346,7 @@ def header(path, data, constants, res, report, rho, cells, custom: bool) -> dict
                    "date": datetime.date.today().isoformat(), "versions": _versions(),
                    "method": f"conformalized quantile regression (mapie ConformalizedQuantileRegressor, "
                              f"confidence {CONFIDENCE}) over HistGradientBoostingRegressor(loss=quantile) on "
-                             "leave-one-system-out log(measured/predicted); train/conformalize 70/30 by row; "
+                             "leave-one-system-out log(measured/predicted); train/conformalize 70/30 by deployment; "
                              f"seed {SEED}"},
         "meaning": "p10 / p90 of log(measured / predicted) per cell of each metric's table; factor = exp(value); "
                    "widened to hold 0; ttft / tpot features are the point predictions in half-octave buckets",

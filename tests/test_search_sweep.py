@@ -322,3 +322,19 @@ def test_space_without_feasible_configuration(tmp_path):
     df = res.configs()
     assert len(df) == 216 and not df["is_pareto"].any()
     assert (df["infeasible_reason"] != "").all()
+
+
+def test_an_infinite_slo_is_no_limit(tmp_path):
+    """`slos: {ttft_ms: .inf}` means no TTFT target: the same rows are feasible as without it
+    (an infinite limit used to scale the violation to inf/inf = NaN, read as broken)."""
+    from dse.search.evaluation import evaluate_batch
+    from dse.search.space import space_from_dict
+
+    idx = np.arange(64)
+    without = space_from_dict({**SMALL, "slos": {"tpot_ms": 15}}, where="t", default_name="t")
+    inf = space_from_dict({**SMALL, "slos": {"tpot_ms": 15, "ttft_ms": float("inf")}}, where="t", default_name="t")
+    a, _ = evaluate_batch(without, idx)
+    b, g = evaluate_batch(inf, idx)
+    assert a.feasible.sum() > 10
+    assert (a.feasible.to_numpy() == b.feasible.to_numpy()).all()
+    assert np.isfinite(g).all()

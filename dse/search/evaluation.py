@@ -42,7 +42,7 @@ def evaluate_batch(space: Space, indices: Any) -> tuple[pd.DataFrame, np.ndarray
     ok = model_ok.copy()
     for j, c in enumerate(space.constraints):
         v = df[c.metric].to_numpy(dtype=float)
-        scale = abs(c.limit) if c.limit else 1.0
+        scale = abs(c.limit) if c.limit and np.isfinite(c.limit) else 1.0     # .inf: no limit, never broken
         viol = (v - c.limit) / scale if c.bound == "max" else (c.limit - v) / scale
         viol = np.nan_to_num(viol, nan=1.0, posinf=1e6, neginf=-1e6)
         G[:, 1 + j] = viol

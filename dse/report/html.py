@@ -12,11 +12,9 @@ size of the sweep. Plotly is imported inside the functions, keeping `import dse`
 from __future__ import annotations
 
 import base64
-import functools
 import html as _html
 import json
 import math
-import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from dse.io import write_text
 from dse.report import figdata as fd
+from dse.report.figjson import fig_json, figure, script_json, trace
 from dse.report import rundata
 from dse.schema import metric_label
 from dse.schema import METRIC_INFO
@@ -35,9 +34,10 @@ GL_THRESHOLD = 1000   # a trace with more points than this is drawn with WebGL
 FIG_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def write_report(run_dir: str | Path, *, out: str | Path | None = None, **load_kw: Any) -> Path:
-    """Build the report of a results directory; returns the path written (atomically)."""
-    rd = rundata.load_run(run_dir, **load_kw)
+def write_report(run_dir: str | Path, *, out: str | Path | None = None, configs: Any = None, **load_kw: Any) -> Path:
+    """Build the report of a results directory; returns the path written (atomically).
+    configs: configs.parquet's table when the caller holds it (a sweep that just wrote it)."""
+    rd = rundata.load_run(run_dir, configs=configs, **load_kw)
     page = render(rd)
     return write_text(Path(out) if out is not None else Path(run_dir) / REPORT_HTML, page)
 
@@ -59,24 +59,6 @@ def _hovertemplate(metrics: list[str]) -> str:
         short, unit = (info.label, info.unit) if info else (m, "")
         lines.append(f"{short}: %{{customdata[{i}]:,.4~r}}{(' ' + unit) if unit else ''}")
     return "<br>".join(lines)
-
-
-@functools.lru_cache(maxsize=1)
-def _template() -> dict[str, Any]:
-    """plotly's plotly_white template, read from the installed plotly package's data file
-    (what `plotly.io.templates["plotly_white"]` loads)."""
-    return json.loads(pkgutil.get_data("plotly", "package_data/templates/plotly_white.json"))
-
-
-def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> dict[str, Any]:
-    """A figure as the plain dict plotly.js draws, on the plotly_white template. Built
-    without plotly.graph_objects, whose property validation cost most of the report's
-    time; `fig_json` encodes it as plotly's to_json does (tests hold the two equal)."""
-    return {"data": list(traces), "layout": {"template": _template(), **layout}}
-
-
-def _trace(kind: str, **props: Any) -> dict[str, Any]:
-    return {"type": kind, **props}
 
 
 def _axis_title(o: fd.Objective) -> str:
@@ -101,7 +83,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         if three:
             common["z"] = s.z
         if s.role == "front":
-            traces.append(_trace("scatter", **common, mode="lines", name="front of this pair", hoverinfo="skip",
+            traces.append(trace("scatter", **common, mode="lines", name="front of this pair", hoverinfo="skip",
                                      line=dict(color="rgba(40,40,40,0.55)", width=1.5, dash="dot",
                                                shape="hv" if sd.axes[0].direction == "min" else "vh")))
             continue
@@ -110,28 +92,28 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         if s.role == "pareto":
             common.update(name=s.group, legendgroup=s.group, hoverlabel=dict(bgcolor=colour))
             if three:
-                traces.append(_trace("scatter3d", **common, mode="markers", marker=dict(size=4, color=colour)))
+                traces.append(trace("scatter3d", **common, mode="markers", marker=dict(size=4, color=colour)))
             else:
                 cls = "scattergl" if n_par > GL_THRESHOLD else "scatter"
-                traces.append(_trace(cls, **common, mode="markers", **_error_bars(s, colour),
+                traces.append(trace(cls, **common, mode="markers", **_error_bars(s, colour),
                                   marker=dict(size=8, color=colour, line=dict(color="white", width=1))))
         elif s.role == "dominated":
             lone = s.group not in with_pareto  # no Pareto point: the legend entry goes here
             common.update(name=s.group if lone else f"{s.group} (dominated)", legendgroup=s.group,
                           showlegend=lone, hoverlabel=dict(bgcolor=colour))
             if three:
-                traces.append(_trace("scatter3d", **common, mode="markers", opacity=0.15, marker=dict(size=2, color=colour)))
+                traces.append(trace("scatter3d", **common, mode="markers", opacity=0.15, marker=dict(size=2, color=colour)))
             else:
                 cls = "scattergl" if n_bg > GL_THRESHOLD else "scatter"
-                traces.append(_trace(cls, **common, mode="markers", opacity=0.22, marker=dict(size=4, color=colour)))
+                traces.append(trace(cls, **common, mode="markers", opacity=0.22, marker=dict(size=4, color=colour)))
         else:  # infeasible sample: hidden until clicked in the legend
             common.update(name="infeasible (sample)", visible="legendonly", hoverlabel=dict(bgcolor="#ddd"))
             if three:
-                traces.append(_trace("scatter3d", **common, mode="markers", opacity=0.3,
+                traces.append(trace("scatter3d", **common, mode="markers", opacity=0.3,
                                            marker=dict(size=2, color="#999", symbol="x")))
             else:
                 cls = "scattergl" if n_bg > GL_THRESHOLD else "scatter"
-                traces.append(_trace(cls, **common, mode="markers", opacity=0.35,
+                traces.append(trace(cls, **common, mode="markers", opacity=0.35,
                                   marker=dict(size=4, color="#999", symbol="x")))
     layout: dict[str, Any] = dict(hovermode="closest", margin=dict(l=60, r=10, t=40, b=50),
                                   title=dict(text=sd.title, x=0.02, font=dict(size=14)),
@@ -143,7 +125,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         layout["margin"] = dict(l=0, r=0, t=40, b=0)
     else:
         layout["xaxis"], layout["yaxis"] = axes
-    return _figure(traces, layout)
+    return figure(traces, layout)
 
 
 def _error_bars(s: fd.Series, colour: str) -> dict[str, Any]:
@@ -181,12 +163,7 @@ def parcoords_figure(pc: fd.ParcoordsData) -> dict[str, Any]:
             dim.update(tickvals=d.tickvals, ticktext=d.ticktext)
         dims.append(dim)
     line = dict(color=pc.color.astype(np.float32), colorscale=scale, cmin=-0.5, cmax=k - 0.5)
-    return _figure([_trace("parcoords", dimensions=dims, line=line)], dict(margin=dict(l=70, r=70, t=80, b=30)))
-
-
-def _script_json(obj: Any) -> str:
-    """JSON safe inside a <script> element (no "</" can close it)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return figure([trace("parcoords", dimensions=dims, line=line)], dict(margin=dict(l=70, r=70, t=80, b=30)))
 
 
 def store_script(sets: list[fd.PointSet]) -> str:
@@ -196,52 +173,7 @@ def store_script(sets: list[fd.PointSet]) -> str:
     custom = {ps.key: {"n": int(ps.custom.shape[0]), "k": int(ps.custom.shape[1]),
                        "b": base64.b64encode(np.ascontiguousarray(ps.custom, dtype="<f4").tobytes()).decode()}
               for ps in sets}
-    return f"<script>var DSE_STORE={{text:{_script_json(text)},custom:{_script_json(custom)}}};</script>"
-
-
-_INT_RANGES = ((np.int8, -2 ** 7, 2 ** 7 - 1), (np.int16, -2 ** 15, 2 ** 15 - 1), (np.int32, -2 ** 31, 2 ** 31 - 1))
-_SHORT_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
-                "float32": "f4", "float64": "f8"}
-_UNENCODED = ("geojson", "layer", "layers", "range")   # keys whose arrays plotly never base64-encodes
-
-
-def _typed_array(v: np.ndarray) -> Any:
-    """A numpy array as plotly.js's typed-array spec (dtype + base64 bytes), int64 narrowed
-    to the smallest int type that holds it, as plotly >= 6 writes it; else a plain list."""
-    if v.size and v.dtype == np.int64:
-        lo, hi = int(v.min()), int(v.max())
-        v = next((v.astype(t) for t, a, b in _INT_RANGES if a <= lo and hi <= b), v)
-    short = _SHORT_TYPES.get(str(v.dtype))
-    if not v.size or short is None:
-        return _plain(v.tolist())
-    spec = {"dtype": short, "bdata": base64.b64encode(np.ascontiguousarray(v)).decode("ascii")}
-    if v.ndim > 1:
-        spec["shape"] = str(v.shape)[1:-1]
-    return spec
-
-
-def _plain(obj: Any, key: str = "") -> Any:
-    """A figure dict as JSON-ready values: numpy arrays typed (see `_typed_array`),
-    numpy scalars as Python numbers, non-finite floats as null."""
-    if isinstance(obj, dict):
-        return {k: _plain(v, k) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist()) if key in _UNENCODED else _typed_array(obj)
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
-
-
-def fig_json(fig: dict[str, Any]) -> str:
-    """A figure dict as the JSON plotly.js draws, safe inside a <script> element."""
-    return _script_json(_plain(fig))
+    return f"<script>var DSE_STORE={{text:{script_json(text)},custom:{script_json(custom)}}};</script>"
 
 
 def _fig_html(fig: dict[str, Any], div_id: str, height: str) -> str:
@@ -557,13 +489,13 @@ def write_comparison(cmp: dict, out: str | Path) -> Path:
     for label, df, colour in (("A: " + Path(cmp["run_a"]).name, cmp["left"], "#c0392b"),
                               ("B: " + Path(cmp["run_b"]).name, cmp["entered"], "#2471a3")):
         if len(df) and len(names) >= 2:
-            traces.append(_trace("scatter", x=df[names[0]].to_numpy(), y=df[names[1]].to_numpy(), mode="markers",
+            traces.append(trace("scatter", x=df[names[0]].to_numpy(), y=df[names[1]].to_numpy(), mode="markers",
                                  name=label, marker=dict(size=8, color=colour)))
     if len(names) >= 2:
         layout = dict(title=dict(text="left the front (A) and entered it (B)"),
                       xaxis=dict(title=dict(text=metric_label(names[0])), type="log"),
                       yaxis=dict(title=dict(text=metric_label(names[1])), type="log"))
-    fig = _figure(traces, layout)
+    fig = figure(traces, layout)
     rec_rows = []
     for r in cmp["recommendations"]:
         figs = "<br>".join(f"{_esc(metric_label(m))}: {_esc(_fmt(va))} → {_esc(_fmt(vb))} ({rel:+.1%})"

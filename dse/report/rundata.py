@@ -120,8 +120,10 @@ def parse_objectives(run: dict[str, Any], where: Path) -> list[Objective]:
 
 
 def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_infeasible: int = MAX_INFEASIBLE,
-             seed: int = 0) -> RunData:
-    """Read a results directory; the Pareto set whole, the rest as a bounded sample."""
+             seed: int = 0, configs: Any = None) -> RunData:
+    """Read a results directory; the Pareto set whole, the rest as a bounded sample.
+    configs: the pyarrow Table configs.parquet holds, if the caller has it in memory (read
+    from the file otherwise; the same sample either way)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DSEError(f"{run_dir}: not a directory (expected a dse results directory)")
@@ -148,9 +150,9 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
     notes: list[str] = []
 
     cpath = run_dir / CONFIGS_PARQUET
-    if cpath.exists():
+    if configs is not None or cpath.exists():
         background, counts = _sample_configs(cpath, obj_names, max_dominated=max_dominated,
-                                             max_infeasible=max_infeasible, seed=seed)
+                                             max_infeasible=max_infeasible, seed=seed, table=configs)
     else:
         notes.append(f"{CONFIGS_PARQUET} not found: only the Pareto set is shown")
         background = pareto.iloc[:0].copy()
@@ -235,26 +237,30 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, max_infeasible: int, seed: int
-                    ) -> tuple[pd.DataFrame, dict[str, int]]:
+def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, max_infeasible: int, seed: int,
+                    table: Any = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """Pass 1 reads the few columns that decide the sample; pass 2 streams the file and
-    keeps only the chosen rows, so memory stays bounded for any size of sweep."""
+    keeps only the chosen rows, so memory stays bounded for any size of sweep. `table`:
+    the file's contents already in memory (then nothing is read)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DSEError(f"{path}: not a readable parquet file: {exc}") from None
-    names = pf.schema_arrow.names
+    if table is not None:
+        schema, n = table.schema, table.num_rows
+    else:
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise DSEError(f"{path}: not a readable parquet file: {exc}") from None
+        schema, n = pf.schema_arrow, pf.metadata.num_rows
+    names = schema.names
     missing = [m for m in objectives if m not in names]
     if missing:
         raise DSEError(f"{path}: no column for objective {missing[0]!r}")
-    n = pf.metadata.num_rows
     strata_cols = [c for c in GROUP_COLUMNS if c in names]
-    light = pf.read(columns=[c for c in ("is_pareto", "feasible", *objectives, *strata_cols, *REASON_COLUMNS)
-                             if c in names])
+    light_cols = [c for c in ("is_pareto", "feasible", *objectives, *strata_cols, *REASON_COLUMNS) if c in names]
+    light = table.select(light_cols) if table is not None else pf.read(columns=light_cols)
 
     flags = {name: light.column(name).to_numpy(zero_copy_only=False).astype(bool) if name in light.column_names
              else np.full(n, default) for name, default in (("feasible", True), ("is_pareto", False))}
@@ -280,18 +286,20 @@ def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, ma
         chosen.append(stratified_sample(codes, want, cap, rng))
     sel = np.sort(np.concatenate(chosen))
     if sel.size == 0:
-        return _plain(pf.schema_arrow.empty_table().to_pandas()), counts
-
-    parts = []
-    offset = 0
-    for batch in pf.iter_batches(batch_size=1 << 20):
-        lo, hi = np.searchsorted(sel, [offset, offset + batch.num_rows])
-        if hi > lo:
-            parts.append(batch.take(pa.array(sel[lo:hi] - offset)))
-        offset += batch.num_rows
-        if hi >= sel.size:
-            break
-    df = _plain(pa.Table.from_batches(parts).to_pandas())
+        return _plain(schema.empty_table().to_pandas()), counts
+    if table is not None:
+        df = _plain(table.take(pa.array(sel)).to_pandas())
+    else:
+        parts = []
+        offset = 0
+        for batch in pf.iter_batches(batch_size=1 << 20):
+            lo, hi = np.searchsorted(sel, [offset, offset + batch.num_rows])
+            if hi > lo:
+                parts.append(batch.take(pa.array(sel[lo:hi] - offset)))
+            offset += batch.num_rows
+            if hi >= sel.size:
+                break
+        df = _plain(pa.Table.from_batches(parts).to_pandas())
     if "feasible" not in df.columns:
         df["feasible"] = True
     df["feasible"] = df["feasible"].astype(bool)

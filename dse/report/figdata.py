@@ -139,6 +139,10 @@ class _Column:
     once per distinct value and returns the per-row object array."""
 
     def __init__(self, s: pd.Series, codes: np.ndarray | None = None, uniques: list | None = None):
+        if codes is None and s.dtype != object:     # numbers, bools, categories, strings: pandas codes them
+            codes, uniq = pd.factorize(s, use_na_sentinel=False)
+            codes, uniques = np.asarray(codes, dtype=np.int64), list(uniq.tolist() if hasattr(uniq, "tolist")
+                                                                     else uniq)
         if codes is None:
             values = s.tolist()
             index: dict = {}

@@ -68,3 +68,31 @@ def test_interval_tables_from_the_cache_equal_the_csvs(tmp_path, monkeypatch):
             assert np.array_equal(got.tables[m].lo, ref.tables[m].lo) and np.array_equal(got.tables[m].hi, ref.tables[m].hi)
     finally:
         iv.load_intervals.cache_clear()
+
+
+def test_cached_document_is_parsed_once_and_only_when_json_gives_it_back(tmp_path, monkeypatch):
+    import yaml
+
+    from dse.catalog.cache import cached_document
+
+    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "doc.yaml"
+    parsed: list[str] = []
+
+    def parse(text):
+        parsed.append(text)
+        return yaml.safe_load(text)
+
+    src.write_text("a: 1.5\nb: [x, 2]\nc: {d: true}\n")
+    for _ in range(2):
+        assert cached_document("doc", src, parse) == {"a": 1.5, "b": ["x", 2], "c": {"d": True}}
+    assert len(parsed) == 1
+    src.write_text("1: one\nnan: .nan\n")                       # int key, NaN: not JSON-exact, never cached
+    for _ in range(2):
+        doc = cached_document("doc", src, parse)
+        assert list(doc) == [1, "nan"] and doc[1] == "one"
+    assert len(parsed) == 3
+    for p in (tmp_path / "cache").glob("doc-*.json"):
+        p.write_text("{broken")                                 # corrupt: parsed again
+    src.write_text("a: 1.5\nb: [x, 2]\nc: {d: true}\n")
+    assert cached_document("doc", src, parse)["c"] == {"d": True} and len(parsed) == 4

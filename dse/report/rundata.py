@@ -377,28 +377,20 @@ def _role_device(df: pd.DataFrame, role: str, dev: pd.Series) -> pd.Series:
     return pd.Series(roles.device(c, role), index=df.index, dtype=object)
 
 
-def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
+def group_labels(df: pd.DataFrame, level: str = "roles", parts: tuple | None = None) -> np.ndarray:
     """Colour group of each row at one level of detail: "roles" = its device, or its
     role devices (prefill→decode, attn+ffn) when its mode splits the work over different
     ones; "device" = the device that serves its tokens (decode pool for disagg, attention
     pool for afd: never the placeholder `device` column of a split mode); "mode" = its
-    serving mode."""
+    serving mode. parts: `_label_parts(df)` when the caller asks for several levels."""
     n = len(df)
     if not n:
         return np.empty(0, dtype=object)
-    mode = _str(_col(df, "mode", "agg"), "agg")
+    mode, dev, splits = parts or _label_parts(df)
     if level == "mode":
         return mode.to_numpy(dtype=object)
-    dev = _str(_col(df, "device", ""))
-    for c in GROUP_COLUMNS[2:]:  # a blank device column falls back to the first role device
-        if c in df.columns:
-            dev = dev.where(dev != "", _str(df[c]))
-    dev = dev.where(dev != "", "?")
     out = dev.copy()
-    for m, (a, b), sep in (("disagg", ("prefill", "decode"), "→"), ("afd", ("attn", "ffn"), "+")):
-        if f"{a}_device" not in df.columns and f"{b}_device" not in df.columns:
-            continue
-        ra, rb = _role_device(df, a, dev), _role_device(df, b, dev)
+    for m, sep, ra, rb in splits:
         here = mode == m
         out = out.where(~here, ra if m == "afd" else rb)        # the device that serves the tokens
         if level == "roles":
@@ -407,22 +399,41 @@ def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
     return out.to_numpy(dtype=object)
 
 
+def _label_parts(df: pd.DataFrame) -> tuple:
+    """What every level of `group_labels` reads: the mode, the device (a blank one falls
+    back to the first role device), and per split mode its two role devices."""
+    mode = _str(_col(df, "mode", "agg"), "agg")
+    dev = _str(_col(df, "device", ""))
+    for c in GROUP_COLUMNS[2:]:
+        if c in df.columns:
+            dev = dev.where(dev != "", _str(df[c]))
+    dev = dev.where(dev != "", "?")
+    splits = [(m, sep, _role_device(df, a, dev), _role_device(df, b, dev))
+              for m, (a, b), sep in (("disagg", ("prefill", "decode"), "→"), ("afd", ("attn", "ffn"), "+"))
+              if f"{a}_device" in df.columns or f"{b}_device" in df.columns]
+    return mode, dev, splits
+
+
 def choose_groups(pareto: pd.DataFrame, background: pd.DataFrame, max_groups: int = MAX_GROUPS
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The finest colouring with at most `max_groups` colours over the Pareto set and the
     feasible sample: role devices (+ mode when several), then device (+ mode), then
     device, then mode."""
     feas = background["feasible"].astype(bool).to_numpy() if len(background) else np.zeros(0, bool)
+    frames = (pareto, background)
+    parts = [_label_parts(df) if len(df) else None for df in frames]
     modes = set(_str(_col(pareto, "mode", "agg"), "agg")) | set(_str(_col(background, "mode", "agg"), "agg"))
-    best = None
+    best, memo = None, {}
     for level, with_mode in (("roles", True), ("device", True), ("device", False), ("mode", False)):
         if with_mode and len(modes) < 2:
             continue
         labels = []
-        for df in (pareto, background):
-            g = group_labels(df, level)
+        for i, df in enumerate(frames):
+            if (i, level) not in memo:
+                memo[i, level] = group_labels(df, level, parts[i])
+            g = memo[i, level]
             if with_mode and len(df):
-                g = g + " · " + _str(_col(df, "mode", "agg"), "agg").to_numpy(dtype=object)
+                g = g + " · " + parts[i][0].to_numpy(dtype=object)
             labels.append(g)
         best = labels
         if len(set(labels[0]) | set(labels[1][feas])) <= max_groups:

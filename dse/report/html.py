@@ -4,10 +4,11 @@
 then one div per figure — a scatter per objective pair with the Pareto set on top of a
 faint sample of the dominated configurations, a 3-D view of three objectives, parallel
 coordinates of the Pareto set, a sortable table, the scenario, the run facts and the
-validation figures. Point data travel as float32 typed arrays (plotly >= 6 encodes
-numpy arrays as base64), large traces are WebGL (Scattergl), and the number of drawn
+validation figures. Point data travel as float32 typed arrays (base64, as plotly >= 6
+writes numpy arrays), large traces are WebGL (Scattergl), and the number of drawn
 points is bounded (see `dse.report.figdata`), so the file stays a few MB whatever the
-size of the sweep. Plotly is imported inside the functions, keeping `import dse` light.
+size of the sweep. Figures are plain dicts encoded by `dse.report.figjson` (plotly's
+figure classes are never imported); only plotly.js and the palettes come from plotly.
 """
 from __future__ import annotations
 

@@ -99,3 +99,29 @@ def test_report_without_configs_parquet(tmp_path, quickstart_df):
     (d / "configs.parquet").unlink()
     page = write_report(d).read_text()
     assert "configs.parquet not found" in page and 'id="pair-0"' in page
+
+
+def test_figures_are_the_json_plotly_writes_for_them(tmp_path, quickstart_df):
+    """The report builds its figures as dicts and encodes them itself (no plotly.graph_objects):
+    given to plotly (validated) and written by plotly.io.to_json, every one gives the same JSON."""
+    import json
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from dse.report import figdata as fd, html, rundata
+    from dse.report.figjson import fig_json
+
+    rd = rundata.load_run(write_results_dir(tmp_path / "qs", quickstart_df))
+    sets, hm = fd.point_sets(rd), fd.hover_metrics(rd)
+    figs = [html.scatter_figure(fd.scatter_data(rd, pair, sets), rd.groups, hm)
+            for pair in fd.objective_pairs(rd.objectives, rd.pareto.columns)]
+    figs.append(html.scatter_figure(fd.scatter_data(rd, rd.objectives[:3], sets), rd.groups, hm))   # 3-D
+    figs.append(html.parcoords_figure(fd.parcoords_data(rd)))
+    kinds, bars = set(), 0
+    for fig in figs:
+        ours = json.loads(fig_json(fig))
+        assert ours == json.loads(pio.to_json(go.Figure(fig), validate=True))
+        kinds |= {t["type"] for t in ours["data"]}
+        bars += sum("error_x" in t for t in ours["data"])
+    assert {"scatter", "scattergl", "scatter3d", "parcoords"} <= kinds and bars > 0

@@ -338,3 +338,27 @@ def test_an_infinite_slo_is_no_limit(tmp_path):
     assert a.feasible.sum() > 10
     assert (a.feasible.to_numpy() == b.feasible.to_numpy()).all()
     assert np.isfinite(g).all()
+
+
+def test_parts_stay_in_memory_and_the_report_gets_the_table(small_path, tmp_path, monkeypatch):
+    """A sweep keeps the parts it wrote in memory, as the files read back, so finalize reads
+    none of them again and the report samples configs.parquet's table without reading the
+    file: the same report as one drawn from the files, the same results as with no memory."""
+    import pyarrow.parquet as pq
+
+    from dse import api
+    from dse.report.html import write_report
+    from dse.search import store as st
+
+    reads: list = []
+    real = pq.read_table
+    monkeypatch.setattr(st.pq, "read_table", lambda *a, **k: reads.append(a) or real(*a, **k))
+    res = api.sweep(small_path, strategy="grid", out=tmp_path / "mem", chunk_size=50, progress=False)
+    assert reads == [] and res.run["n_configs"] > 50                   # several parts, none read back
+    again = write_report(res.run_dir, out=tmp_path / "from_file.html")
+    assert again.read_text() == (res.run_dir / "report.html").read_text()
+    monkeypatch.setattr(st, "MEMORY_BUDGET", 0)                        # nothing kept: every part read
+    disk = api.sweep(small_path, strategy="grid", out=tmp_path / "disk", chunk_size=50, progress=False)
+    assert len(reads) >= 2 * -(-res.run["n_configs"] // 50)            # twice per part: front, configs
+    a, b = (pq.read_table(r.run_dir / "configs.parquet") for r in (res, disk))
+    assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)

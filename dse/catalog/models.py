@@ -171,7 +171,7 @@ def _configs_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _aliases() -> dict[str, str]:
-    data = yaml.safe_load((_configs_dir() / "aliases.yaml").read_text()) or {}
+    data = yaml.load((_configs_dir() / "aliases.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     return {str(k).lower(): str(v) for k, v in data.items()}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dse.catalog.cache import cached_document
 from dse.errors import DSEError
 
 __all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "routing_skew_of", "parse_serving_runtime",
@@ -22,6 +23,13 @@ RUNTIME_KEYS = ("kv_memory_fraction", "activation_reserve_gb", "spec_acceptance"
 _LIMIT_KEYS = ("engine_limits", "engine_limits_sources")
 
 
+def _safe_load(path: Path):
+    """yaml.safe_load's document of a shipped file, parsed by libyaml when present (the same
+    values, faster) and kept in the per-user cache (dse.catalog.cache) by the file's bytes."""
+    return cached_document(path.stem, path, lambda text: yaml.load(text, Loader=getattr(yaml, "CSafeLoader",
+                                                                                          yaml.SafeLoader)))
+
+
 def hardware_dir() -> Path:
     """The shipped data directory (`hardware/`, installed as the `dse.hardware` package)."""
     return Path(str(resources.files("dse.hardware")))
@@ -31,7 +39,7 @@ def hardware_dir() -> Path:
 def runtime() -> dict[str, float]:
     """runtime.yaml: every figure but its `sources`, as floats."""
     path = hardware_dir() / "runtime.yaml"
-    return parse_runtime(yaml.safe_load(path.read_text()), where=str(path))
+    return parse_runtime(_safe_load(path), where=str(path))
 
 
 def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
@@ -59,7 +67,7 @@ def parse_runtime(data, *, where: str = "runtime.yaml") -> dict[str, float]:
 def engine_limits() -> dict[str, list[dict]]:
     """runtime.yaml engine_limits: backend -> memory tiers of (max_num_seqs, max_num_tokens)."""
     path = hardware_dir() / "runtime.yaml"
-    return parse_engine_limits(yaml.safe_load(path.read_text()), where=str(path))
+    return parse_engine_limits(_safe_load(path), where=str(path))
 
 
 def parse_engine_limits(data: dict, *, where: str = "runtime.yaml") -> dict[str, list[dict]]:
@@ -95,7 +103,7 @@ def engine_limit(backend: str, device_id: str, memory_gb: float) -> tuple[float,
 
 @functools.lru_cache(maxsize=1)
 def _serving_file() -> dict:
-    return yaml.safe_load((hardware_dir() / "serving_runtime.yaml").read_text()) or {}
+    return _safe_load(hardware_dir() / "serving_runtime.yaml") or {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,5 +142,5 @@ def parse_serving_runtime(data: dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def power_coeffs() -> dict[str, float]:
-    data = yaml.safe_load((hardware_dir() / "power.yaml").read_text())
+    data = _safe_load(hardware_dir() / "power.yaml")
     return {"c_compute": float(data["c_compute"]), "c_memory": float(data["c_memory"])}

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from dse.catalog.cache import cached_arrays
 from dse.catalog.runtime import hardware_dir
 from dse.catalog.yamlfile import read_mapping
 from dse.errors import DSEError
@@ -111,13 +112,26 @@ def load_intervals(path: str | None = None) -> Intervals:
         for m in METRICS:
             spec = doc["tables"][m]
             levels = {f: tuple(spec["levels"][f]) for f in FEATURES[m]}
-            cells = pd.read_csv(p.parent / spec["file"], keep_default_na=False,
-                                usecols=[*FEATURES[m], "p10", "p90"],     # not the fit's n / source
-                                dtype={f: "category" for f in ("mode", "backend", "bottleneck")})
-            tables[m] = table_from_cells(cells, m, levels, source=f"{p}: {spec['file']}")
+            tables[m] = _cached_table(p, spec["file"], m, levels)
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise DSEError(f"{p}: not an interval table ({type(exc).__name__}: {exc})") from None
     return Intervals(tables=tables, rho=rho, meta=doc)
+
+
+def _cached_table(p: Path, file: str, m: str, levels: dict[str, tuple]) -> IntervalTable:
+    """One metric's table from its CSV, through the per-user cache (dse.catalog.cache) keyed
+    by the CSV's bytes and the levels: parsing the CSV is most of a sweep's start-up."""
+    def build() -> dict[str, np.ndarray]:
+        cells = pd.read_csv(p.parent / file, keep_default_na=False,
+                            usecols=[*FEATURES[m], "p10", "p90"],     # not the fit's n / source
+                            dtype={f: "category" for f in ("mode", "backend", "bottleneck")})
+        t = table_from_cells(cells, m, levels, source=f"{p}: {file}")
+        return {"lo": t.lo, "hi": t.hi}
+
+    size = int(np.prod([len(levels[f]) for f in FEATURES[m]]))
+    arr = cached_arrays(f"intervals_{m}", [p.parent / file], repr((m, FEATURES[m], levels)), build,
+                        check=lambda a: all(a.get(k) is not None and a[k].shape == (size,) for k in ("lo", "hi")))
+    return IntervalTable(metric=m, features=FEATURES[m], levels=levels, lo=arr["lo"], hi=arr["hi"])
 
 
 def table_from_cells(cells: pd.DataFrame, metric: str, levels: dict[str, tuple], *,

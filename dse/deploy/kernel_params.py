@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from dse.catalog.cache import cached_document
 from dse.catalog.devices import Device, get_device
 from dse.catalog.runtime import hardware_dir
 from dse.errors import DSEError
@@ -55,7 +56,7 @@ def _read(path: Path):
 
 @functools.lru_cache(maxsize=64)
 def _parsed(path: str, mtime_ns: int, size: int):
-    return yaml.load(Path(path).read_text(), Loader=_Loader)
+    return cached_document(f"kernels_{Path(path).stem}", Path(path), lambda text: yaml.load(text, Loader=_Loader))
 
 
 def calibration_dir() -> Path:

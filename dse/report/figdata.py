@@ -111,8 +111,8 @@ _ROW_KEYS = ("mode", "num_gpus", "device", "feasible", "infeasible_reason", "bot
 def hover_text(df: pd.DataFrame, config_columns: list[str]) -> np.ndarray:
     """The configuration of each row as a few HTML lines: GPUs and devices, mode,
     per-role pools, parallelism, dtypes and batch, other varying axes, what binds it.
-    Reads only the columns it shows (not every column as a record per row) and formats
-    each distinct value once: the report's largest cost on a big sweep."""
+    Built column by column on object arrays (each distinct value formatted once, one
+    pass per mode), not row by row: it was the report's largest cost on a big sweep."""
     cols = [c for c in config_columns if c in df.columns]
     roles = {c: c.split("_", 1)[0] for c in cols if c.split("_", 1)[0] in ROLE_MODES}
     par = [c for c in ("tp", "pp", "ep", "dp", "replicas") if c in cols]
@@ -121,67 +121,106 @@ def hover_text(df: pd.DataFrame, config_columns: list[str]) -> np.ndarray:
     other = [c for c in cols if c not in roles and c not in (*par, *dtype_batch, "device", "mode")]
     keys = [c for c in dict.fromkeys([*cols, *_ROW_KEYS, *(f"{r}_device" for r in set(roles.values()))])
             if c in df.columns]
-    data = {c: df[c].tolist() for c in keys}
-    memo: dict = {}
-
-    def fmt(v: Any) -> str:
-        k = (type(v), v)
-        try:
-            return memo[k]
-        except KeyError:
-            out = memo[k] = fmt_value(v)
-            return out
-        except TypeError:       # unhashable
-            return fmt_value(v)
-
-    out = np.empty(len(df), dtype=object)
-    for i in range(len(df)):
-        r = {c: data[c][i] for c in keys}
-        out[i] = _hover_row(r, roles, par, dtype_batch, short, other, fmt)
+    n = len(df)
+    out = np.empty(n, dtype=object)
+    if not n:
+        return out
+    col = {c: _Column(df[c]) for c in keys}
+    mode = col["mode"].map(lambda v: str(v or "")) if "mode" in col else np.full(n, "", object)
+    for m in dict.fromkeys(mode.tolist()):
+        rows = np.flatnonzero(mode == m)
+        out[rows] = _hover_mode(m, {c: k.take(rows) for c, k in col.items()}, len(rows), roles, par,
+                                dtype_batch, short, other)
     return out
 
 
-def _hover_row(r: dict, roles: dict, par: list, dtype_batch: list, short: dict, other: list, fmt) -> str:
-    mode = str(r.get("mode", "") or "")
-    gpus = r.get("num_gpus")
+class _Column:
+    """A column's values as Python objects, coded by distinct value: `map(f)` applies f
+    once per distinct value and returns the per-row object array."""
+
+    def __init__(self, s: pd.Series, codes: np.ndarray | None = None, uniques: list | None = None):
+        if codes is None and s.dtype != object:     # numbers, bools, categories, strings: pandas codes them
+            codes, uniq = pd.factorize(s, use_na_sentinel=False)
+            codes, uniques = np.asarray(codes, dtype=np.int64), list(uniq.tolist() if hasattr(uniq, "tolist")
+                                                                     else uniq)
+        if codes is None:
+            values = s.tolist()
+            index: dict = {}
+            try:
+                codes = np.fromiter((index.setdefault((type(v), v), len(index)) for v in values), np.int64,
+                                    len(values))
+                uniques = [v for _, v in index]
+            except TypeError:              # unhashable values: one code per row
+                codes, uniques = np.arange(len(values)), values
+        self.codes, self.uniques = codes, uniques
+
+    def take(self, rows: np.ndarray) -> "_Column":
+        return _Column(None, self.codes[rows], self.uniques)
+
+    def map(self, f) -> np.ndarray:
+        table = np.empty(len(self.uniques), dtype=object)
+        table[:] = [f(v) for v in self.uniques]
+        return table[self.codes]
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray | None]], sep: str, n: int) -> np.ndarray:
+    """Per row, the present parts (mask None: always) joined by sep."""
+    acc, has = np.full(n, "", dtype=object), np.zeros(n, dtype=bool)
+    for text, present in parts:
+        present = np.ones(n, dtype=bool) if present is None else present
+        acc = np.where(present, np.where(has, acc + sep, acc) + text, acc)
+        has |= present
+    return acc
+
+
+def _hover_mode(mode: str, col: dict[str, _Column], n: int, roles: dict, par: list, dtype_batch: list,
+                short: dict, other: list) -> np.ndarray:
+    """The hover text of the rows of one mode (the lines a row has depend on its mode)."""
+    f = {c: k.map(fmt_value) for c, k in col.items()}
+    blank = {c: k.map(_is_blank).astype(bool) for c, k in col.items()}
     split = [role for role, m in ROLE_MODES.items() if m == mode and any(v == role for v in roles.values())]
-    if split:  # the devices are named per role below
-        head = f"<b>{fmt(gpus)} GPUs</b>" if gpus is not None else "<b>split</b>"
-    elif "device" in r:
-        head = f"<b>{fmt(gpus)} × {r['device']}</b>" if gpus is not None else f"<b>{r['device']}</b>"
+    gpus = f.get("num_gpus")
+    if split:   # the devices are named per role below
+        head = "<b>" + gpus + " GPUs</b>" if gpus is not None else np.full(n, "<b>split</b>", object)
+    elif "device" in col:
+        dev = col["device"].map(str)
+        head = "<b>" + gpus + " × " + dev + "</b>" if gpus is not None else "<b>" + dev + "</b>"
     else:
-        head = f"<b>{fmt(gpus)} GPUs</b>"
+        head = "<b>" + (gpus if gpus is not None else "None") + " GPUs</b>"
     lines = [head + (f" · {mode}" if mode else "")]
-    by_role: dict[str, list[str]] = {role: [] for role in split}
-    for c, role in roles.items():
-        if ROLE_MODES[role] != mode:
-            continue
-        v = r[c]
-        if _is_blank(v) or (_is_number(v) and v == 0):
-            continue  # "" / 0 = inherits the generic column
-        name = c.split("_", 1)[1]
-        parts = by_role.setdefault(role, [])
-        if name == "device":
-            parts.insert(0, fmt(v))
-        else:
-            parts.append(f"{name} {fmt(v)}")
-    for role, parts in by_role.items():
-        if _is_blank(r.get(f"{role}_device", "")) and "device" in r:
-            parts.insert(0, fmt(r["device"]))  # a blank role device inherits the generic one
-        lines.append(f"{role}: " + " · ".join(parts))
+    for role in split:
+        first, parts = None, []
+        for c in (c for c, r in roles.items() if r == role):
+            skip = blank[c] | col[c].map(lambda v: _is_number(v) and v == 0).astype(bool)
+            if c.split("_", 1)[1] == "device":
+                first = (f[c], ~skip)
+            else:
+                parts.append((c.split("_", 1)[1] + " " + f[c], ~skip))
+        dev_blank = blank.get(f"{role}_device", np.ones(n, dtype=bool))
+        if "device" in col:     # a blank role device inherits the generic one
+            inherit = (f["device"], dev_blank)
+            first = inherit if first is None else (np.where(first[1], first[0], f["device"]), first[1] | dev_blank)
+        lines.append(f"{role}: " + _joined(([first] if first else []) + parts, " · ", n))
     if par:
-        lines.append(" · ".join(f"{c} {fmt(r[c])}" for c in par))
+        lines.append(_joined([(f"{c} " + f[c], None) for c in par], " · ", n))
     if dtype_batch:
-        lines.append(" · ".join(f"{short[c]} {fmt(r[c])}" for c in dtype_batch))
+        lines.append(_joined([(f"{short[c]} " + f[c], None) for c in dtype_batch], " · ", n))
     if other:
-        lines.append(" · ".join(f"{c} {fmt(r[c])}" for c in other if not _is_blank(r[c])))
-    feasible = bool(r.get("feasible", True))
-    if not feasible:
-        lines.append(f"infeasible: {r.get('infeasible_reason', '')}")
-    elif r.get("bottleneck"):
-        miss = "meets_slo" in r and not _is_blank(r["meets_slo"]) and not bool(r["meets_slo"])
-        lines.append(f"bound by {r['bottleneck']}" + (" · misses SLO" if miss else ""))
-    return "<br>".join(lines)
+        lines.append(_joined([(f"{c} " + f[c], ~blank[c]) for c in other], " · ", n))
+    text = lines[0]
+    for line in lines[1:]:
+        text = text + "<br>" + line
+    feasible = col["feasible"].map(bool).astype(bool) if "feasible" in col else np.ones(n, dtype=bool)
+    reason = col["infeasible_reason"].map(str) if "infeasible_reason" in col else np.full(n, "", object)
+    last = [("infeasible: " + reason, ~feasible)]
+    if "bottleneck" in col:
+        bound = feasible & col["bottleneck"].map(bool).astype(bool)
+        miss = (~blank["meets_slo"] & ~col["meets_slo"].map(bool).astype(bool)) if "meets_slo" in col \
+            else np.zeros(n, dtype=bool)
+        last.append(("bound by " + col["bottleneck"].map(str) + np.where(miss, " · misses SLO", ""), bound))
+    for line, present in last:
+        text = np.where(present, text + "<br>" + line, text)
+    return text
 
 
 def hover_metrics(rd: RunData) -> list[str]:

@@ -4,10 +4,11 @@
 then one div per figure — a scatter per objective pair with the Pareto set on top of a
 faint sample of the dominated configurations, a 3-D view of three objectives, parallel
 coordinates of the Pareto set, a sortable table, the scenario, the run facts and the
-validation figures. Point data travel as float32 typed arrays (plotly >= 6 encodes
-numpy arrays as base64), large traces are WebGL (Scattergl), and the number of drawn
+validation figures. Point data travel as float32 typed arrays (base64, as plotly >= 6
+writes numpy arrays), large traces are WebGL (Scattergl), and the number of drawn
 points is bounded (see `dse.report.figdata`), so the file stays a few MB whatever the
-size of the sweep. Plotly is imported inside the functions, keeping `import dse` light.
+size of the sweep. Figures are plain dicts encoded by `dse.report.figjson` (plotly's
+figure classes are never imported); only plotly.js and the palettes come from plotly.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from dse.io import write_text
 from dse.report import figdata as fd
+from dse.report.figjson import fig_json, figure, script_json, trace
 from dse.report import rundata
 from dse.schema import metric_label
 from dse.schema import METRIC_INFO
@@ -33,9 +35,10 @@ GL_THRESHOLD = 1000   # a trace with more points than this is drawn with WebGL
 FIG_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def write_report(run_dir: str | Path, *, out: str | Path | None = None, **load_kw: Any) -> Path:
-    """Build the report of a results directory; returns the path written (atomically)."""
-    rd = rundata.load_run(run_dir, **load_kw)
+def write_report(run_dir: str | Path, *, out: str | Path | None = None, configs: Any = None, **load_kw: Any) -> Path:
+    """Build the report of a results directory; returns the path written (atomically).
+    configs: configs.parquet's table when the caller holds it (a sweep that just wrote it)."""
+    rd = rundata.load_run(run_dir, configs=configs, **load_kw)
     page = render(rd)
     return write_text(Path(out) if out is not None else Path(run_dir) / REPORT_HTML, page)
 
@@ -43,7 +46,7 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None, **load_k
 # ----------------------------------------------------------------------------- figures
 
 def _palette(n: int) -> list[str]:
-    from plotly import colors
+    from plotly import colors    # the palettes only (plotly.graph_objects is not needed: figures are dicts)
 
     q = colors.qualitative
     base = q.Plotly if n <= 10 else q.Dark24 if n <= 24 else q.Alphabet
@@ -59,32 +62,20 @@ def _hovertemplate(metrics: list[str]) -> str:
     return "<br>".join(lines)
 
 
-def _figure(*traces):
-    """A figure on the plotly_white template, given at construction: plotly otherwise
-    deep-copies its default template into every figure, then plotly_white over it (3/4 of
-    the time to build a figure; the same JSON)."""
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
-    return go.Figure(list(traces), layout=dict(template=pio.templates["plotly_white"]))
-
-
 def _axis_title(o: fd.Objective) -> str:
     return f"{o.label} {o.arrow}"
 
 
-def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[str]):
+def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[str]) -> dict[str, Any]:
     """A 2-D (two axes) or 3-D (three) scatter of one ScatterData. Hover text and
     metrics are not in the figure: traces name their point set in meta.key and the page
     attaches the shared arrays (see `store_script`)."""
-    import plotly.graph_objects as go
-
     colours = dict(zip(groups, _palette(len(groups))))
     three = len(sd.axes) == 3
     n_bg = sum(len(s.x) for s in sd.series if s.role in ("dominated", "infeasible"))
     n_par = sum(len(s.x) for s in sd.series if s.role == "pareto")
     tmpl = _hovertemplate(hover_metrics)
-    fig = _figure()
+    traces: list[dict[str, Any]] = []
     with_pareto = {s.group for s in sd.series if s.role == "pareto"}
     rank = {g: 10 * (i + 1) for i, g in enumerate(groups)}  # legend in group order
     for s in sd.series:
@@ -93,7 +84,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         if three:
             common["z"] = s.z
         if s.role == "front":
-            fig.add_trace(go.Scatter(**common, mode="lines", name="front of this pair", hoverinfo="skip",
+            traces.append(trace("scatter", **common, mode="lines", name="front of this pair", hoverinfo="skip",
                                      line=dict(color="rgba(40,40,40,0.55)", width=1.5, dash="dot",
                                                shape="hv" if sd.axes[0].direction == "min" else "vh")))
             continue
@@ -102,28 +93,28 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         if s.role == "pareto":
             common.update(name=s.group, legendgroup=s.group, hoverlabel=dict(bgcolor=colour))
             if three:
-                fig.add_trace(go.Scatter3d(**common, mode="markers", marker=dict(size=4, color=colour)))
+                traces.append(trace("scatter3d", **common, mode="markers", marker=dict(size=4, color=colour)))
             else:
-                cls = go.Scattergl if n_par > GL_THRESHOLD else go.Scatter
-                fig.add_trace(cls(**common, mode="markers", **_error_bars(s, colour),
+                cls = "scattergl" if n_par > GL_THRESHOLD else "scatter"
+                traces.append(trace(cls, **common, mode="markers", **_error_bars(s, colour),
                                   marker=dict(size=8, color=colour, line=dict(color="white", width=1))))
         elif s.role == "dominated":
             lone = s.group not in with_pareto  # no Pareto point: the legend entry goes here
             common.update(name=s.group if lone else f"{s.group} (dominated)", legendgroup=s.group,
                           showlegend=lone, hoverlabel=dict(bgcolor=colour))
             if three:
-                fig.add_trace(go.Scatter3d(**common, mode="markers", opacity=0.15, marker=dict(size=2, color=colour)))
+                traces.append(trace("scatter3d", **common, mode="markers", opacity=0.15, marker=dict(size=2, color=colour)))
             else:
-                cls = go.Scattergl if n_bg > GL_THRESHOLD else go.Scatter
-                fig.add_trace(cls(**common, mode="markers", opacity=0.22, marker=dict(size=4, color=colour)))
+                cls = "scattergl" if n_bg > GL_THRESHOLD else "scatter"
+                traces.append(trace(cls, **common, mode="markers", opacity=0.22, marker=dict(size=4, color=colour)))
         else:  # infeasible sample: hidden until clicked in the legend
             common.update(name="infeasible (sample)", visible="legendonly", hoverlabel=dict(bgcolor="#ddd"))
             if three:
-                fig.add_trace(go.Scatter3d(**common, mode="markers", opacity=0.3,
+                traces.append(trace("scatter3d", **common, mode="markers", opacity=0.3,
                                            marker=dict(size=2, color="#999", symbol="x")))
             else:
-                cls = go.Scattergl if n_bg > GL_THRESHOLD else go.Scatter
-                fig.add_trace(cls(**common, mode="markers", opacity=0.35,
+                cls = "scattergl" if n_bg > GL_THRESHOLD else "scatter"
+                traces.append(trace(cls, **common, mode="markers", opacity=0.35,
                                   marker=dict(size=4, color="#999", symbol="x")))
     layout: dict[str, Any] = dict(hovermode="closest", margin=dict(l=60, r=10, t=40, b=50),
                                   title=dict(text=sd.title, x=0.02, font=dict(size=14)),
@@ -135,8 +126,7 @@ def scatter_figure(sd: fd.ScatterData, groups: list[str], hover_metrics: list[st
         layout["margin"] = dict(l=0, r=0, t=40, b=0)
     else:
         layout["xaxis"], layout["yaxis"] = axes
-    fig.update_layout(**layout)
-    return fig
+    return figure(traces, layout)
 
 
 def _error_bars(s: fd.Series, colour: str) -> dict[str, Any]:
@@ -161,9 +151,7 @@ def _axis_type(sd: fd.ScatterData, i: int) -> dict[str, Any]:
     return out
 
 
-def parcoords_figure(pc: fd.ParcoordsData):
-    import plotly.graph_objects as go
-
+def parcoords_figure(pc: fd.ParcoordsData) -> dict[str, Any]:
     k = max(len(pc.groups), 1)
     pal = _palette(k)
     scale = []  # one flat band per group, so the line colour is the group's colour
@@ -175,15 +163,8 @@ def parcoords_figure(pc: fd.ParcoordsData):
         if d.tickvals is not None:
             dim.update(tickvals=d.tickvals, ticktext=d.ticktext)
         dims.append(dim)
-    fig = _figure(go.Parcoords(dimensions=dims, line=dict(color=pc.color.astype(np.float32), colorscale=scale,
-                                                          cmin=-0.5, cmax=k - 0.5)))
-    fig.update_layout(margin=dict(l=70, r=70, t=80, b=30))
-    return fig
-
-
-def _script_json(obj: Any) -> str:
-    """JSON safe inside a <script> element (no "</" can close it)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    line = dict(color=pc.color.astype(np.float32), colorscale=scale, cmin=-0.5, cmax=k - 0.5)
+    return figure([trace("parcoords", dimensions=dims, line=line)], dict(margin=dict(l=70, r=70, t=80, b=30)))
 
 
 def store_script(sets: list[fd.PointSet]) -> str:
@@ -193,14 +174,12 @@ def store_script(sets: list[fd.PointSet]) -> str:
     custom = {ps.key: {"n": int(ps.custom.shape[0]), "k": int(ps.custom.shape[1]),
                        "b": base64.b64encode(np.ascontiguousarray(ps.custom, dtype="<f4").tobytes()).decode()}
               for ps in sets}
-    return f"<script>var DSE_STORE={{text:{_script_json(text)},custom:{_script_json(custom)}}};</script>"
+    return f"<script>var DSE_STORE={{text:{script_json(text)},custom:{script_json(custom)}}};</script>"
 
 
-def _fig_html(fig, div_id: str, height: str) -> str:
-    import plotly.io as pio
-
+def _fig_html(fig: dict[str, Any], div_id: str, height: str) -> str:
     return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{height};width:100%;"></div>'
-            f'<script>dsePlot("{div_id}",{pio.to_json(fig, validate=False)});</script>')
+            f'<script>dsePlot("{div_id}",{fig_json(fig)});</script>')
 
 
 _PLOT_JS = """
@@ -504,20 +483,20 @@ def _frame_html(df, cols: list[str], rows: int = 200) -> str:
 def write_comparison(cmp: dict, out: str | Path) -> Path:
     """An HTML page of `dse compare`: the moved recommendations, the fronts of both runs on
     their first objective pair, and what entered and left the front."""
-    import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
 
     names = [o["name"] for o in cmp["objectives"]]
-    fig = go.Figure()
+    traces, layout = [], {}
     for label, df, colour in (("A: " + Path(cmp["run_a"]).name, cmp["left"], "#c0392b"),
                               ("B: " + Path(cmp["run_b"]).name, cmp["entered"], "#2471a3")):
         if len(df) and len(names) >= 2:
-            fig.add_trace(go.Scatter(x=df[names[0]], y=df[names[1]], mode="markers", name=label,
-                                     marker=dict(size=8, color=colour)))
+            traces.append(trace("scatter", x=df[names[0]].to_numpy(), y=df[names[1]].to_numpy(), mode="markers",
+                                 name=label, marker=dict(size=8, color=colour)))
     if len(names) >= 2:
-        fig.update_layout(template="plotly_white", title="left the front (A) and entered it (B)",
-                          xaxis=dict(title=metric_label(names[0]), type="log"),
-                          yaxis=dict(title=metric_label(names[1]), type="log"))
+        layout = dict(title=dict(text="left the front (A) and entered it (B)"),
+                      xaxis=dict(title=dict(text=metric_label(names[0])), type="log"),
+                      yaxis=dict(title=dict(text=metric_label(names[1])), type="log"))
+    fig = figure(traces, layout)
     rec_rows = []
     for r in cmp["recommendations"]:
         figs = "<br>".join(f"{_esc(metric_label(m))}: {_esc(_fmt(va))} → {_esc(_fmt(vb))} ({rel:+.1%})"

@@ -120,8 +120,10 @@ def parse_objectives(run: dict[str, Any], where: Path) -> list[Objective]:
 
 
 def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_infeasible: int = MAX_INFEASIBLE,
-             seed: int = 0) -> RunData:
-    """Read a results directory; the Pareto set whole, the rest as a bounded sample."""
+             seed: int = 0, configs: Any = None) -> RunData:
+    """Read a results directory; the Pareto set whole, the rest as a bounded sample.
+    configs: the pyarrow Table configs.parquet holds, if the caller has it in memory (read
+    from the file otherwise; the same sample either way)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DSEError(f"{run_dir}: not a directory (expected a dse results directory)")
@@ -148,9 +150,9 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
     notes: list[str] = []
 
     cpath = run_dir / CONFIGS_PARQUET
-    if cpath.exists():
+    if configs is not None or cpath.exists():
         background, counts = _sample_configs(cpath, obj_names, max_dominated=max_dominated,
-                                             max_infeasible=max_infeasible, seed=seed)
+                                             max_infeasible=max_infeasible, seed=seed, table=configs)
     else:
         notes.append(f"{CONFIGS_PARQUET} not found: only the Pareto set is shown")
         background = pareto.iloc[:0].copy()
@@ -235,26 +237,30 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, max_infeasible: int, seed: int
-                    ) -> tuple[pd.DataFrame, dict[str, int]]:
+def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, max_infeasible: int, seed: int,
+                    table: Any = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """Pass 1 reads the few columns that decide the sample; pass 2 streams the file and
-    keeps only the chosen rows, so memory stays bounded for any size of sweep."""
+    keeps only the chosen rows, so memory stays bounded for any size of sweep. `table`:
+    the file's contents already in memory (then nothing is read)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DSEError(f"{path}: not a readable parquet file: {exc}") from None
-    names = pf.schema_arrow.names
+    if table is not None:
+        schema, n = table.schema, table.num_rows
+    else:
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise DSEError(f"{path}: not a readable parquet file: {exc}") from None
+        schema, n = pf.schema_arrow, pf.metadata.num_rows
+    names = schema.names
     missing = [m for m in objectives if m not in names]
     if missing:
         raise DSEError(f"{path}: no column for objective {missing[0]!r}")
-    n = pf.metadata.num_rows
     strata_cols = [c for c in GROUP_COLUMNS if c in names]
-    light = pf.read(columns=[c for c in ("is_pareto", "feasible", *objectives, *strata_cols, *REASON_COLUMNS)
-                             if c in names])
+    light_cols = [c for c in ("is_pareto", "feasible", *objectives, *strata_cols, *REASON_COLUMNS) if c in names]
+    light = table.select(light_cols) if table is not None else pf.read(columns=light_cols)
 
     flags = {name: light.column(name).to_numpy(zero_copy_only=False).astype(bool) if name in light.column_names
              else np.full(n, default) for name, default in (("feasible", True), ("is_pareto", False))}
@@ -280,18 +286,20 @@ def _sample_configs(path: Path, objectives: list[str], *, max_dominated: int, ma
         chosen.append(stratified_sample(codes, want, cap, rng))
     sel = np.sort(np.concatenate(chosen))
     if sel.size == 0:
-        return _plain(pf.schema_arrow.empty_table().to_pandas()), counts
-
-    parts = []
-    offset = 0
-    for batch in pf.iter_batches(batch_size=1 << 20):
-        lo, hi = np.searchsorted(sel, [offset, offset + batch.num_rows])
-        if hi > lo:
-            parts.append(batch.take(pa.array(sel[lo:hi] - offset)))
-        offset += batch.num_rows
-        if hi >= sel.size:
-            break
-    df = _plain(pa.Table.from_batches(parts).to_pandas())
+        return _plain(schema.empty_table().to_pandas()), counts
+    if table is not None:
+        df = _plain(table.take(pa.array(sel)).to_pandas())
+    else:
+        parts = []
+        offset = 0
+        for batch in pf.iter_batches(batch_size=1 << 20):
+            lo, hi = np.searchsorted(sel, [offset, offset + batch.num_rows])
+            if hi > lo:
+                parts.append(batch.take(pa.array(sel[lo:hi] - offset)))
+            offset += batch.num_rows
+            if hi >= sel.size:
+                break
+        df = _plain(pa.Table.from_batches(parts).to_pandas())
     if "feasible" not in df.columns:
         df["feasible"] = True
     df["feasible"] = df["feasible"].astype(bool)
@@ -369,28 +377,20 @@ def _role_device(df: pd.DataFrame, role: str, dev: pd.Series) -> pd.Series:
     return pd.Series(roles.device(c, role), index=df.index, dtype=object)
 
 
-def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
+def group_labels(df: pd.DataFrame, level: str = "roles", parts: tuple | None = None) -> np.ndarray:
     """Colour group of each row at one level of detail: "roles" = its device, or its
     role devices (prefill→decode, attn+ffn) when its mode splits the work over different
     ones; "device" = the device that serves its tokens (decode pool for disagg, attention
     pool for afd: never the placeholder `device` column of a split mode); "mode" = its
-    serving mode."""
+    serving mode. parts: `_label_parts(df)` when the caller asks for several levels."""
     n = len(df)
     if not n:
         return np.empty(0, dtype=object)
-    mode = _str(_col(df, "mode", "agg"), "agg")
+    mode, dev, splits = parts or _label_parts(df)
     if level == "mode":
         return mode.to_numpy(dtype=object)
-    dev = _str(_col(df, "device", ""))
-    for c in GROUP_COLUMNS[2:]:  # a blank device column falls back to the first role device
-        if c in df.columns:
-            dev = dev.where(dev != "", _str(df[c]))
-    dev = dev.where(dev != "", "?")
     out = dev.copy()
-    for m, (a, b), sep in (("disagg", ("prefill", "decode"), "→"), ("afd", ("attn", "ffn"), "+")):
-        if f"{a}_device" not in df.columns and f"{b}_device" not in df.columns:
-            continue
-        ra, rb = _role_device(df, a, dev), _role_device(df, b, dev)
+    for m, sep, ra, rb in splits:
         here = mode == m
         out = out.where(~here, ra if m == "afd" else rb)        # the device that serves the tokens
         if level == "roles":
@@ -399,22 +399,41 @@ def group_labels(df: pd.DataFrame, level: str = "roles") -> np.ndarray:
     return out.to_numpy(dtype=object)
 
 
+def _label_parts(df: pd.DataFrame) -> tuple:
+    """What every level of `group_labels` reads: the mode, the device (a blank one falls
+    back to the first role device), and per split mode its two role devices."""
+    mode = _str(_col(df, "mode", "agg"), "agg")
+    dev = _str(_col(df, "device", ""))
+    for c in GROUP_COLUMNS[2:]:
+        if c in df.columns:
+            dev = dev.where(dev != "", _str(df[c]))
+    dev = dev.where(dev != "", "?")
+    splits = [(m, sep, _role_device(df, a, dev), _role_device(df, b, dev))
+              for m, (a, b), sep in (("disagg", ("prefill", "decode"), "→"), ("afd", ("attn", "ffn"), "+"))
+              if f"{a}_device" in df.columns or f"{b}_device" in df.columns]
+    return mode, dev, splits
+
+
 def choose_groups(pareto: pd.DataFrame, background: pd.DataFrame, max_groups: int = MAX_GROUPS
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The finest colouring with at most `max_groups` colours over the Pareto set and the
     feasible sample: role devices (+ mode when several), then device (+ mode), then
     device, then mode."""
     feas = background["feasible"].astype(bool).to_numpy() if len(background) else np.zeros(0, bool)
+    frames = (pareto, background)
+    parts = [_label_parts(df) if len(df) else None for df in frames]
     modes = set(_str(_col(pareto, "mode", "agg"), "agg")) | set(_str(_col(background, "mode", "agg"), "agg"))
-    best = None
+    best, memo = None, {}
     for level, with_mode in (("roles", True), ("device", True), ("device", False), ("mode", False)):
         if with_mode and len(modes) < 2:
             continue
         labels = []
-        for df in (pareto, background):
-            g = group_labels(df, level)
+        for i, df in enumerate(frames):
+            if (i, level) not in memo:
+                memo[i, level] = group_labels(df, level, parts[i])
+            g = memo[i, level]
             if with_mode and len(df):
-                g = g + " · " + _str(_col(df, "mode", "agg"), "agg").to_numpy(dtype=object)
+                g = g + " · " + parts[i][0].to_numpy(dtype=object)
             labels.append(g)
         best = labels
         if len(set(labels[0]) | set(labels[1][feas])) <= max_groups:

@@ -133,10 +133,13 @@ def _order_columns(df: pd.DataFrame, space: Space) -> pd.DataFrame:
 def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: float,
              report: Callable[[Path], Any] | None = None) -> SweepResult:
     """Write configs.parquet, pareto.csv, run.json, then report.html with `report(run_dir)`
-    (if given), then the manifest; the state is dropped once the run is committed."""
+    (if given; with `configs=` the table configs.parquet holds, when every part is still in
+    memory and the writer takes it), then the manifest; the state is dropped once the run
+    is committed."""
     run_dir = store.path
     front_F, front_ids, n_rows, n_feasible = _front(store, space)
     pareto_parts: list[pd.DataFrame] = []
+    written: list[pa.Table] | None = [] if store.in_memory() else None   # handed to the report
 
     def write_configs(tmp: Path) -> None:
         writer = None
@@ -151,6 +154,8 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
                 else:
                     table = table.cast(writer.schema)
                 writer.write_table(table)
+                if written is not None:
+                    written.append(table)
                 if mask.any():
                     pareto_parts.append(table.filter(pa.array(mask)).to_pandas())
             if writer is None:
@@ -207,9 +212,23 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
     run["wall_seconds"] = round(time.perf_counter() - t_start, 4)
     io.write_json(run_dir / "run.json", run)
     if report is not None:
-        report(run_dir)
+        if written and _takes_configs(report):    # the rows just written, not read back from the file
+            report(run_dir, configs=pa.concat_tables(written))
+        else:
+            report(run_dir)
     store.commit(run["files"])
     return SweepResult(run_dir=run_dir, run=run, pareto=pareto)
+
+
+def _takes_configs(report: Callable[..., Any]) -> bool:
+    """Whether a report writer accepts `configs=` (configs.parquet's table, in memory)."""
+    import inspect
+
+    try:
+        params = inspect.signature(report).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "configs" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def load_result(run_dir: str | Path) -> SweepResult:

@@ -41,6 +41,7 @@ __all__ = ["RunStore", "verify_run_dir", "write_manifest", "read_manifest", "war
 
 MANIFEST = "run_manifest.json"
 LOCK = ".dse.lock"
+MEMORY_BUDGET = 256 << 20   # bytes of part tables a sweep keeps in memory after writing them
 RESULT_FILES = ("configs.parquet", "pareto.csv", "recommendation.json", "run.json", "report.html")
 VIEWS = ("report.html",)   # rebuilt by `dse report` at will: listed in the manifest, not hashed
 MANIFEST_FORMAT = 1
@@ -136,6 +137,8 @@ class RunStore:
         self.force = force
         self.resumed = False
         self._lock_fd: int | None = None
+        self._memory: dict[str, pa.Table] = {}     # parts this process wrote, as written (see read_part)
+        self._memory_bytes = 0
 
     # -- opening ------------------------------------------------------------------
     def open(self) -> "RunStore":
@@ -244,16 +247,43 @@ class RunStore:
         table = pa.Table.from_pandas(df, preserve_index=False)
         # dictionary pages for the columns that repeat (ids, counts, flags, strings), none for
         # the metrics: a float column of distinct values only grows a dictionary to drop it,
-        # which made writing a part a quarter of a sweep (same values, ~1 % larger files)
+        # which made writing a part a quarter of a sweep (same values, ~1 % larger files); no
+        # column statistics: a part is only ever read whole, and they were ~30 % of its write
         repeat = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-        return io.atomic_write(self.parts_dir / f"{name}.parquet",
-                               lambda p: pq.write_table(table, p, use_dictionary=repeat))
+        path = io.atomic_write(self.parts_dir / f"{name}.parquet",
+                               lambda p: pq.write_table(table, p, use_dictionary=repeat, write_statistics=False))
+        self._forget(path)
+        if self._memory_bytes + table.nbytes <= MEMORY_BUDGET:
+            self._remember(path, table)
+        return path
+
+    def _remember(self, path: Path, table: pa.Table) -> None:
+        """Keep a written part as reading the file would give it back: its types as the
+        file's footer has them (a dictionary of large_string reads back as one of string)."""
+        try:
+            schema = pq.read_schema(path)
+            if not table.schema.equals(schema, check_metadata=True):
+                table = table.cast(schema)
+        except (OSError, pa.ArrowException, ValueError, TypeError):
+            return          # read from the file, as for a resumed part
+        self._memory[path.name] = table
+        self._memory_bytes += table.nbytes
+
+    def _forget(self, part: Path) -> None:
+        table = self._memory.pop(Path(part).name, None)
+        if table is not None:
+            self._memory_bytes -= table.nbytes
+
+    def in_memory(self) -> bool:
+        """Every part on disk is also held in memory (finalize hands the tables on)."""
+        return all(p.name in self._memory for p in self.parts())
 
     def parts(self) -> list[Path]:
         return sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.is_dir() else []
 
     def remove_parts(self, names: list[Path]) -> None:
         for p in names:
+            self._forget(p)
             p.unlink(missing_ok=True)
 
     def part_rows(self, part: Path) -> int | None:
@@ -267,13 +297,20 @@ class RunStore:
 
     def discard_part(self, part: Path, exc: BaseException) -> None:
         warn(f"{part}: unreadable part file ({str(exc).splitlines()[0]}); discarded, it will be recomputed")
+        self._forget(part)
         part.unlink(missing_ok=True)
 
     def read_part(self, part: Path, columns: list[str] | None = None) -> pa.Table:
-        """A part file, or a one-line error that names it (removed, so a rerun recomputes it)."""
+        """A part file, or a one-line error that names it (removed, so a rerun recomputes it).
+        A part this process wrote comes from memory (the table it wrote, which reading the
+        file gives back: finalize read every part twice, most of its time)."""
+        table = self._memory.get(part.name)
+        if table is not None and part.exists():
+            return table.select(columns) if columns is not None else table
         try:
             return pq.read_table(part, columns=columns)
         except (OSError, pa.ArrowException) as exc:
+            self._forget(part)
             part.unlink(missing_ok=True)
             raise DSEError(f"{part}: corrupt part file ({str(exc).splitlines()[0]}); it has been removed: "
                            "rerun with the same --out to recompute it") from None

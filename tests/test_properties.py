@@ -236,17 +236,13 @@ def _reproducer(root: str, res: str, rec, batch_one: bool) -> str:
     return f"dse evaluate {' '.join(flags)}  (what-if: --device {what})"
 
 
-# Where the property still fails, and the mechanism (confirmed by removing it: with no power cap
-# no row of these sweeps fails). The chunked-prefill marginal
-# credit that failed 12.7 % of agg rows (bandwidth, throughput) and 22.4 % (TTFT at batch 1)
-# is gone: the mixed step is priced whole (dse.model.steps.mixed_latency).
-CAP = ("the power cap: the cap stretches the compute-bound share of a step by (demand/cap)^(1/3) "
-       "(dse.model.power.apply_cap via steps.phase_power); more bandwidth makes more operators "
-       "compute-bound and the step's demand higher, so a capped step can get longer")
-KNOWN = {
-    ("bw", "tokens_per_s", "agg"): CAP, ("bw", "tokens_per_s", "disagg"): CAP,
-    ("bw", "ttft_ms", "agg"): CAP, ("bw", "ttft_ms", "disagg"): CAP,
-}
+# Where the property still fails, and the mechanism. Empty since the power cap balances
+# energy (dse.model.power.apply_cap): it used to stretch a capped step's compute-bound
+# share by (demand/cap)^(1/3), and more bandwidth, raising the demand and making more
+# operators compute-bound, made a capped step longer. The chunked-prefill marginal credit
+# that failed 12.7 % of agg rows (bandwidth, throughput) and 22.4 % (TTFT at batch 1) is
+# gone too: the mixed step is priced whole (dse.model.steps.mixed_latency).
+KNOWN: dict[tuple[str, str, str], str] = {}
 # ("scaleup", "tokens_per_s", "afd") failed on 1 of 39,009 rows (-0.003 %, Qwen3.5-35B-A3B afd on b200
 # at scale-up x1.5) until the afd pools were priced once per distinct row; on this sample it now holds.
 

@@ -24,7 +24,7 @@ from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
-           "phase_power", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
+           "phase_power", "clock_bound_ms", "draft_work", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
            "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
@@ -55,9 +55,19 @@ def draft_ms(model: Model, verify: Step, tokens) -> np.ndarray:
     """Drafting `tokens` tokens: one pass each through a one-layer draft head (DeepSeek's
     MTP module, an EAGLE head) and the LM head, at the cost of one average layer of the
     verification step (an upper bound: that step carries k + 1 tokens per sequence)."""
-    head = verify.time_ms["lm_head"]
-    layer = (verify.total_ms - head - verify.time_ms["pp_comm"]) / float(model.num_layers)
+    return _draft(model, verify.time_ms, tokens)
+
+
+def _draft(model: Model, per_op: dict, tokens):
+    """`tokens` x (one average layer + the LM head) of a per-op figure of a step."""
+    head = per_op["lm_head"]
+    layer = (sum(per_op.values()) - head - per_op["pp_comm"]) / float(model.num_layers)
     return np.asarray(tokens, dtype=float) * (layer + head)
+
+
+def draft_work(model: Model, verify: Step, tokens, clock_per_op: dict) -> tuple:
+    """What drafting adds to a verification step's phase: (ms, clock-bound ms, FLOPs, bytes)."""
+    return tuple(_draft(model, d, tokens) for d in (verify.time_ms, clock_per_op, verify.flops, verify.bytes))
 
 
 @dataclasses.dataclass
@@ -114,14 +124,31 @@ def rows_of(res: ModeResult, idx) -> ModeResult:
     return dataclasses.replace(res, load_state=_take(res.load_state, idx, n))
 
 
-def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(capped power per GPU while running this phase, time stretch from the cap)."""
-    p = power.gpu_power_w(flops=step.total_flops(), nbytes=step.total_bytes(), time_ms=time_ms,
-                          peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
-                          tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)
-    share = compute_bound_share(step, pool.hw)
-    capped, stretched = power.apply_cap(p, time_ms, share, cap_w=pool.cap_w)
+def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict, draft=None) -> tuple[np.ndarray, np.ndarray]:
+    """(capped power per GPU while running this phase, time stretch from the cap).
+    `draft` (tokens, model): the phase also drafts that many tokens per step (draft_ms),
+    under the same cap: the stretch is then of time_ms + the drafting."""
+    clock = clock_bound_ms(step, pool.hw) / np.maximum(step.total_ms, 1e-12) * time_ms
+    flops, nbytes = step.total_flops(), step.total_bytes()
+    if draft is not None:
+        extra = draft_work(draft[1], step, draft[0], clock_bound_ms(step, pool.hw, per_op=True))
+        time_ms, clock, flops, nbytes = (a + b for a, b in zip((time_ms, clock, flops, nbytes), extra))
+    kw = dict(flops=flops, nbytes=nbytes, peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
+              tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)
+    p = power.gpu_power_w(time_ms=time_ms, **kw)
+    capped, stretched = power.apply_cap(p, time_ms, clock, cap_w=pool.cap_w, **kw)
     return capped, stretched / np.maximum(time_ms, 1e-12)
+
+
+def clock_bound_ms(step: Step, hw: Hw, *, per_op: bool = False):
+    """The part of a step's time the core clock sets: each operator's time, but at most
+    its FLOPs at the device's GEMM compute ceiling (the rest is memory, latency or
+    communication). Never grows with more bandwidth or more FLOPS, which keeps the capped
+    step monotone (dse.model.power.apply_cap)."""
+    rate = hw.peak_gemm * 1e9 * np.asarray(hw.params["gemm"]["eff_compute"], dtype=float)   # FLOPs per ms
+    each = {op: np.minimum(t, step.flops[op] / rate) if op not in ops.COMM_OPS else 0.0 * t
+            for op, t in step.time_ms.items()}
+    return each if per_op else sum(each.values())
 
 
 def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,11 +324,11 @@ def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: b
 
 def _decode_phase(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None, coeffs: dict, step_ms, chunk):
     dec = _decode_step(model, pool, batch, ctx, skew, spec, chunk)
-    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, coeffs)
-    d = dec.total_ms * s_dec + step_ms
     if spec is None:
-        return d, 1.0, dec, p_dec
-    return d + draft_ms(model, dec, spec.tokens) * s_dec, spec.per_step(), dec, p_dec
+        p_dec, s_dec = phase_power(pool, dec, dec.total_ms, coeffs)
+        return dec.total_ms * s_dec + step_ms, 1.0, dec, p_dec
+    p_dec, s_dec = phase_power(pool, dec, dec.total_ms, coeffs, draft=(spec.tokens, model))
+    return (dec.total_ms + draft_ms(model, dec, spec.tokens)) * s_dec + step_ms, spec.per_step(), dec, p_dec
 
 
 def new_tokens(isl, prefix_hit) -> np.ndarray:

@@ -88,7 +88,22 @@ def pareto_sets() -> dict[str, pd.DataFrame]:
         for name in SCENARIOS:
             res = dse.sweep(ROOT / "search_spaces" / f"{name}.yaml", out=Path(tmp) / name)
             sets[name] = pd.read_csv(Path(res.run_dir) / "pareto.csv")
+        sets["quickstart_point"] = point_front(Path(tmp))
     return sets
+
+
+def point_front(tmp: Path) -> pd.DataFrame:
+    """The quickstart at slo_confidence 0: the point-prediction feasibility, in the columns
+    the front had before intervals existed (tests/test_golden.py compares them)."""
+    import yaml
+
+    import dse
+    data = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    data["slo_confidence"] = 0
+    path = tmp / "quickstart_point.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    got = pd.read_csv(Path(dse.sweep(path, out=tmp / "point").run_dir) / "pareto.csv")
+    return got[pd.read_csv(HERE / "pareto_quickstart_point.csv", nrows=0).columns]
 
 
 def main() -> None:

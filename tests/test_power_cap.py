@@ -49,3 +49,18 @@ def test_a_cheaper_step_is_never_longer_capped():
         _, (_, other) = _cap(*args, cap)
         assert (other <= base * (1 + 1e-9)).all(), float(np.max(other / base))
     assert np.isfinite(base).all() and (base >= t * (1 - 1e-12)).all()
+
+
+def test_a_cap_at_or_below_idle_power_is_refused():
+    """75 W idle of 700 W (h100_sxm): a 0.1 cap (70 W) holds no clock; 0.2 (140 W) does."""
+    import pytest
+
+    import dse
+    from dse.errors import DSEError
+
+    kw = dict(model="meta-llama/Llama-3.1-8B", device="h100_sxm", batch_size=8)
+    with pytest.raises(DSEError, match="idle power"):
+        dse.evaluate(power_cap=0.1, **kw)
+    df = dse.evaluate(power_cap=np.array([0.1, 0.2]), strict=False, **kw)
+    assert list(df.feasible) == [False, True] and df.infeasible_code[0] == "structure"
+    assert np.isfinite(df.ttft_ms[1]) and df.ttft_ms[1] > dse.evaluate(power_cap=1.0, **kw).ttft_ms[0]

@@ -224,6 +224,8 @@ class Pools:
         self.reasons.flag(seqs_rank > np.maximum(max_seqs / dp, 1.0), "kv_capacity",
                           "kv_capacity: the batch does not fit the KV cache")
         self.mem_gb = np.maximum(self.mem_gb, (fixed + kv_used) / memory.GB)
+        self.reasons.flag(c["power_cap"] * hwc["tdp_w"] <= hwc["idle_w"], "structure",
+                          "structure: power_cap x TDP is at or below the device's idle power: no clock holds it")
         pool = serving.Pool(hw=hw, dt=dt, par=par, tdp_w=hwc["tdp_w"], idle_w=hwc["idle_w"],
                             cap_w=c["power_cap"] * hwc["tdp_w"], max_seqs=max_seqs, hw_key=self._key(code, redundant),
                             cache_bytes=np.maximum(np.maximum(cap - fixed, 0) * self.rt["kv_memory_fraction"] - kv_used,

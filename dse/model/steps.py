@@ -23,8 +23,8 @@ from dse.model.dedupe import Rows, distinct_rows
 from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
-__all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms",
-           "phase_power", "clock_bound_ms", "draft_work", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
+__all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms", "draft_work",
+           "phase_power", "clock_bound_ms", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
            "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
@@ -128,10 +128,11 @@ def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict, draft=None) -> tu
     """(capped power per GPU while running this phase, time stretch from the cap).
     `draft` (tokens, model): the phase also drafts that many tokens per step (draft_ms),
     under the same cap: the stretch is then of time_ms + the drafting."""
-    clock = clock_bound_ms(step, pool.hw) / np.maximum(step.total_ms, 1e-12) * time_ms
+    each = clock_bound_ms(step, pool.hw, per_op=True)
+    clock = sum(each.values()) / np.maximum(step.total_ms, 1e-12) * time_ms
     flops, nbytes = step.total_flops(), step.total_bytes()
     if draft is not None:
-        extra = draft_work(draft[1], step, draft[0], clock_bound_ms(step, pool.hw, per_op=True))
+        extra = draft_work(draft[1], step, draft[0], each)
         time_ms, clock, flops, nbytes = (a + b for a, b in zip((time_ms, clock, flops, nbytes), extra))
     kw = dict(flops=flops, nbytes=nbytes, peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
               tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)

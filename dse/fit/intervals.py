@@ -12,8 +12,8 @@ On those residuals, conformalized quantile regression (MAPIE's
 ConformalizedQuantileRegressor over scikit-learn's HistGradientBoostingRegressor, 80 %,
 train / conformalize split by measured deployment, all its loads on one side) gives p10
 and p90 per feature cell. Every feature is discrete, so the model is evaluated on the
-whole grid and the grid is shipped (hardware/intervals.yaml + intervals_{ttft,tpot}.csv.gz, a table per metric over its own
-features: dse.deploy.intervals.FEATURES), never the model:
+whole grid and the grid is shipped (hardware/intervals.yaml + intervals_{ttft,tpot}.csv.gz,
+a table per metric over its own features: dse.deploy.intervals.FEATURES), never the model:
   * a cell whose categorical features (mode, recorded, moe, mla, backend, bottleneck)
     were seen with >= MIN_COMBO rows takes the model's value (the trees are piecewise
     constant in the buckets: an unseen bucket takes its neighbours' leaf), unless its

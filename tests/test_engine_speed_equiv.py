@@ -1,0 +1,70 @@
+"""The engine's fast paths (shared GEMM/attention work between a step's passes, whole-call
+dedupe) return what the engine returned before them: the bench's two cases (dense 70B agg
+on random columns, a MoE disagg grid), evaluated here and compared with outputs stored from
+main's code before those changes (tests/data/engine_speed_main.parquet), 1e-9 relative."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import dse
+
+FIXTURE = Path(__file__).resolve().parent / "data" / "engine_speed_main.parquet"
+METRICS = ["ttft_ms", "tpot_ms", "tokens_per_s", "power_w", "usd_per_mtok", "memory_gb_per_gpu",
+           "meets_slo_prob", "goodput_tokens_per_s", "ttft_ms_p90", "tpot_ms_p90", "e2e_ms"]
+
+
+def dense_agg(n: int = 1200, seed: int = 7) -> dict:
+    rng = np.random.default_rng(seed)
+    return dict(model="meta-llama/Llama-3.1-70B", mode="agg",
+                device=rng.choice(["h100_sxm", "h200_sxm", "b200_sxm", "mi300x", "a100_sxm"], n),
+                tp=rng.choice([1, 2, 4, 8], n), pp=rng.choice([1, 1, 2], n), batch_size=rng.integers(1, 512, n),
+                weight_dtype=rng.choice(["bf16", "fp8", "fp4"], n), kv_dtype=rng.choice(["bf16", "fp8"], n),
+                isl=rng.choice([512, 1024, 2048, 8192], n), osl=rng.choice([128, 256, 1024], n),
+                prefix_hit=rng.choice([0.0, 0.5], n), ttft_slo_ms=rng.choice([np.inf, 500.0], n),
+                tpot_slo_ms=rng.choice([np.inf, 30.0], n))
+
+
+def moe_disagg(n: int = 1200, seed: int = 8) -> dict:
+    """A grid's repeats (each decode pool under many prefill pools and worker counts): a
+    small product, tiled, with a random tail so both the deduplicated and the plain paths run."""
+    rng = np.random.default_rng(seed)
+    axes = dict(prefill_device=["h100_sxm", "b200_sxm"], prefill_tp=[2, 4, 8], prefill_ep=[1, 8],
+                decode_device=["h200_sxm", "b200_sxm"], decode_tp=[1, 4], decode_dp=[1, 8], decode_ep=[4, 8],
+                decode_batch_size=[16, 128, 512], prefill_workers=[1, 3], decode_workers=[1, 2],
+                kv_dtype=["bf16", "fp8"])
+    sizes = [len(v) for v in axes.values()]
+    idx = np.unravel_index(np.arange(n) % int(np.prod(sizes)), sizes)
+    cols = {k: np.asarray(v)[i] for (k, v), i in zip(axes.items(), idx)}
+    tail = n // 3
+    for k, v in axes.items():
+        cols[k][-tail:] = rng.choice(np.asarray(v), tail)
+    return dict(model="Qwen/Qwen3-235B-A22B", mode="disagg", device="h200_sxm", weight_dtype="fp8",
+                isl=4096, osl=1024, ttft_slo_ms=2000.0, tpot_slo_ms=50.0, **cols)
+
+
+def outputs() -> pd.DataFrame:
+    frames = []
+    for name, make in (("dense_agg", dense_agg), ("moe_disagg", moe_disagg)):
+        df = dse.evaluate(strict=False, **make())
+        frames.append(pd.DataFrame({"case": name, "feasible": df.feasible.to_numpy(),
+                                    **{m: df[m].to_numpy(dtype=float) for m in METRICS}}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_bench_cases_match_main_before_the_fast_paths():
+    want = pd.read_parquet(FIXTURE)
+    got = outputs()
+    assert len(got) == len(want) == 2400 and want.feasible.sum() > 500
+    assert (got.feasible.to_numpy() == want.feasible.to_numpy()).all()
+    for m in METRICS:
+        a, b = got[m].to_numpy(), want[m].to_numpy()
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=1e-9, atol=0.0)
+        bad = np.flatnonzero(~same)
+        assert bad.size == 0, f"{m}: {bad.size} rows differ, e.g. row {bad[:1]}: {a[bad[:1]]} vs {b[bad[:1]]}"
+
+
+if __name__ == "__main__":      # writes the fixture: run on main's code only
+    outputs().to_parquet(FIXTURE, index=False, compression="zstd")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import dse
+from dse.deploy import evaluate as evaluate_mod
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "engine_speed_main.parquet"
 METRICS = ["ttft_ms", "tpot_ms", "tokens_per_s", "power_w", "usd_per_mtok", "memory_gb_per_gpu",
@@ -54,7 +56,11 @@ def outputs() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def test_bench_cases_match_main_before_the_fast_paths():
+@pytest.mark.parametrize("chunk", [None, 256])
+def test_bench_cases_match_main_before_the_fast_paths(chunk, monkeypatch):
+    """chunk: rows per chunk (256: many chunks, so the call memo gathers rows priced in earlier ones)."""
+    if chunk:
+        monkeypatch.setattr(evaluate_mod, "CHUNK_ROWS", chunk)
     want = pd.read_parquet(FIXTURE)
     got = outputs()
     assert len(got) == len(want) == 2400 and want.feasible.sum() > 500

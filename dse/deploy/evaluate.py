@@ -2,6 +2,7 @@
 that stay in the CPU's cache, one vectorized path per (model, mode)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -19,7 +20,7 @@ from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
 from dse.deploy.reasons import Reasons
 from dse.errors import DSEError
-from dse.model import cost, serving
+from dse.model import cost, dedupe, serving
 from dse.schema import BOTTLENECKS, METRICS, NON_NUMERIC_METRICS, STRING_COLUMNS
 
 __all__ = ["evaluate", "evaluate_columns", "evaluate_model", "guard_output", "CHUNK_ROWS", "INF_METRICS",
@@ -110,7 +111,13 @@ def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, v
 
 def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
     """Each model's rows, CHUNK_ROWS at a time, into the output arrays; returns the metrics
-    that may hold a NaN or inf somewhere (for guard_output)."""
+    that may hold a NaN or inf somewhere (for guard_output). Phases priced once per distinct
+    row are kept across the chunks (dedupe.call_memo): a sweep's chunks share most pools."""
+    with dedupe.call_memo() if n > CHUNK_ROWS else contextlib.nullcontext():
+        return _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
+
+
+def _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
     suspect: set[str] = set()
     model_codes = cols["model"]
     codes = np.unique(model_codes)

@@ -280,20 +280,21 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
                        verify=spec is not None, chunk=chunk)
 
 
-def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
+def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None, *, dedupe: bool = True):
     """A decode step of `batch` sequences on `pool` (carrying prompt `chunk`s, if given):
     (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU).
 
     Rows that share the step's every input (pool, batch, context, chunks) share its result:
     when a sample of the rows shows few distinct ones (a sweep's decode pool under many
-    prefill pools, worker counts or prices), each distinct step is priced once and gathered."""
+    prefill pools, worker counts or prices), each distinct step is priced once and gathered.
+    dedupe=False skips the look (a caller that knows the rows hardly repeat)."""
     spec = st.get("spec")
     batch = np.asarray(batch, dtype=float)
     cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, pool.cap_w, batch,
             st["ctx"], st["skew"], st["rt"].step_ms]
     cols += [] if spec is None else [spec.tokens, spec.accept]
     cols += [] if chunk is None else list(chunk)
-    groups = distinct_rows(cols)
+    groups = distinct_rows(cols) if dedupe else None
     if groups is None:
         return _decode_phase(model, pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms, chunk)
     first, inverse, n = groups
@@ -390,14 +391,18 @@ def mixed_latency(model: Model, st: dict, n, running):
     k = np.minimum(demand, pp * budget) / pp / chunk_len                  # chunks per micro-batch step
     share = np.minimum(k, 1.0)
     d0, per_step, dec0, p0 = decode_phase(model, pool, running * dp, st)
-    dk, _, deck, pk = decode_phase(model, pool, running * dp, st, chunk=(dp * np.maximum(k, 1.0), chunk_len, chunk_ctx))
+    # the chunk-carrying steps have the decode-only step's inputs and more: when its rows did
+    # not repeat enough to dedupe, theirs do not either (and the look costs a pass over them)
+    again = isinstance(dec0.time_ms, _Gathered)
+    dk, _, deck, pk = decode_phase(model, pool, running * dp, st, chunk=(dp * np.maximum(k, 1.0), chunk_len, chunk_ctx),
+                                   dedupe=again)
     d = (1.0 - share) * d0 + share * dk
     p_mean = ((1.0 - share) * d0 * p0 + share * dk * pk) / np.maximum(d, 1e-12)
     tpot = d / per_step
     own = group * isl_new
     steps_own = np.maximum(own / budget, 1.0)
     s_own, _, _, _ = decode_phase(model, pool, (running - group) * dp, st,
-                                  chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx))
+                                  chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx), dedupe=again)
     # the group's prompts finish chunk by chunk: on average halfway through the steps after
     # a prompt's own chunks (a single long prompt waits for all of its chunks)
     chunks = np.maximum(isl_new / budget, 1.0)

@@ -226,6 +226,8 @@ def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
 def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     a1 = 1.0 - alpha
     near1 = np.abs(a1) < 1e-6
+    if not np.any(near1):       # the usual law (skew 1.2): only the power branch, over nodes x rows
+        return np.abs((hi ** a1 - lo ** a1) * q + lo ** a1) ** (1.0 / a1)
     a1s = np.where(near1, 1.0, a1)
     pw = np.where(near1, lo, (hi ** a1s - lo ** a1s) * q + lo ** a1s)
     return np.where(near1, lo * (hi / lo) ** q, np.abs(pw) ** (1.0 / a1s))
@@ -312,7 +314,9 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     g = e / ep_
     # E over the largest of E draws: its CDF is F^E, so F(x_max) = v^(1/E), v uniform
     v = _GL_X.reshape((-1,) + (1,) * t.ndim)
-    x_max = _pareto_quantile(v ** (1.0 / e), alpha, lo, hi)
+    # one expert count (a model's) for every row: the nodes' powers once, not once per row
+    e0 = _f(num_experts)
+    x_max = _pareto_quantile(v ** (1.0 / (e0 if e0.ndim == 0 else e)), alpha, lo, hi)
     top, spread, g_phys = x_max, 1.0, g
     if np.any(r > 0):
         rho, spread = _replica_relief(alpha, lo, hi, e, r)

@@ -29,7 +29,7 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    "for_format", "format_chain", "gemm_ms", "attn_prefill_ms",
+    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_parts", "attn_prefill_ms",
     "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "allreduce_ms", "allgather_ms",
     "reduce_scatter_ms", "alltoall_ms",
 ]
@@ -108,22 +108,43 @@ def gemm_ms(m: ArrayLike, n: ArrayLike, k: ArrayLike, *, a_bytes: ArrayLike,
     eff_compute * k/(k + k_half). Small m is bound by reading the weights once
     (bytes / (bandwidth x eff_memory)). Plus a launch floor.
     """
-    m, n, k = _f(m), _f(n), _f(k)
-    tn, slots = _f(p["tile_n"]), _f(p["tile_slots"])
+    consts = gemm_consts(n, k, w_bytes=w_bytes, peak_tflops=peak_tflops, mem_tb_s=mem_tb_s, p=p)
+    return gemm_parts(m, consts, a_bytes=a_bytes, c_bytes=c_bytes)[0]
+
+
+def gemm_consts(n: ArrayLike, k: ArrayLike, *, w_bytes: ArrayLike, peak_tflops: ArrayLike, mem_tb_s: ArrayLike,
+                p: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    """The parts of gemm_ms that do not depend on m: computed once for a weight matrix
+    that several steps (decode, chunk-carrying, prefill) multiply by their tokens."""
+    n, k = _f(n), _f(k)
+    tn = _f(p["tile_n"])
+    tiles_n = np.ceil(n / tn)
+    return {"n": n, "k": k, "tiles_n": tiles_n, "n_pad": tiles_n * tn, "slots": _f(p["tile_slots"]),
+            "tile_m": _f(p["tile_m"]), "split_cap": np.maximum(1.0, np.floor(k / _f(p["split_min_k"]))),
+            "eff": _f(p["eff_compute"]), "k_half": _f(p["k_half"]), "peak": _f(peak_tflops) * 1e12,
+            "knw": k * n * _f(w_bytes), "bw": _f(mem_tb_s) * 1e12 * _f(p["eff_memory"]),
+            "floor": _f(p["floor_us"]) * 1e-6}
+
+
+def gemm_parts(m: ArrayLike, c: Mapping[str, np.ndarray], *, a_bytes: ArrayLike,
+               c_bytes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """gemm_ms of `m` tokens through the matrix of gemm_consts `c`: (time, bytes moved)."""
+    m, n, k, slots = _f(m), c["n"], c["k"], c["slots"]
     # skinny GEMMs pick a short m-tile (tensor-core instructions go down to 16 rows),
     # so a decode GEMM is not charged 64 or 128 padded rows of math
-    tm = np.minimum(_f(p["tile_m"]), np.maximum(16.0, _ceil_to(m, 16.0)))
-    tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    tm = np.minimum(c["tile_m"], np.maximum(16.0, _ceil_to(m, 16.0)))
+    tiles_m = np.ceil(m / tm)
+    tiles = tiles_m * c["tiles_n"]
     # split-K: cut k so that tiles x splits fill the slots, pieces no shorter than split_min_k
-    split = np.clip(np.floor(slots / tiles), 1.0, np.maximum(1.0, np.floor(k / _f(p["split_min_k"]))))
+    split = np.clip(np.floor(slots / tiles), 1.0, c["split_cap"])
     k_piece = k / split
     util = _wave_utilisation(tiles * split, slots)
-    eff = _f(p["eff_compute"]) * k_piece / (k_piece + _f(p["k_half"])) * util
-    flops = 2.0 * _ceil_to(m, tm) * _ceil_to(n, tn) * k
-    t_compute = flops / (_f(peak_tflops) * 1e12 * eff)
-    nbytes = m * k * _f(a_bytes) + k * n * _f(w_bytes) + m * n * _f(c_bytes)
-    t_memory = nbytes / (_f(mem_tb_s) * 1e12 * _f(p["eff_memory"]))
-    return (np.maximum(t_compute, t_memory) + _f(p["floor_us"]) * 1e-6) * 1e3
+    eff = c["eff"] * k_piece / (k_piece + c["k_half"]) * util
+    flops = 2.0 * (tiles_m * tm) * c["n_pad"] * k
+    t_compute = flops / (c["peak"] * eff)
+    nbytes = m * k * _f(a_bytes) + c["knw"] + m * n * _f(c_bytes)
+    t_memory = nbytes / c["bw"]
+    return (np.maximum(t_compute, t_memory) + c["floor"]) * 1e3, nbytes
 
 
 # ---------------------------------------------------------------------- attention

@@ -47,6 +47,9 @@ class Hw:
     params: dict               # calibration: family -> name -> array (formats already picked)
     hop_ms: float              # fixed latency of one point-to-point hand-off (runtime.yaml p2p_hop_ms)
     kv_handoff_ms: float       # fixed handshake of one KV-cache transfer (runtime.yaml kv_handoff_ms)
+    # m-free GEMM parts by weight matrix, kept for the next step priced on this hardware
+    # (a Hw is treated as immutable once priced, as a Step is)
+    consts: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -128,14 +131,25 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     return np.maximum(stream, math)
 
 
-def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None):
-    wb = dt.w_bytes if w_bytes is None else w_bytes
-    t = kernels.gemm_ms(m, n, k, a_bytes=dt.a_bytes, w_bytes=wb, c_bytes=2.0,
-                        peak_tflops=hw.peak_gemm if peak is None else peak,
-                        mem_tb_s=hw.mem_tb_s, p=hw.params["gemm"])
-    flops = 2.0 * m * n * k
-    nbytes = m * k * dt.a_bytes + k * n * wb + m * n * 2.0
+def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, par=None):
+    """A GEMM's (time, FLOPs, bytes). `site` names the weight matrix (with `par`, the layout
+    its n and k came from): its m-free parts are kept on `hw` for the next step on it."""
+    consts = _gemm_consts(site, par, dt, hw) if site is not None else None
+    if consts is None:
+        consts = kernels.gemm_consts(n, k, w_bytes=dt.w_bytes if w_bytes is None else w_bytes,
+                                     peak_tflops=hw.peak_gemm if peak is None else peak, mem_tb_s=hw.mem_tb_s,
+                                     p=hw.params["gemm"])
+        if site is not None:
+            hw.consts[site] = (par, dt, consts)
+    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=dt.a_bytes, c_bytes=2.0)
+    flops = 2.0 * m * consts["n"] * consts["k"]
     return t, flops, nbytes
+
+
+def _gemm_consts(site, par, dt, hw: Hw) -> dict | None:
+    """The kept m-free parts of GEMM `site`, when computed on this hw, layout and formats."""
+    kept = hw.consts.get(site)
+    return kept[2] if kept is not None and kept[0] is par and kept[1] is dt else None
 
 
 class _Acc:
@@ -258,18 +272,22 @@ def _softmax_core(a: Attention, tp, sh: _Shape, hw: Hw, dt: Dtypes):
     return t_core, f_core, b_core
 
 
-def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew) -> None:
+def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew,
+         site: tuple = ()) -> None:
     """Dense FFN GEMMs, or router + shared experts + routed experts + the expert all-to-all."""
     f, n, h, tp = g.ffn, float(g.count), float(model.hidden), par.tp
     t_rank, t_all = sh.t_rank, sh.t_all
+    kw = dict(par=par)
     if f.kind == "dense":
-        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt))
-        acc.add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt, site=(*site, "up"), **kw))
+        acc.add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt, site=(*site, "down"), **kw))
         return
-    acc.add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0))  # router, bf16
+    acc.add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0, site=(*site, "router"),
+                            **kw))  # router, bf16
     if f.shared_intermediate:
-        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt))
-        acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt,
+                                site=(*site, "shared_up"), **kw))
+        acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt, site=(*site, "shared_down"), **kw))
     hit, imbalance = _routing(t_all, f, par, skew)
     t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
                            skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
@@ -370,10 +388,12 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     st = _joint(sh, sc)
     acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp, *(() if chunk is None else chunk)).shape))
     ar_link = _link(tp, hw)
-    for g in model.groups:
+    for gi, g in enumerate(model.groups):
         a, n = g.attention, float(g.count)
+        site = (model.id, gi)
         # attention projections: replicated low-rank parts + TP-split parts
-        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt))
+        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt,
+                                      site=(*site, "attn_proj"), par=par))
         core = _linear_core if a.kind == "linear" else _softmax_core
         if sc is None:
             acc.add("attn_core", n, core(a, tp, sh, hw, dt))
@@ -381,7 +401,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
             with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
                 acc.add("attn_core", n, _masked(core(a, tp, sh, hw, dt), sh.b_rank > 0))
                 acc.add("attn_core", n, _masked(core(a, tp, sc, hw, dt), sc.b_rank > 0))
-        _ffn(acc, model, g, st, hw, par, dt, skew)
+        _ffn(acc, model, g, st, hw, par, dt, skew, site)
         # TP all-reduce after attention and after the FFN (bf16 activations)
         ar_bytes = st.t_rank * h * 2.0
         acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, tp, ar_link, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
@@ -393,5 +413,6 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         rows = sh.b_rank * q_len if verify else sh.b_rank
         if sc is not None:
             rows = np.maximum(rows + sc.b_rank, 1.0)     # a chunk's last position gets logits
-        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
+        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0,
+                                      site=(model.id, "lm_head"), par=par))
     return acc.step()

@@ -3,6 +3,7 @@ that stay in the CPU's cache, one vectorized path per (model, mode)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -205,7 +206,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         keep.update(result=res, pools=pools)
     bottleneck = _bottleneck(*res.steps["decode"], reasons)
     factors = intervals.intervals({
-        "mode": mode, "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
+        "mode": _one_word(mode), "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
         "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
         "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"],
         "ttft": res.ttft_ms})
@@ -218,6 +219,13 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(
         model, pools.wd, c["kv_dtype"], weight_vocab=pools.wd_names, kv_vocab=vocab["kv_dtype"])
     return out, reasons
+
+
+@functools.lru_cache(maxsize=8)
+def _one_word(word: str) -> pd.Categorical:
+    """A feature every row shares, as the one-row categorical intervals would build from it
+    (built once: pandas takes a millisecond per chunk to infer it from the string)."""
+    return pd.Categorical(np.asarray([word], dtype=object))
 
 
 def _slo_check(res, c, factors, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 
 import numpy as np
 
@@ -87,19 +88,24 @@ class Step:
 
     @functools.cached_property
     def total_ms(self) -> np.ndarray:
-        return sum(self.time_ms.values())
+        return _sum(self.time_ms.values())
 
     def compute_ms(self) -> np.ndarray:
-        return sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
+        return _sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
 
     def comm_ms(self) -> np.ndarray:
-        return sum(self.time_ms[k] for k in COMM_OPS)
+        return _sum(self.time_ms[k] for k in COMM_OPS)
 
     def total_flops(self) -> np.ndarray:
-        return sum(self.flops.values())
+        return _sum(self.flops.values())
 
     def total_bytes(self) -> np.ndarray:
-        return sum(self.bytes.values())
+        return _sum(self.bytes.values())
+
+
+def _sum(arrays):
+    """sum() without its first pass (0 + the first array): the same values, one pass fewer."""
+    return functools.reduce(operator.add, arrays)
 
 
 def _link(group: np.ndarray, hw: Hw) -> np.ndarray:
@@ -164,11 +170,20 @@ class _Acc:
     def add(self, op: str, count: float, res) -> None:
         for acc, x in zip((self.time, self.flops, self.bytes), res):
             x = x if count == 1.0 else count * x
-            acc[op] = acc[op] + x if op in acc else self.zero + x   # zero + x: a fresh full-size array
+            if op in acc:
+                acc[op] = acc[op] + x
+            elif count != 1.0 and _full(x, self.zero):
+                acc[op] = x                 # count * x is already a fresh full-size array
+            else:
+                acc[op] = self.zero + x     # zero + x: a fresh full-size array
 
     def step(self) -> Step:
         order = {op: self.zero for op in OPS}                  # every op present, in OPS order
         return Step(time_ms={**order, **self.time}, flops={**order, **self.flops}, bytes={**order, **self.bytes})
+
+
+def _full(x, zero: np.ndarray) -> bool:
+    return isinstance(x, np.ndarray) and x.shape == zero.shape and x.dtype == zero.dtype
 
 
 @dataclasses.dataclass

@@ -74,3 +74,33 @@ def test_bench_cases_match_main_before_the_fast_paths(chunk, monkeypatch):
 
 if __name__ == "__main__":      # writes the fixture: run on main's code only
     outputs().to_parquet(FIXTURE, index=False, compression="zstd")
+
+
+def test_moe_routing_is_the_two_routing_functions_exactly():
+    """moe_routing shares the popularity law between the experts hit and the imbalance: the
+    same numbers bit for bit, on the power branch, the near-1 branch (skew 1) and a mix."""
+    from dse.model import kernels
+    rng = np.random.default_rng(3)
+    n = 4000
+    t, ep = rng.uniform(0.5, 20000, n), rng.choice([1.0, 2, 8, 32], n)
+    for skew in (1.2, 1.0, 0.0, rng.choice([0.0, 1.0, 1.2], n)):
+        for red in (0.0, rng.choice([0.0, 8.0, 32.0], n)):
+            hit, imb = kernels.moe_routing(t, 8, 128, ep, skew, red)
+            assert np.array_equal(hit, kernels.moe_experts_hit(t, 8, 128, ep, skew, red))
+            assert np.array_equal(imb, kernels.moe_imbalance(t, 8, 128, ep, skew, red))
+            assert np.all((imb >= 1.0) & (imb <= ep)) and np.all(hit <= (128 + red) / ep)
+
+
+def test_gemm_parts_keep_gemm_ms_and_its_bytes():
+    """gemm_ms through its m-free constants: one matrix's constants priced at two token
+    counts give what gemm_ms gives at each, and the bytes are the GEMM's traffic."""
+    from dse.model import kernels
+    p = {"tile_n": 128.0, "tile_slots": 264.0, "tile_m": 128.0, "split_min_k": 256.0, "eff_compute": 0.8,
+         "k_half": 100.0, "eff_memory": 0.85, "floor_us": 5.0}
+    n_, k_ = np.array([1024.0, 3000.0, 8192.0]), 8192.0
+    c = kernels.gemm_consts(n_, k_, w_bytes=1.0, peak_tflops=989.0, mem_tb_s=3.35, p=p)
+    for m in (np.array([1.0, 17.0, 4096.0]), np.array([300.0, 2.0, 64.0])):
+        t, nbytes = kernels.gemm_parts(m, c, a_bytes=1.0, c_bytes=2.0)
+        assert np.array_equal(t, kernels.gemm_ms(m, n_, k_, a_bytes=1.0, w_bytes=1.0, c_bytes=2.0, peak_tflops=989.0,
+                                                 mem_tb_s=3.35, p=p))
+        assert np.array_equal(nbytes, m * k_ * 1.0 + k_ * n_ * 1.0 + m * n_ * 2.0)

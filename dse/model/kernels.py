@@ -30,7 +30,7 @@ ArrayLike = Any
 
 __all__ = [
     "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_parts", "attn_prefill_ms",
-    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "allreduce_ms", "allgather_ms",
+    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "moe_routing", "allreduce_ms", "allgather_ms",
     "reduce_scatter_ms", "alltoall_ms",
 ]
 
@@ -244,11 +244,24 @@ def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
 
 
 # ---------------------------------------------------------------------------- MoE
-def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _quantile_powers(alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple | None:
+    """The q-free parts of _pareto_quantile's power branch, None when a row needs the other."""
+    a1 = 1.0 - alpha
+    if np.any(np.abs(a1) < 1e-6):
+        return None
+    low = lo ** a1
+    return hi ** a1 - low, low, 1.0 / a1
+
+
+def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     powers: tuple | None = None) -> np.ndarray:
+    """Quantile q of the power law on [lo, hi]; `powers`: _quantile_powers of the same law."""
+    powers = powers or _quantile_powers(alpha, lo, hi)
+    if powers is not None:      # the usual law (skew 1.2): only the power branch, over nodes x rows
+        span, low, inv = powers
+        return np.abs(span * q + low) ** inv
     a1 = 1.0 - alpha
     near1 = np.abs(a1) < 1e-6
-    if not np.any(near1):       # the usual law (skew 1.2): only the power branch, over nodes x rows
-        return np.abs((hi ** a1 - lo ** a1) * q + lo ** a1) ** (1.0 / a1)
     a1s = np.where(near1, 1.0, a1)
     pw = np.where(near1, lo, (hi ** a1s - lo ** a1s) * q + lo ** a1s)
     return np.where(near1, lo * (hi / lo) ** q, np.abs(pw) ** (1.0 / a1s))
@@ -326,18 +339,27 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     (_replica_relief): the hottest copy carries rho x x_max, and the ep sums run over
     g' = (E + r)/ep physical experts of a smaller spread. r = 0 is the plain layout.
     """
-    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
-                                             _f(redundant))
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    return _imbalance(rows, _law(*rows), _f(num_experts))
+
+
+def _law(t, k, e, ep_, a, r) -> tuple:
+    """The rows' expert-popularity law: (lo, hi, alpha, mean, _quantile_powers), which the
+    imbalance and the experts hit share."""
     lo, hi = _popularity_range(t, k, e)
+    alpha = np.where(a > 0, a, 2.0)
+    return lo, hi, alpha, _pareto_mean(alpha, lo, hi), _quantile_powers(alpha, lo, hi)
+
+
+def _imbalance(rows: list, law: tuple, e0: np.ndarray) -> np.ndarray:
+    t, k, e, ep_, a, r = rows
+    lo, hi, alpha, mean, powers = law
     skewed = a > 0
-    alpha = np.where(skewed, a, 2.0)
-    mean = _pareto_mean(alpha, lo, hi)
     g = e / ep_
     # E over the largest of E draws: its CDF is F^E, so F(x_max) = v^(1/E), v uniform
     v = _GL_X.reshape((-1,) + (1,) * t.ndim)
     # one expert count (a model's) for every row: the nodes' powers once, not once per row
-    e0 = _f(num_experts)
-    x_max = _pareto_quantile(v ** (1.0 / (e0 if e0.ndim == 0 else e)), alpha, lo, hi)
+    x_max = _pareto_quantile(v ** (1.0 / (e0 if e0.ndim == 0 else e)), alpha, lo, hi, powers)
     top, spread, g_phys = x_max, 1.0, g
     if np.any(r > 0):
         rho, spread = _replica_relief(alpha, lo, hi, e, r)
@@ -363,15 +385,25 @@ def moe_experts_hit(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     With `redundant` replicas a rank holds (E + r)/ep physical experts, the picks
     spread over E + r copies (balanced); the replicated ones are the hottest, still hit.
     """
-    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
-                                             _f(redundant))
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    return _experts_hit(rows, _law(*rows))
+
+
+def moe_routing(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike, ep: ArrayLike, skew: ArrayLike,
+                redundant: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(moe_experts_hit, moe_imbalance) of the same rows, their popularity law computed once."""
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    law = _law(*rows)
+    return _experts_hit(rows, law), _imbalance(rows, law, _f(num_experts))
+
+
+def _experts_hit(rows: list, law: tuple) -> np.ndarray:
+    t, k, e, ep_, a, r = rows
+    lo, hi, alpha, mean, powers = law
     g = (e + r) / ep_
     picks = t * k
     even = g * -np.expm1(-picks / (e + r))
-    lo, hi = _popularity_range(t, k, e)
-    alpha = np.where(a > 0, a, 2.0)
-    mean = _pareto_mean(alpha, lo, hi)
-    x = _pareto_quantile(_GL_X.reshape((-1,) + (1,) * t.ndim), alpha, lo, hi)
+    x = _pareto_quantile(_GL_X.reshape((-1,) + (1,) * t.ndim), alpha, lo, hi, powers)
     p_hit = np.tensordot(_GL_W, -np.expm1(-picks * x / (e * mean)), axes=1)
     skewed = 1.0 + (g - 1.0) * p_hit
     return np.clip(np.where(a > 0, skewed, even), np.minimum(1.0, g), g)

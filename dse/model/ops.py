@@ -330,11 +330,11 @@ def _routing(t_all, f, par: Parallel, skew) -> tuple[np.ndarray, np.ndarray]:
     args = (f.top_k, f.num_experts)
     groups = distinct_rows(cols)
     if groups is None:
-        return (kernels.moe_experts_hit(t_all, *args, par.ep, skew, par.redundant),
-                kernels.moe_imbalance(t_all, *args, par.ep, skew, par.redundant))
+        return kernels.moe_routing(t_all, *args, par.ep, skew, par.redundant)
     first, inverse, n = groups
     t, ep, sk, r = (take_rows(c, first, n) for c in cols)
-    return kernels.moe_experts_hit(t, *args, ep, sk, r)[inverse], kernels.moe_imbalance(t, *args, ep, sk, r)[inverse]
+    hit, imbalance = kernels.moe_routing(t, *args, ep, sk, r)
+    return hit[inverse], imbalance[inverse]
 
 
 def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:

@@ -63,7 +63,7 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
             out[name] = pd.Categorical.from_codes(np.asarray(arr), categories=pd.Index(words, dtype=object))
         else:
             out[name] = np.asarray(arr)
-    metrics = {m: np.zeros(n) for m in METRICS if m not in _NOT_COMPUTED}
+    metrics = _output_arrays([m for m in METRICS if m not in _NOT_COMPUTED], n)
     reasons = Reasons(n)
     bottleneck = np.zeros(n, dtype=np.int8)
     suspect = _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
@@ -76,6 +76,13 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     out["bottleneck"] = pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS)
     out["infeasible_code"] = reasons.kind_categorical()
     return pd.DataFrame(out, copy=False)   # fresh arrays: no need to copy them into one block
+
+
+def _output_arrays(names: list[str], n: int) -> dict[str, np.ndarray]:
+    """Zeroed metric columns, rows of one block: the kernel maps one large region (huge
+    pages where it can) instead of one per column, and a call's ~45 x n x 8 bytes of
+    output are written with far fewer page faults (up to a fifth of a call's CPU time)."""
+    return dict(zip(names, np.zeros((len(names), n))))
 
 
 def _suspect(metrics: dict[str, np.ndarray]) -> set[str]:

@@ -139,23 +139,40 @@ def call_memo() -> Iterator[None]:
 
 
 class _Table:
-    """A phase's rows kept so far: their keys, the keys' hash (a weighted sum), the values."""
+    """A phase's rows kept so far: their keys, the keys' hash (a weighted sum), the values,
+    in arrays of doubling capacity (an append copies its rows only)."""
 
     def __init__(self, keys: list[np.ndarray], values: dict[str, np.ndarray]):
-        self.keys, self.values = keys, values
+        self.size = len(keys[0])
+        self._keys, self._values = [np.array(k) for k in keys], {k: np.array(v) for k, v in values.items()}
         self.hash = _hash(keys)
         self.index = pd.Index(self.hash)
         self.full = False
 
+    @property
+    def keys(self) -> list[np.ndarray]:
+        return [k[:self.size] for k in self._keys]
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: v[:self.size] for k, v in self._values.items()}
+
     def add(self, keys: list[np.ndarray], values: dict[str, np.ndarray], h: np.ndarray) -> np.ndarray:
         """Append rows; returns their positions."""
-        start = len(self.hash)
-        self.keys = [np.concatenate([a, b]) for a, b in zip(self.keys, keys)]
-        self.values = {k: np.concatenate([v, values[k]]) for k, v in self.values.items()}
+        start, end = self.size, self.size + len(h)
+        if end > len(self._keys[0]):
+            cap = max(end, 2 * len(self._keys[0]))
+            self._keys = [np.resize(k, cap) for k in self._keys]
+            self._values = {k: np.resize(v, cap) for k, v in self._values.items()}
+        for a, b in zip(self._keys, keys):
+            a[start:end] = b
+        for k, v in self._values.items():
+            v[start:end] = values[k]
+        self.size = end
         self.hash = np.concatenate([self.hash, h])
         self.index = pd.Index(self.hash)
-        self.full = len(self.hash) >= MEMO_MAX_ROWS
-        return np.arange(start, len(self.hash))
+        self.full = end >= MEMO_MAX_ROWS
+        return np.arange(start, end)
 
 
 def _hash(keys: list[np.ndarray]) -> np.ndarray:

@@ -104,3 +104,26 @@ def test_gemm_parts_keep_gemm_ms_and_its_bytes():
         assert np.array_equal(t, kernels.gemm_ms(m, n_, k_, a_bytes=1.0, w_bytes=1.0, c_bytes=2.0, peak_tflops=989.0,
                                                  mem_tb_s=3.35, p=p))
         assert np.array_equal(nbytes, m * k_ * 1.0 + k_ * n_ * 1.0 + m * n_ * 2.0)
+
+
+def test_call_memo_keys_mean_the_same_pool_in_every_chunk(monkeypatch):
+    """Rows priced in one chunk are gathered in later ones only where every input matches.
+    Two 256-row chunks whose spec-table codes span different ranges (chunk 1: h200 only,
+    codes 10-11; chunk 2: h200 and h100, codes 10-15), with 32 EPLB replicas in the first
+    and 24 in the second: a pool key scaled by the chunk's own largest code gave both
+    h200/bf16 decode pools the key 10 + 12 x 32 = 10 + 16 x 24, and the second chunk the
+    first one's steps. Many small chunks must give what one chunk gives."""
+    n = 512
+    cols = dict(model="Qwen/Qwen3-235B-A22B", mode="disagg", device="h200_sxm", prefill_device="h200_sxm",
+                decode_device=np.r_[np.full(256, "h200_sxm"), np.tile(["h200_sxm", "h100_sxm"], 128)],
+                kv_dtype=np.tile(["bf16", "fp8"], n // 2), weight_dtype="fp8", isl=2048, osl=512,
+                prefill_tp=8, prefill_ep=8, decode_tp=1, decode_dp=8, decode_ep=8, decode_batch_size=64,
+                decode_redundant_experts=np.r_[np.full(256, 32), np.full(256, 24)], prefill_workers=1,
+                decode_workers=1)
+    whole = dse.evaluate(strict=False, **cols)
+    monkeypatch.setattr(evaluate_mod, "CHUNK_ROWS", 256)
+    chunked = dse.evaluate(strict=False, **cols)
+    assert whole.feasible.sum() > n // 4
+    for m in METRICS + ["power_w", "num_gpus"]:
+        a, b = chunked[m].to_numpy(dtype=float), whole[m].to_numpy(dtype=float)
+        assert np.array_equal(a, b, equal_nan=True), m

@@ -374,7 +374,26 @@ def _joint(sh: _Shape, sc: _Shape | None) -> _Shape:
 def _masked(res, on):
     """A kernel's (time, FLOPs, bytes) where it runs at all (a step without any prompt
     chunk, or without decodes, does not pay that kernel's launch floor)."""
+    if np.all(on):
+        return tuple(res)
     return tuple(np.where(on, x, 0.0) for x in res)
+
+
+def _decode_core(core, a: Attention, sh: _Shape, site: tuple, hw: Hw, par: Parallel, dt: Dtypes, *,
+                 keep: bool = False):
+    """The attention core over the step's decodes. A chunk-carrying step on the same pool
+    whose decodes are a decode-only step's (the same sequences per rank, query lengths and
+    contexts: agg's mixed step beside its decode-only one) reuses that step's kernels;
+    keep=True keeps this one's for such a step."""
+    site = (*site, "decode_core")
+    kept = hw.consts.get(site)
+    if (kept is not None and kept[0] is par and kept[1] is dt and kept[2] == sh.verify
+            and all(np.array_equal(x, y) for x, y in zip(kept[3], (sh.b_rank, sh.q_len, sh.ctx)))):
+        return kept[4]
+    res = core(a, par.tp, sh, hw, dt)
+    if keep:
+        hw.consts[site] = (par, dt, sh.verify, (sh.b_rank, sh.q_len, sh.ctx), res)
+    return res
 
 
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
@@ -411,10 +430,10 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
                                       site=(*site, "attn_proj"), par=par))
         core = _linear_core if a.kind == "linear" else _softmax_core
         if sc is None:
-            acc.add("attn_core", n, core(a, tp, sh, hw, dt))
+            acc.add("attn_core", n, _decode_core(core, a, sh, (model.id, gi), hw, par, dt, keep=True))
         else:
             with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
-                acc.add("attn_core", n, _masked(core(a, tp, sh, hw, dt), sh.b_rank > 0))
+                acc.add("attn_core", n, _masked(_decode_core(core, a, sh, (model.id, gi), hw, par, dt), sh.b_rank > 0))
                 acc.add("attn_core", n, _masked(core(a, tp, sc, hw, dt), sc.b_rank > 0))
         _ffn(acc, model, g, st, hw, par, dt, skew, site)
         # TP all-reduce after attention and after the FFN (bf16 activations)

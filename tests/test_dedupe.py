@@ -49,3 +49,32 @@ def test_small_integer_columns_do_not_collide_in_the_hash():
     for cols in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 5, 9, 17]):
         keys = grid @ w[cols]
         assert len(np.unique(keys)) == len(grid)
+
+
+def test_call_memo_prices_each_key_once_across_chunks():
+    """memo_rows: inside one call_memo a key priced in an earlier chunk is gathered, only the
+    new keys are computed, and the values come back in the asking rows' order; outside a
+    call_memo, or with a NaN key, it declines (None) and the caller prices its rows itself."""
+    from dse.model.dedupe import call_memo, memo_rows
+    priced = []
+
+    def compute(keys):
+        def values(sel):
+            priced.append(len(sel))
+            return {"v": keys[0][sel] * 10.0 + keys[1][sel]}
+        return values
+
+    a = [np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.5, 0.25])]
+    assert memo_rows(("t",), a, compute(a)) is None
+    with call_memo():
+        vals, pos = memo_rows(("t",), a, compute(a))
+        assert np.array_equal(vals["v"][pos], [10.5, 20.5, 30.25]) and priced == [3]
+        b = [np.array([3.0, 4.0, 1.0, 5.0]), np.array([0.25, 0.5, 0.5, 0.0])]
+        vals, pos = memo_rows(("t",), b, compute(b))
+        assert np.array_equal(vals["v"][pos], [30.25, 40.5, 10.5, 50.0]) and priced == [3, 2]
+        c = [np.array([3.0, np.nan]), np.array([0.25, 0.0])]
+        vals, pos = memo_rows(("t",), c, compute(c))          # a NaN key: priced, never kept
+        assert vals["v"][pos][0] == 30.25 and np.isnan(vals["v"][pos][1]) and priced == [3, 2, 1]
+        vals, pos = memo_rows(("other",), a, compute(a))      # another tag: its own table
+        assert priced == [3, 2, 1, 3]
+    assert memo_rows(("t",), a, compute(a)) is None

@@ -2,6 +2,8 @@
 that stay in the CPU's cache, one vectorized path per (model, mode)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Any
 
@@ -19,7 +21,7 @@ from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
 from dse.deploy.reasons import Reasons
 from dse.errors import DSEError
-from dse.model import cost, serving
+from dse.model import cost, dedupe, serving
 from dse.schema import BOTTLENECKS, METRICS, NON_NUMERIC_METRICS, STRING_COLUMNS
 
 __all__ = ["evaluate", "evaluate_columns", "evaluate_model", "guard_output", "CHUNK_ROWS", "INF_METRICS",
@@ -61,7 +63,7 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
             out[name] = pd.Categorical.from_codes(np.asarray(arr), categories=pd.Index(words, dtype=object))
         else:
             out[name] = np.asarray(arr)
-    metrics = {m: np.zeros(n) for m in METRICS if m not in _NOT_COMPUTED}
+    metrics = _output_arrays([m for m in METRICS if m not in _NOT_COMPUTED], n)
     reasons = Reasons(n)
     bottleneck = np.zeros(n, dtype=np.int8)
     suspect = _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
@@ -74,6 +76,13 @@ def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: b
     out["bottleneck"] = pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS)
     out["infeasible_code"] = reasons.kind_categorical()
     return pd.DataFrame(out, copy=False)   # fresh arrays: no need to copy them into one block
+
+
+def _output_arrays(names: list[str], n: int) -> dict[str, np.ndarray]:
+    """Zeroed metric columns, rows of one block: the kernel maps one large region (huge
+    pages where it can) instead of one per column, and a call's ~45 x n x 8 bytes of
+    output are written with far fewer page faults (up to a fifth of a call's CPU time)."""
+    return dict(zip(names, np.zeros((len(names), n))))
 
 
 def _suspect(metrics: dict[str, np.ndarray]) -> set[str]:
@@ -110,7 +119,13 @@ def guard_output(metrics: dict[str, np.ndarray], reasons: Reasons, cols: dict, v
 
 def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
     """Each model's rows, CHUNK_ROWS at a time, into the output arrays; returns the metrics
-    that may hold a NaN or inf somewhere (for guard_output)."""
+    that may hold a NaN or inf somewhere (for guard_output). Phases priced once per distinct
+    row are kept across the chunks (dedupe.call_memo): a sweep's chunks share most pools."""
+    with dedupe.call_memo() if n > CHUNK_ROWS else contextlib.nullcontext():
+        return _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, strict=strict)
+
+
+def _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
     suspect: set[str] = set()
     model_codes = cols["model"]
     codes = np.unique(model_codes)
@@ -198,7 +213,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
         keep.update(result=res, pools=pools)
     bottleneck = _bottleneck(*res.steps["decode"], reasons)
     factors = intervals.intervals({
-        "mode": mode, "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
+        "mode": _one_word(mode), "backend": pd.Categorical.from_codes(c["backend"], categories=vocab["backend"]),
         "bottleneck": pd.Categorical.from_codes(bottleneck, categories=BOTTLENECKS), **intervals.model_flags(model),
         "concurrency": np.asarray(load, dtype=float), "isl": c["isl"], "osl": c["osl"],
         "ttft": res.ttft_ms})
@@ -211,6 +226,13 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(
         model, pools.wd, c["kv_dtype"], weight_vocab=pools.wd_names, kv_vocab=vocab["kv_dtype"])
     return out, reasons
+
+
+@functools.lru_cache(maxsize=8)
+def _one_word(word: str) -> pd.Categorical:
+    """A feature every row shares, as the one-row categorical intervals would build from it
+    (built once: pandas takes a millisecond per chunk to infer it from the string)."""
+    return pd.Categorical(np.asarray([word], dtype=object))
 
 
 def _slo_check(res, c, factors, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

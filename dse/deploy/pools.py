@@ -232,11 +232,12 @@ class Pools:
                                                    0.0))
         return pool, hwc
 
-    @staticmethod
-    def _key(code: np.ndarray, redundant) -> np.ndarray:
+    def _key(self, code: np.ndarray, redundant) -> np.ndarray:
         """The pool's dedupe key (prefills are computed once per distinct key and layout): the
         spec-table code, and the replicas, which change a prefill's MoE time but are no layout
-        column of that key."""
+        column of that key. The code's range is the vocabulary's, not the rows': a key means
+        the same pool in every chunk of a call (dedupe.call_memo keeps steps across them)."""
         if not np.any(redundant):
             return code.astype(float)
-        return code + (float(np.max(code)) + 1.0) * np.asarray(redundant, dtype=float)
+        codes = float(len(self.vocab["device"]) * len(self.wd_names) * 2)
+        return code + codes * np.asarray(redundant, dtype=float)

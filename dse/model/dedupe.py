@@ -1,14 +1,19 @@
 """Rows that share every input share the result: find the distinct rows of a few columns
 fast (one hash of a weighted sum, checked exactly), so a phase is priced once per distinct
-row and gathered. Used where a sweep repeats inputs: prefills, decode steps, MoE routing."""
+row and gathered. Used where a sweep repeats inputs: prefills, decode steps, MoE routing.
+Inside `call_memo()` (one evaluate call) a phase's distinct rows are also kept across the
+call's chunks of rows, so a row seen in an earlier chunk is gathered, not priced again."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["KEY_WEIGHTS", "unique_rows", "distinct_rows", "take_rows", "Rows"]
+__all__ = ["KEY_WEIGHTS", "unique_rows", "distinct_rows", "take_rows", "Rows", "call_memo", "memo_rows",
+           "MEMO_MAX_ROWS"]
 
 
 # Square roots of distinct primes are linearly independent over the rationals, so
@@ -116,3 +121,97 @@ class Rows(Mapping):
         cut = len(prefix) + 1
         return Rows({k[cut:]: r for k, r in self.names.items() if k.startswith(prefix + ":")}, self.table, self.idx,
                     {k[cut:]: v for k, v in self.own.items() if k.startswith(prefix + ":")})
+
+
+MEMO_MAX_ROWS = 1 << 17     # rows one phase keeps across a call (beyond: priced per chunk, as without a memo)
+_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("dse_call_memo", default=None)
+
+
+@contextlib.contextmanager
+def call_memo() -> Iterator[None]:
+    """Within: memo_rows keeps the phases' distinct rows across chunks (one call's rows:
+    the columns' codes mean the same things throughout, and so do a key's values)."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+class _Table:
+    """A phase's rows kept so far: their keys, the keys' hash (a weighted sum), the values,
+    in arrays of doubling capacity (an append copies its rows only)."""
+
+    def __init__(self, keys: list[np.ndarray], values: dict[str, np.ndarray]):
+        self.size = len(keys[0])
+        self._keys, self._values = [np.array(k) for k in keys], {k: np.array(v) for k, v in values.items()}
+        self.hash = _hash(keys)
+        self.index = pd.Index(self.hash)
+        self.full = False
+
+    @property
+    def keys(self) -> list[np.ndarray]:
+        return [k[:self.size] for k in self._keys]
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: v[:self.size] for k, v in self._values.items()}
+
+    def add(self, keys: list[np.ndarray], values: dict[str, np.ndarray], h: np.ndarray) -> np.ndarray:
+        """Append rows; returns their positions."""
+        start, end = self.size, self.size + len(h)
+        if end > len(self._keys[0]):
+            cap = max(end, 2 * len(self._keys[0]))
+            self._keys = [np.resize(k, cap) for k in self._keys]
+            self._values = {k: np.resize(v, cap) for k, v in self._values.items()}
+        for a, b in zip(self._keys, keys):
+            a[start:end] = b
+        for k, v in self._values.items():
+            v[start:end] = values[k]
+        self.size = end
+        self.hash = np.concatenate([self.hash, h])
+        self.index = pd.Index(self.hash)
+        self.full = end >= MEMO_MAX_ROWS
+        return np.arange(start, end)
+
+
+def _hash(keys: list[np.ndarray]) -> np.ndarray:
+    return sum(a * w for a, w in zip(keys, KEY_WEIGHTS))
+
+
+def memo_rows(tag: tuple, keys: list[np.ndarray], compute: Callable[[np.ndarray], dict[str, np.ndarray]]
+              ) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """(value columns, each row's position in them) for distinct rows given by their `keys`
+    (float arrays of one length m), calling compute(rows) (rows: positions among the m)
+    for the rows no earlier chunk of this call priced under `tag`; None outside a call_memo,
+    or when the keys cannot be matched exactly (a NaN, a hash shared by two keys)."""
+    memo = _MEMO.get()
+    if memo is None or len(keys) > len(KEY_WEIGHTS):
+        return None
+    keys = [np.asarray(k, dtype=float) for k in keys]
+    table = memo.get(tag)
+    if table is None:
+        values = compute(np.arange(len(keys[0])))
+        table = _Table(keys, values)
+        if not table.index.is_unique or np.isnan(table.hash).any():
+            memo[tag] = False                  # no exact match possible: price per chunk
+            return None
+        memo[tag] = table
+        return table.values, np.arange(len(keys[0]))
+    if table is False:
+        return None
+    h = _hash(keys)
+    where = table.index.get_indexer(h)
+    seen = where >= 0
+    if not all(np.array_equal(k[seen], t[where[seen]]) for k, t in zip(keys, table.keys)):
+        return None                            # a hash match of two different keys: no gather
+    new = np.flatnonzero(~seen)
+    if new.size:
+        values = compute(new)
+        if table.full or not pd.Index(h[new]).is_unique or np.isnan(h[new]).any():
+            out = {k: np.concatenate([v[where[seen]], values[k]]) for k, v in table.values.items()}
+            pos = np.empty(len(h), dtype=np.int64)
+            pos[seen], pos[new] = np.arange(int(seen.sum())), int(seen.sum()) + np.arange(new.size)
+            return out, pos
+        where[new] = table.add([k[new] for k in keys], values, h[new])
+    return table.values, where

@@ -29,8 +29,8 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    "for_format", "format_chain", "gemm_ms", "attn_prefill_ms",
-    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "allreduce_ms", "allgather_ms",
+    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_parts", "attn_prefill_ms",
+    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "moe_routing", "allreduce_ms", "allgather_ms",
     "reduce_scatter_ms", "alltoall_ms",
 ]
 
@@ -108,22 +108,43 @@ def gemm_ms(m: ArrayLike, n: ArrayLike, k: ArrayLike, *, a_bytes: ArrayLike,
     eff_compute * k/(k + k_half). Small m is bound by reading the weights once
     (bytes / (bandwidth x eff_memory)). Plus a launch floor.
     """
-    m, n, k = _f(m), _f(n), _f(k)
-    tn, slots = _f(p["tile_n"]), _f(p["tile_slots"])
+    consts = gemm_consts(n, k, w_bytes=w_bytes, peak_tflops=peak_tflops, mem_tb_s=mem_tb_s, p=p)
+    return gemm_parts(m, consts, a_bytes=a_bytes, c_bytes=c_bytes)[0]
+
+
+def gemm_consts(n: ArrayLike, k: ArrayLike, *, w_bytes: ArrayLike, peak_tflops: ArrayLike, mem_tb_s: ArrayLike,
+                p: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    """The parts of gemm_ms that do not depend on m: computed once for a weight matrix
+    that several steps (decode, chunk-carrying, prefill) multiply by their tokens."""
+    n, k = _f(n), _f(k)
+    tn = _f(p["tile_n"])
+    tiles_n = np.ceil(n / tn)
+    return {"n": n, "k": k, "tiles_n": tiles_n, "n_pad": tiles_n * tn, "slots": _f(p["tile_slots"]),
+            "tile_m": _f(p["tile_m"]), "split_cap": np.maximum(1.0, np.floor(k / _f(p["split_min_k"]))),
+            "eff": _f(p["eff_compute"]), "k_half": _f(p["k_half"]), "peak": _f(peak_tflops) * 1e12,
+            "knw": k * n * _f(w_bytes), "bw": _f(mem_tb_s) * 1e12 * _f(p["eff_memory"]),
+            "floor": _f(p["floor_us"]) * 1e-6}
+
+
+def gemm_parts(m: ArrayLike, c: Mapping[str, np.ndarray], *, a_bytes: ArrayLike,
+               c_bytes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """gemm_ms of `m` tokens through the matrix of gemm_consts `c`: (time, bytes moved)."""
+    m, n, k, slots = _f(m), c["n"], c["k"], c["slots"]
     # skinny GEMMs pick a short m-tile (tensor-core instructions go down to 16 rows),
     # so a decode GEMM is not charged 64 or 128 padded rows of math
-    tm = np.minimum(_f(p["tile_m"]), np.maximum(16.0, _ceil_to(m, 16.0)))
-    tiles = np.ceil(m / tm) * np.ceil(n / tn)
+    tm = np.minimum(c["tile_m"], np.maximum(16.0, _ceil_to(m, 16.0)))
+    tiles_m = np.ceil(m / tm)
+    tiles = tiles_m * c["tiles_n"]
     # split-K: cut k so that tiles x splits fill the slots, pieces no shorter than split_min_k
-    split = np.clip(np.floor(slots / tiles), 1.0, np.maximum(1.0, np.floor(k / _f(p["split_min_k"]))))
+    split = np.clip(np.floor(slots / tiles), 1.0, c["split_cap"])
     k_piece = k / split
     util = _wave_utilisation(tiles * split, slots)
-    eff = _f(p["eff_compute"]) * k_piece / (k_piece + _f(p["k_half"])) * util
-    flops = 2.0 * _ceil_to(m, tm) * _ceil_to(n, tn) * k
-    t_compute = flops / (_f(peak_tflops) * 1e12 * eff)
-    nbytes = m * k * _f(a_bytes) + k * n * _f(w_bytes) + m * n * _f(c_bytes)
-    t_memory = nbytes / (_f(mem_tb_s) * 1e12 * _f(p["eff_memory"]))
-    return (np.maximum(t_compute, t_memory) + _f(p["floor_us"]) * 1e-6) * 1e3
+    eff = c["eff"] * k_piece / (k_piece + c["k_half"]) * util
+    flops = 2.0 * (tiles_m * tm) * c["n_pad"] * k
+    t_compute = flops / (c["peak"] * eff)
+    nbytes = m * k * _f(a_bytes) + c["knw"] + m * n * _f(c_bytes)
+    t_memory = nbytes / c["bw"]
+    return (np.maximum(t_compute, t_memory) + c["floor"]) * 1e3, nbytes
 
 
 # ---------------------------------------------------------------------- attention
@@ -223,7 +244,22 @@ def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
 
 
 # ---------------------------------------------------------------------------- MoE
-def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _quantile_powers(alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple | None:
+    """The q-free parts of _pareto_quantile's power branch, None when a row needs the other."""
+    a1 = 1.0 - alpha
+    if np.any(np.abs(a1) < 1e-6):
+        return None
+    low = lo ** a1
+    return hi ** a1 - low, low, 1.0 / a1
+
+
+def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     powers: tuple | None = None) -> np.ndarray:
+    """Quantile q of the power law on [lo, hi]; `powers`: _quantile_powers of the same law."""
+    powers = powers or _quantile_powers(alpha, lo, hi)
+    if powers is not None:      # the usual law (skew 1.2): only the power branch, over nodes x rows
+        span, low, inv = powers
+        return np.abs(span * q + low) ** inv
     a1 = 1.0 - alpha
     near1 = np.abs(a1) < 1e-6
     a1s = np.where(near1, 1.0, a1)
@@ -303,16 +339,27 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     (_replica_relief): the hottest copy carries rho x x_max, and the ep sums run over
     g' = (E + r)/ep physical experts of a smaller spread. r = 0 is the plain layout.
     """
-    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
-                                             _f(redundant))
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    return _imbalance(rows, _law(*rows), _f(num_experts))
+
+
+def _law(t, k, e, ep_, a, r) -> tuple:
+    """The rows' expert-popularity law: (lo, hi, alpha, mean, _quantile_powers), which the
+    imbalance and the experts hit share."""
     lo, hi = _popularity_range(t, k, e)
+    alpha = np.where(a > 0, a, 2.0)
+    return lo, hi, alpha, _pareto_mean(alpha, lo, hi), _quantile_powers(alpha, lo, hi)
+
+
+def _imbalance(rows: list, law: tuple, e0: np.ndarray) -> np.ndarray:
+    t, k, e, ep_, a, r = rows
+    lo, hi, alpha, mean, powers = law
     skewed = a > 0
-    alpha = np.where(skewed, a, 2.0)
-    mean = _pareto_mean(alpha, lo, hi)
     g = e / ep_
     # E over the largest of E draws: its CDF is F^E, so F(x_max) = v^(1/E), v uniform
     v = _GL_X.reshape((-1,) + (1,) * t.ndim)
-    x_max = _pareto_quantile(v ** (1.0 / e), alpha, lo, hi)
+    # one expert count (a model's) for every row: the nodes' powers once, not once per row
+    x_max = _pareto_quantile(v ** (1.0 / (e0 if e0.ndim == 0 else e)), alpha, lo, hi, powers)
     top, spread, g_phys = x_max, 1.0, g
     if np.any(r > 0):
         rho, spread = _replica_relief(alpha, lo, hi, e, r)
@@ -338,15 +385,25 @@ def moe_experts_hit(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     With `redundant` replicas a rank holds (E + r)/ep physical experts, the picks
     spread over E + r copies (balanced); the replicated ones are the hottest, still hit.
     """
-    t, k, e, ep_, a, r = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew),
-                                             _f(redundant))
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    return _experts_hit(rows, _law(*rows))
+
+
+def moe_routing(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike, ep: ArrayLike, skew: ArrayLike,
+                redundant: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(moe_experts_hit, moe_imbalance) of the same rows, their popularity law computed once."""
+    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
+    law = _law(*rows)
+    return _experts_hit(rows, law), _imbalance(rows, law, _f(num_experts))
+
+
+def _experts_hit(rows: list, law: tuple) -> np.ndarray:
+    t, k, e, ep_, a, r = rows
+    lo, hi, alpha, mean, powers = law
     g = (e + r) / ep_
     picks = t * k
     even = g * -np.expm1(-picks / (e + r))
-    lo, hi = _popularity_range(t, k, e)
-    alpha = np.where(a > 0, a, 2.0)
-    mean = _pareto_mean(alpha, lo, hi)
-    x = _pareto_quantile(_GL_X.reshape((-1,) + (1,) * t.ndim), alpha, lo, hi)
+    x = _pareto_quantile(_GL_X.reshape((-1,) + (1,) * t.ndim), alpha, lo, hi, powers)
     p_hit = np.tensordot(_GL_W, -np.expm1(-picks * x / (e * mean)), axes=1)
     skewed = 1.0 + (g - 1.0) * p_hit
     return np.clip(np.where(a > 0, skewed, even), np.minimum(1.0, g), g)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Hw:
     params: dict               # calibration: family -> name -> array (formats already picked)
     hop_ms: float              # fixed latency of one point-to-point hand-off (runtime.yaml p2p_hop_ms)
     kv_handoff_ms: float       # fixed handshake of one KV-cache transfer (runtime.yaml kv_handoff_ms)
+    # m-free GEMM parts by weight matrix, kept for the next step priced on this hardware
+    # (a Hw is treated as immutable once priced, as a Step is)
+    consts: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -84,19 +88,24 @@ class Step:
 
     @functools.cached_property
     def total_ms(self) -> np.ndarray:
-        return sum(self.time_ms.values())
+        return _sum(self.time_ms.values())
 
     def compute_ms(self) -> np.ndarray:
-        return sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
+        return _sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
 
     def comm_ms(self) -> np.ndarray:
-        return sum(self.time_ms[k] for k in COMM_OPS)
+        return _sum(self.time_ms[k] for k in COMM_OPS)
 
     def total_flops(self) -> np.ndarray:
-        return sum(self.flops.values())
+        return _sum(self.flops.values())
 
     def total_bytes(self) -> np.ndarray:
-        return sum(self.bytes.values())
+        return _sum(self.bytes.values())
+
+
+def _sum(arrays):
+    """sum() without its first pass (0 + the first array): the same values, one pass fewer."""
+    return functools.reduce(operator.add, arrays)
 
 
 def _link(group: np.ndarray, hw: Hw) -> np.ndarray:
@@ -128,14 +137,25 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     return np.maximum(stream, math)
 
 
-def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None):
-    wb = dt.w_bytes if w_bytes is None else w_bytes
-    t = kernels.gemm_ms(m, n, k, a_bytes=dt.a_bytes, w_bytes=wb, c_bytes=2.0,
-                        peak_tflops=hw.peak_gemm if peak is None else peak,
-                        mem_tb_s=hw.mem_tb_s, p=hw.params["gemm"])
-    flops = 2.0 * m * n * k
-    nbytes = m * k * dt.a_bytes + k * n * wb + m * n * 2.0
+def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, par=None):
+    """A GEMM's (time, FLOPs, bytes). `site` names the weight matrix (with `par`, the layout
+    its n and k came from): its m-free parts are kept on `hw` for the next step on it."""
+    consts = _gemm_consts(site, par, dt, hw) if site is not None else None
+    if consts is None:
+        consts = kernels.gemm_consts(n, k, w_bytes=dt.w_bytes if w_bytes is None else w_bytes,
+                                     peak_tflops=hw.peak_gemm if peak is None else peak, mem_tb_s=hw.mem_tb_s,
+                                     p=hw.params["gemm"])
+        if site is not None:
+            hw.consts[site] = (par, dt, consts)
+    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=dt.a_bytes, c_bytes=2.0)
+    flops = 2.0 * m * consts["n"] * consts["k"]
     return t, flops, nbytes
+
+
+def _gemm_consts(site, par, dt, hw: Hw) -> dict | None:
+    """The kept m-free parts of GEMM `site`, when computed on this hw, layout and formats."""
+    kept = hw.consts.get(site)
+    return kept[2] if kept is not None and kept[0] is par and kept[1] is dt else None
 
 
 class _Acc:
@@ -150,11 +170,20 @@ class _Acc:
     def add(self, op: str, count: float, res) -> None:
         for acc, x in zip((self.time, self.flops, self.bytes), res):
             x = x if count == 1.0 else count * x
-            acc[op] = acc[op] + x if op in acc else self.zero + x   # zero + x: a fresh full-size array
+            if op in acc:
+                acc[op] = acc[op] + x
+            elif count != 1.0 and _full(x, self.zero):
+                acc[op] = x                 # count * x is already a fresh full-size array
+            else:
+                acc[op] = self.zero + x     # zero + x: a fresh full-size array
 
     def step(self) -> Step:
         order = {op: self.zero for op in OPS}                  # every op present, in OPS order
         return Step(time_ms={**order, **self.time}, flops={**order, **self.flops}, bytes={**order, **self.bytes})
+
+
+def _full(x, zero: np.ndarray) -> bool:
+    return isinstance(x, np.ndarray) and x.shape == zero.shape and x.dtype == zero.dtype
 
 
 @dataclasses.dataclass
@@ -258,18 +287,22 @@ def _softmax_core(a: Attention, tp, sh: _Shape, hw: Hw, dt: Dtypes):
     return t_core, f_core, b_core
 
 
-def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew) -> None:
+def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew,
+         site: tuple = ()) -> None:
     """Dense FFN GEMMs, or router + shared experts + routed experts + the expert all-to-all."""
     f, n, h, tp = g.ffn, float(g.count), float(model.hidden), par.tp
     t_rank, t_all = sh.t_rank, sh.t_all
+    kw = dict(par=par)
     if f.kind == "dense":
-        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt))
-        acc.add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.intermediate / tp, h, hw, dt, site=(*site, "up"), **kw))
+        acc.add("ffn", n, _gemm(t_rank, h, f.intermediate / tp, hw, dt, site=(*site, "down"), **kw))
         return
-    acc.add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0))  # router, bf16
+    acc.add("ffn", n, _gemm(t_rank, float(f.num_experts), h, hw, dt, w_bytes=2.0, site=(*site, "router"),
+                            **kw))  # router, bf16
     if f.shared_intermediate:
-        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt))
-        acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt))
+        acc.add("ffn", n, _gemm(t_rank, (f.mats - 1) * f.shared_intermediate / tp, h, hw, dt,
+                                site=(*site, "shared_up"), **kw))
+        acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt, site=(*site, "shared_down"), **kw))
     hit, imbalance = _routing(t_all, f, par, skew)
     t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
                            skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
@@ -297,11 +330,11 @@ def _routing(t_all, f, par: Parallel, skew) -> tuple[np.ndarray, np.ndarray]:
     args = (f.top_k, f.num_experts)
     groups = distinct_rows(cols)
     if groups is None:
-        return (kernels.moe_experts_hit(t_all, *args, par.ep, skew, par.redundant),
-                kernels.moe_imbalance(t_all, *args, par.ep, skew, par.redundant))
+        return kernels.moe_routing(t_all, *args, par.ep, skew, par.redundant)
     first, inverse, n = groups
     t, ep, sk, r = (take_rows(c, first, n) for c in cols)
-    return kernels.moe_experts_hit(t, *args, ep, sk, r)[inverse], kernels.moe_imbalance(t, *args, ep, sk, r)[inverse]
+    hit, imbalance = kernels.moe_routing(t, *args, ep, sk, r)
+    return hit[inverse], imbalance[inverse]
 
 
 def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:
@@ -341,7 +374,26 @@ def _joint(sh: _Shape, sc: _Shape | None) -> _Shape:
 def _masked(res, on):
     """A kernel's (time, FLOPs, bytes) where it runs at all (a step without any prompt
     chunk, or without decodes, does not pay that kernel's launch floor)."""
+    if np.all(on):
+        return tuple(res)
     return tuple(np.where(on, x, 0.0) for x in res)
+
+
+def _decode_core(core, a: Attention, sh: _Shape, site: tuple, hw: Hw, par: Parallel, dt: Dtypes, *,
+                 keep: bool = False):
+    """The attention core over the step's decodes. A chunk-carrying step on the same pool
+    whose decodes are a decode-only step's (the same sequences per rank, query lengths and
+    contexts: agg's mixed step beside its decode-only one) reuses that step's kernels;
+    keep=True keeps this one's for such a step."""
+    site = (*site, "decode_core")
+    kept = hw.consts.get(site)
+    if (kept is not None and kept[0] is par and kept[1] is dt and kept[2] == sh.verify
+            and all(np.array_equal(x, y) for x, y in zip(kept[3], (sh.b_rank, sh.q_len, sh.ctx)))):
+        return kept[4]
+    res = core(a, par.tp, sh, hw, dt)
+    if keep:
+        hw.consts[site] = (par, dt, sh.verify, (sh.b_rank, sh.q_len, sh.ctx), res)
+    return res
 
 
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
@@ -370,18 +422,20 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     st = _joint(sh, sc)
     acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp, *(() if chunk is None else chunk)).shape))
     ar_link = _link(tp, hw)
-    for g in model.groups:
+    for gi, g in enumerate(model.groups):
         a, n = g.attention, float(g.count)
+        site = (model.id, gi)
         # attention projections: replicated low-rank parts + TP-split parts
-        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt))
+        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt,
+                                      site=(*site, "attn_proj"), par=par))
         core = _linear_core if a.kind == "linear" else _softmax_core
         if sc is None:
-            acc.add("attn_core", n, core(a, tp, sh, hw, dt))
+            acc.add("attn_core", n, _decode_core(core, a, sh, (model.id, gi), hw, par, dt, keep=True))
         else:
             with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
-                acc.add("attn_core", n, _masked(core(a, tp, sh, hw, dt), sh.b_rank > 0))
+                acc.add("attn_core", n, _masked(_decode_core(core, a, sh, (model.id, gi), hw, par, dt), sh.b_rank > 0))
                 acc.add("attn_core", n, _masked(core(a, tp, sc, hw, dt), sc.b_rank > 0))
-        _ffn(acc, model, g, st, hw, par, dt, skew)
+        _ffn(acc, model, g, st, hw, par, dt, skew, site)
         # TP all-reduce after attention and after the FFN (bf16 activations)
         ar_bytes = st.t_rank * h * 2.0
         acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, tp, ar_link, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
@@ -393,5 +447,6 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         rows = sh.b_rank * q_len if verify else sh.b_rank
         if sc is not None:
             rows = np.maximum(rows + sc.b_rank, 1.0)     # a chunk's last position gets logits
-        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0))
+        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0,
+                                      site=(model.id, "lm_head"), par=par))
     return acc.step()

@@ -9,6 +9,8 @@ closed loop (`prefill_pool_state`, `pd_loop`) also serve afd with separate prefi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from dse.catalog.models import Model
@@ -165,11 +167,33 @@ def pd_loop(st: dict, c, running, decode):
 
 
 def _scatter(a, rows, b, n: int):
-    """`a` (n rows) with its rows `rows` replaced by `b` (arrays, or the Steps of them)."""
+    """`a` (n rows) with its rows `rows` replaced by `b` (arrays, or the Steps of them: their
+    per-op arrays when read, and the bound split both took, b's on a's hardware's rows)."""
     if isinstance(a, Step):
-        return Step(time_ms={k: _scatter(v, rows, b.time_ms[k], n) for k, v in a.time_ms.items()},
-                    flops={k: _scatter(v, rows, b.flops[k], n) for k, v in a.flops.items()},
-                    bytes={k: _scatter(v, rows, b.bytes[k], n) for k, v in a.bytes.items()})
+        out = Step(time_ms=_Scattered(a.time_ms, rows, b.time_ms, n), flops=_Scattered(a.flops, rows, b.flops, n),
+                   bytes=_Scattered(a.bytes, rows, b.bytes, n))
+        if a.split is not None and b.split is not None:
+            out.split = (a.split[0], tuple(_scatter(x, rows, y, n) for x, y in zip(a.split[1], b.split[1])))
+        return out
     out = np.array(np.broadcast_to(a, (n,)), dtype=float)
     out[rows] = b
     return out
+
+
+class _Scattered(Mapping):
+    """_scatter(a[k], rows, b[k], n) for each op k, when first read (a breakdown reads them;
+    the bottleneck reads the bound split, which _scatter carries over)."""
+
+    def __init__(self, a: Mapping, rows, b: Mapping, n: int):
+        self.a, self.rows, self.b, self.n, self.done = a, rows, b, n, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            self.done[k] = _scatter(self.a[k], self.rows, self.b[k], self.n)
+        return self.done[k]
+
+    def __iter__(self):
+        return iter(self.a)
+
+    def __len__(self) -> int:
+        return len(self.a)

@@ -19,7 +19,7 @@ import numpy as np
 
 from dse.catalog.models import Model
 from dse.model import ops, power
-from dse.model.dedupe import Rows, distinct_rows
+from dse.model.dedupe import Rows, distinct_rows, memo_rows, take_rows
 from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
@@ -258,17 +258,42 @@ def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=
     key_cols = (pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, new, cached,
                 skew, pool.cap_w, fl)
     first, inverse = _unique_rows(*key_cols)
-    sub = _take(pool, first, n)
 
-    def run(prompts):
-        step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp * prompts, q_len=new[first],
-                           ctx=(cached + new)[first], skew=skew[first])
+    def run(rows, prompts):
+        sub = _take(pool, rows, n)
+        step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=sub.par.dp * prompts, q_len=new[rows],
+                           ctx=(cached + new)[rows], skew=skew[rows])
         p, stretch = phase_power(sub, step, step.total_ms, coeffs)
         return step, step.total_ms * stretch, p
 
-    step, t_pre, p_pre = run(1.0)
-    t_full = None if full is None else run(fl[first])[1][inverse]
-    return _gather_step(step, inverse), t_pre[inverse], p_pre[inverse], t_full
+    def values(sel):
+        rows = first[sel]
+        step, t_pre, p_pre = run(rows, 1.0)
+        out = {"t_pre": t_pre, "p_pre": p_pre, **_step_values(step, len(rows))}
+        return out if full is None else {**out, "t_full": run(rows, fl[rows])[1]}
+
+    kept = memo_rows(("prefill", model.id, full is None), [take_rows(c, first, n) for c in key_cols], values)
+    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1][inverse])
+    return (_values_step(vals, idx), vals["t_pre"][idx], vals["p_pre"][idx],
+            None if full is None else vals["t_full"][idx])
+
+
+def _step_values(step: Step, m: int, hw: Hw | None = None) -> dict[str, np.ndarray]:
+    """A Step's per-op arrays (and its bound split on `hw`) as flat named columns of m rows."""
+    out = {f"{name}:{op}": np.broadcast_to(np.asarray(v, dtype=float), (m,))
+           for name, d in (("t", step.time_ms), ("f", step.flops), ("b", step.bytes)) for op, v in d.items()}
+    if hw is not None:
+        out.update({f"s:{i}": np.broadcast_to(x, (m,)) for i, x in enumerate(bound_split(step, hw))})
+    return out
+
+
+def _values_step(vals: dict[str, np.ndarray], idx, hw: Hw | None = None) -> Step:
+    """The Step of rows idx of _step_values columns (its bound split set for `hw`, if kept)."""
+    out = Step(**{name: _Gathered({k.split(":", 1)[1]: v for k, v in vals.items() if k.startswith(p + ":")}, idx)
+                  for name, p in (("time_ms", "t"), ("flops", "f"), ("bytes", "b"))})
+    if hw is not None:
+        out.split = (hw, tuple(vals[f"s:{i}"][idx] for i in range(3)))
+    return out
 
 
 def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None = None, chunk=None) -> Step:
@@ -283,28 +308,37 @@ def _decode_step(model: Model, pool: Pool, batch, ctx, skew, spec: Spec | None =
                        verify=spec is not None, chunk=chunk)
 
 
-def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None):
+def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None, *, dedupe: bool = True):
     """A decode step of `batch` sequences on `pool` (carrying prompt `chunk`s, if given):
     (its time with step_ms and drafting, tokens per sequence it yields, its Step, power per GPU).
 
     Rows that share the step's every input (pool, batch, context, chunks) share its result:
     when a sample of the rows shows few distinct ones (a sweep's decode pool under many
-    prefill pools, worker counts or prices), each distinct step is priced once and gathered."""
+    prefill pools, worker counts or prices), each distinct step is priced once and gathered.
+    dedupe=False skips the look (a caller that knows the rows hardly repeat)."""
     spec = st.get("spec")
     batch = np.asarray(batch, dtype=float)
     cols = [pool.hw_key, pool.par.tp, pool.par.dp, pool.par.ep, pool.par.pp, pool.dt.kv_bytes, pool.cap_w, batch,
             st["ctx"], st["skew"], st["rt"].step_ms]
     cols += [] if spec is None else [spec.tokens, spec.accept]
     cols += [] if chunk is None else list(chunk)
-    groups = distinct_rows(cols)
+    groups = distinct_rows(cols) if dedupe else None
     if groups is None:
         return _decode_phase(model, pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms, chunk)
     first, inverse, n = groups
-    sub = [_take(x, first, n) for x in (pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms)]
-    d, per_step, dec, p_dec = _decode_phase(model, *sub,
-                                            None if chunk is None else tuple(_take(x, first, n) for x in chunk))
-    per_step = per_step if spec is None else per_step[inverse]
-    return d[inverse], per_step, _gather_step(dec, inverse, hw=(sub[0].hw, pool.hw)), p_dec[inverse]
+
+    def values(sel):
+        rows = first[sel]
+        sub = [_take(x, rows, n) for x in (pool, batch, st["ctx"], st["skew"], spec, st["coeffs"], st["rt"].step_ms)]
+        d, per_step, dec, p_dec = _decode_phase(model, *sub,
+                                                None if chunk is None else tuple(_take(x, rows, n) for x in chunk))
+        m = len(rows)
+        return {"d": d, "per_step": np.broadcast_to(per_step, (m,)), "p": p_dec, **_step_values(dec, m, sub[0].hw)}
+
+    kept = memo_rows(("decode", model.id, spec is None, chunk is None), [take_rows(c, first, n) for c in cols], values)
+    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1][inverse])
+    per_step = 1.0 if spec is None else vals["per_step"][idx]
+    return vals["d"][idx], per_step, _values_step(vals, idx, pool.hw), vals["p"][idx]
 
 
 def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False) -> Step:
@@ -385,14 +419,18 @@ def mixed_latency(model: Model, st: dict, n, running):
     k = np.minimum(demand, pp * budget) / pp / chunk_len                  # chunks per micro-batch step
     share = np.minimum(k, 1.0)
     d0, per_step, dec0, p0 = decode_phase(model, pool, running * dp, st)
-    dk, _, deck, pk = decode_phase(model, pool, running * dp, st, chunk=(dp * np.maximum(k, 1.0), chunk_len, chunk_ctx))
+    # the chunk-carrying steps have the decode-only step's inputs and more: when its rows did
+    # not repeat enough to dedupe, theirs do not either (and the look costs a pass over them)
+    again = isinstance(dec0.time_ms, _Gathered)
+    dk, _, deck, pk = decode_phase(model, pool, running * dp, st, chunk=(dp * np.maximum(k, 1.0), chunk_len, chunk_ctx),
+                                   dedupe=again)
     d = (1.0 - share) * d0 + share * dk
     p_mean = ((1.0 - share) * d0 * p0 + share * dk * pk) / np.maximum(d, 1e-12)
     tpot = d / per_step
     own = group * isl_new
     steps_own = np.maximum(own / budget, 1.0)
     s_own, _, _, _ = decode_phase(model, pool, (running - group) * dp, st,
-                                  chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx))
+                                  chunk=(dp * own / steps_own / chunk_len, chunk_len, chunk_ctx), dedupe=again)
     # the group's prompts finish chunk by chunk: on average halfway through the steps after
     # a prompt's own chunks (a single long prompt waits for all of its chunks)
     chunks = np.maximum(isl_new / budget, 1.0)

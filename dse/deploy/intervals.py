@@ -174,6 +174,17 @@ def bucket(x: Any, name: str = "") -> np.ndarray:
     return np.rint(per * np.log2(np.maximum(x, 1.0))).astype(np.int64)
 
 
+@functools.lru_cache(maxsize=256)
+def _lookup(name: str, categories: tuple, levels: tuple) -> tuple[list, np.ndarray]:
+    """(the categories as the table names them, each one's index into the levels); the same
+    few categories come in every chunk of a sweep."""
+    alias = ALIASES.get(name, {})
+    words = [alias.get(c, c) for c in categories]
+    lut = pd.Index(list(levels), dtype=object).get_indexer(words).astype(np.int64)
+    lut.flags.writeable = False
+    return words, lut
+
+
 def _codes(name: str, values: Any, levels: tuple, *, bucketed: bool = False, source: str = "intervals") -> np.ndarray:
     """Index of each value into the feature's levels (numeric features: its clipped bucket)."""
     if name in NUMERIC:
@@ -185,9 +196,7 @@ def _codes(name: str, values: Any, levels: tuple, *, bucketed: bool = False, sou
             v = np.isin(v.astype(str), ("True", "true", "1"))
         return np.asarray(v, dtype=bool).astype(np.int64)   # levels are (False, True)
     cat = values if isinstance(values, pd.Categorical) else pd.Categorical(np.asarray(values, dtype=object))
-    alias = ALIASES.get(name, {})
-    words = [alias.get(str(c), str(c)) for c in cat.categories]
-    lut = pd.Index(list(levels), dtype=object).get_indexer(words).astype(np.int64)
+    words, lut = _lookup(name, tuple(str(c) for c in cat.categories), tuple(levels))
     if (lut < 0).any():
         bad = words[int(np.argmax(lut < 0))]
         raise DSEError(f"{source}: {name}: no interval for {bad!r}; allowed: {', '.join(map(repr, levels))}")

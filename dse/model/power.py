@@ -44,7 +44,8 @@ def apply_cap(power_w, time_ms, compute_ms, *, flops, nbytes, peak_tflops, mem_t
     full-clock energies e_c, e_m (ms of full activity), a throttled step satisfies
     a t(s) = e_c s^2 + e_m, a = (cap - idle) / (TDP - idle); times s it is the cubic
     e_c s^3 + (e_m - a t_o) s - a t_c = 0, which has one root in (0, 1) and is convex
-    there, so Newton from s = 1 walks down to it."""
+    there, so Newton from s = 1 walks down to it. `compute_ms` may be a function giving
+    it, called only when some row is over its cap."""
     power_w = np.asarray(power_w, dtype=float)
     t = np.broadcast_to(np.maximum(np.asarray(time_ms, dtype=float), 1e-9), power_w.shape)
     cap = np.broadcast_to(np.asarray(cap_w, dtype=float), power_w.shape)
@@ -57,7 +58,7 @@ def apply_cap(power_w, time_ms, compute_ms, *, flops, nbytes, peak_tflops, mem_t
     idle, tdp = pick(idle_w), pick(tdp_w)
     a = np.maximum((cap[over] - idle) / np.maximum(tdp - idle, 1e-9), 1e-6)
     tt = t[over]
-    t_c = np.clip(pick(compute_ms), 0.0, tt)
+    t_c = np.clip(pick(compute_ms() if callable(compute_ms) else compute_ms), 0.0, tt)
     t_o = tt - t_c
     s = np.ones_like(tt)
     lin = e_m - a * t_o

@@ -65,9 +65,9 @@ def _draft(model: Model, per_op: dict, tokens):
     return np.asarray(tokens, dtype=float) * (layer + head)
 
 
-def draft_work(model: Model, verify: Step, tokens, clock_per_op: dict) -> tuple:
-    """What drafting adds to a verification step's phase: (ms, clock-bound ms, FLOPs, bytes)."""
-    return tuple(_draft(model, d, tokens) for d in (verify.time_ms, clock_per_op, verify.flops, verify.bytes))
+def draft_work(model: Model, verify: Step, tokens) -> tuple:
+    """What drafting adds to a verification step's phase: (ms, FLOPs, bytes)."""
+    return tuple(_draft(model, d, tokens) for d in (verify.time_ms, verify.flops, verify.bytes))
 
 
 @dataclasses.dataclass
@@ -127,13 +127,18 @@ def rows_of(res: ModeResult, idx) -> ModeResult:
 def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict, draft=None) -> tuple[np.ndarray, np.ndarray]:
     """(capped power per GPU while running this phase, time stretch from the cap).
     `draft` (tokens, model): the phase also drafts that many tokens per step (draft_ms),
-    under the same cap: the stretch is then of time_ms + the drafting."""
-    each = clock_bound_ms(step, pool.hw, per_op=True)
-    clock = sum(each.values()) / np.maximum(step.total_ms, 1e-12) * time_ms
-    flops, nbytes = step.total_flops(), step.total_bytes()
+    under the same cap: the stretch is then of time_ms + the drafting. The clock-bound
+    time is only worked out when some row is over its cap."""
+    flops, nbytes, base_ms = step.total_flops(), step.total_bytes(), time_ms
     if draft is not None:
-        extra = draft_work(draft[1], step, draft[0], each)
-        time_ms, clock, flops, nbytes = (a + b for a, b in zip((time_ms, clock, flops, nbytes), extra))
+        extra = draft_work(draft[1], step, draft[0])
+        time_ms, flops, nbytes = (a + b for a, b in zip((time_ms, flops, nbytes), extra))
+
+    def clock():
+        each = clock_bound_ms(step, pool.hw, per_op=True)
+        out = sum(each.values()) / np.maximum(step.total_ms, 1e-12) * base_ms
+        return out if draft is None else out + _draft(draft[1], each, draft[0])
+
     kw = dict(flops=flops, nbytes=nbytes, peak_tflops=pool.hw.peak_gemm, mem_tb_s=pool.hw.mem_tb_s,
               tdp_w=pool.tdp_w, idle_w=pool.idle_w, **coeffs)
     p = power.gpu_power_w(time_ms=time_ms, **kw)

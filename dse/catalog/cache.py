@@ -3,9 +3,10 @@ the same tables again (the interval tables' CSVs cost ~0.2 s a process in pandas
 
 An entry is named by the sha256 of its source files' bytes and of a `key` string the
 caller builds from everything else the arrays depend on; a changed file is a new entry.
-Entries are .npz files (arrays) or .json files (parsed documents), no pickles, written atomically; a missing, unreadable or corrupt
-entry, or one that fails the caller's check, is rebuilt, and a cache directory that
-cannot be written is ignored. Location: $DSE_CACHE_DIR, else $XDG_CACHE_HOME/dse, else
+Entries are .npz files (arrays) or .json files (parsed documents), no pickles, written
+atomically; a missing, unreadable or corrupt entry, or one that fails the caller's check,
+is rebuilt, and a cache directory that cannot be written is ignored. Callers name the code
+that derives an entry among its sources or in its name, so new code makes new entries. Location: $DSE_CACHE_DIR, else $XDG_CACHE_HOME/dse, else
 ~/.cache/dse; DSE_CACHE_DIR=off turns the cache off.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ _LIMIT_KEYS = ("engine_limits", "engine_limits_sources")
 def _safe_load(path: Path):
     """yaml.safe_load's document of a shipped file, parsed by libyaml when present (the same
     values, faster) and kept in the per-user cache (dse.catalog.cache) by the file's bytes."""
-    return cached_document(path.stem, path, lambda text: yaml.load(text, Loader=getattr(yaml, "CSafeLoader",
+    return cached_document(f"{path.stem}-pyyaml{yaml.__version__}", path, lambda text: yaml.load(text, Loader=getattr(yaml, "CSafeLoader",
                                                                                           yaml.SafeLoader)))
 
 

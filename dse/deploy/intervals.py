@@ -120,7 +120,8 @@ def load_intervals(path: str | None = None) -> Intervals:
 
 def _cached_table(p: Path, file: str, m: str, levels: dict[str, tuple]) -> IntervalTable:
     """One metric's table from its CSV, through the per-user cache (dse.catalog.cache) keyed
-    by the CSV's bytes and the levels: parsing the CSV is most of a sweep's start-up."""
+    by the CSV's bytes, this module's (which derives the arrays) and the levels: parsing the
+    CSV is most of a sweep's start-up."""
     def build() -> dict[str, np.ndarray]:
         cells = pd.read_csv(p.parent / file, keep_default_na=False,
                             usecols=[*FEATURES[m], "p10", "p90"],     # not the fit's n / source
@@ -129,7 +130,7 @@ def _cached_table(p: Path, file: str, m: str, levels: dict[str, tuple]) -> Inter
         return {"lo": t.lo, "hi": t.hi}
 
     size = int(np.prod([len(levels[f]) for f in FEATURES[m]]))
-    arr = cached_arrays(f"intervals_{m}", [p.parent / file], repr((m, FEATURES[m], levels)), build,
+    arr = cached_arrays(f"intervals_{m}", [p.parent / file, Path(__file__)], repr((m, FEATURES[m], levels)), build,
                         check=lambda a: all(a.get(k) is not None and a[k].shape == (size,) for k in ("lo", "hi")))
     return IntervalTable(metric=m, features=FEATURES[m], levels=levels, lo=arr["lo"], hi=arr["hi"])
 

@@ -56,7 +56,7 @@ def _read(path: Path):
 
 @functools.lru_cache(maxsize=64)
 def _parsed(path: str, mtime_ns: int, size: int):
-    return cached_document(f"kernels_{Path(path).stem}", Path(path), lambda text: yaml.load(text, Loader=_Loader))
+    return cached_document(f"kernels_{Path(path).stem}-pyyaml{yaml.__version__}", Path(path), lambda text: yaml.load(text, Loader=_Loader))
 
 
 def calibration_dir() -> Path:

@@ -66,9 +66,9 @@ from __future__ import annotations
 from dse.model.afd import AFD_MICROBATCHES, ATTN_OPS, FFN_OPS, afd
 from dse.model.pd import agg, disagg, kv_transfer_ms
 from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, bound_split,
-                             chunked_latency, compute_bound_share, draft_ms, mixed_latency,
+                             chunked_latency, draft_ms, mixed_latency,
                              new_tokens, prefill_phase, rows_of)
 
 __all__ = ["agg", "disagg", "afd", "Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "bound_split",
-           "compute_bound_share", "prefill_phase", "new_tokens",
+           "prefill_phase", "new_tokens",
            "chunked_latency", "mixed_latency", "draft_ms", "kv_transfer_ms", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]

@@ -24,7 +24,7 @@ from dse.model.dedupe import unique_rows as _unique_rows
 from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms", "draft_work",
-           "phase_power", "clock_bound_ms", "bound_split", "compute_bound_share", "prefill_phase", "decode_phase",
+           "phase_power", "clock_bound_ms", "bound_split", "prefill_phase", "decode_phase",
            "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
@@ -135,7 +135,7 @@ def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict, draft=None) -> tu
         time_ms, flops, nbytes = (a + b for a, b in zip((time_ms, flops, nbytes), extra))
 
     def clock():
-        each = clock_bound_ms(step, pool.hw, per_op=True)
+        each = clock_bound_ms(step, pool.hw)
         out = sum(each.values()) / np.maximum(step.total_ms, 1e-12) * base_ms
         return out if draft is None else out + _draft(draft[1], each, draft[0])
 
@@ -146,15 +146,14 @@ def phase_power(pool: Pool, step: Step, time_ms, coeffs: dict, draft=None) -> tu
     return capped, stretched / np.maximum(time_ms, 1e-12)
 
 
-def clock_bound_ms(step: Step, hw: Hw, *, per_op: bool = False):
-    """The part of a step's time the core clock sets: each operator's time, but at most
-    its FLOPs at the device's GEMM compute ceiling (the rest is memory, latency or
-    communication). Never grows with more bandwidth or more FLOPS, which keeps the capped
-    step monotone (dse.model.power.apply_cap)."""
+def clock_bound_ms(step: Step, hw: Hw) -> dict[str, np.ndarray]:
+    """Per operator, the part of its time the core clock sets: its time, but at most its
+    FLOPs at the device's GEMM compute ceiling (the rest is memory, latency or
+    communication; collectives none). Never grows with more bandwidth or more FLOPS, which
+    keeps the capped step monotone (dse.model.power.apply_cap)."""
     rate = hw.peak_gemm * 1e9 * np.asarray(hw.params["gemm"]["eff_compute"], dtype=float)   # FLOPs per ms
-    each = {op: np.minimum(t, step.flops[op] / rate) if op not in ops.COMM_OPS else 0.0 * t
+    return {op: np.minimum(t, step.flops[op] / rate) if op not in ops.COMM_OPS else 0.0 * t
             for op, t in step.time_ms.items()}
-    return each if per_op else sum(each.values())
 
 
 def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,11 +170,6 @@ def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)
     step.split = (hw, out)
     return out
-
-
-def compute_bound_share(step: Step, hw: Hw) -> np.ndarray:
-    comp, mem, comm = bound_split(step, hw)
-    return comp / np.maximum(comp + mem + comm, 1e-12)
 
 
 def take(x, idx, n: int):

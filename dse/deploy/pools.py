@@ -168,7 +168,7 @@ class Pools:
     def _specs(self, device) -> tuple[dict, np.ndarray, np.ndarray]:
         """Spec columns per row, the spec-table key code and the weight bytes per parameter."""
         nw = len(self.wd_names)
-        # one code per (device, weight format, fp8 KV cache?) triple
+        # one code per (device, weight format, fp8 KV cache?) triple, below _code_range()
         code = (np.asarray(device, dtype=np.int64) * nw + self.wd) * 2 + (self.kv_bytes < 2.0)
         pairs = np.flatnonzero(np.bincount(code))          # the triples present
         lut = np.zeros(pairs[-1] + 1, dtype=np.int64)
@@ -239,5 +239,8 @@ class Pools:
         the same pool in every chunk of a call (dedupe.call_memo keeps steps across them)."""
         if not np.any(redundant):
             return code.astype(float)
-        codes = float(len(self.vocab["device"]) * len(self.wd_names) * 2)
-        return code + codes * np.asarray(redundant, dtype=float)
+        return code + float(self._code_range()) * np.asarray(redundant, dtype=float)
+
+    def _code_range(self) -> int:
+        """How many spec-table codes _specs can give: devices x weight formats x (KV fp8 or not)."""
+        return len(self.vocab["device"]) * len(self.wd_names) * 2

@@ -339,8 +339,14 @@ def moe_imbalance(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     (_replica_relief): the hottest copy carries rho x x_max, and the ep sums run over
     g' = (E + r)/ep physical experts of a smaller spread. r = 0 is the plain layout.
     """
+    rows, law = _routing_law(tokens, topk, num_experts, ep, skew, redundant)
+    return _imbalance(rows, law, _f(num_experts))
+
+
+def _routing_law(tokens, topk, num_experts, ep, skew, redundant) -> tuple[list, tuple]:
+    """The routing functions' rows, broadcast together, and their popularity law (_law)."""
     rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
-    return _imbalance(rows, _law(*rows), _f(num_experts))
+    return rows, _law(*rows)
 
 
 def _law(t, k, e, ep_, a, r) -> tuple:
@@ -385,15 +391,13 @@ def moe_experts_hit(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike,
     With `redundant` replicas a rank holds (E + r)/ep physical experts, the picks
     spread over E + r copies (balanced); the replicated ones are the hottest, still hit.
     """
-    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
-    return _experts_hit(rows, _law(*rows))
+    return _experts_hit(*_routing_law(tokens, topk, num_experts, ep, skew, redundant))
 
 
 def moe_routing(tokens: ArrayLike, topk: ArrayLike, num_experts: ArrayLike, ep: ArrayLike, skew: ArrayLike,
                 redundant: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(moe_experts_hit, moe_imbalance) of the same rows, their popularity law computed once."""
-    rows = np.broadcast_arrays(_f(tokens), _f(topk), _f(num_experts), _f(ep), _f(skew), _f(redundant))
-    law = _law(*rows)
+    rows, law = _routing_law(tokens, topk, num_experts, ep, skew, redundant)
     return _experts_hit(rows, law), _imbalance(rows, law, _f(num_experts))
 
 

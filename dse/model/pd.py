@@ -15,8 +15,8 @@ import numpy as np
 
 from dse.catalog.models import Model
 from dse.model.ops import Step
-from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency, new_tokens,
-                             pair_link, prefill_phase, take)
+from dse.model.steps import (LazyOps, ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency,
+                             new_tokens, pair_link, prefill_phase, take)
 
 __all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
 
@@ -180,20 +180,13 @@ def _scatter(a, rows, b, n: int):
     return out
 
 
-class _Scattered(Mapping):
-    """_scatter(a[k], rows, b[k], n) for each op k, when first read (a breakdown reads them;
-    the bottleneck reads the bound split, which _scatter carries over)."""
+class _Scattered(LazyOps):
+    """_scatter(a[k], rows, b[k], n) for each op k (the bottleneck reads the bound split,
+    which _scatter carries over)."""
 
     def __init__(self, a: Mapping, rows, b: Mapping, n: int):
-        self.a, self.rows, self.b, self.n, self.done = a, rows, b, n, {}
+        super().__init__(a)
+        self.a, self.rows, self.b, self.n = a, rows, b, n
 
-    def __getitem__(self, k):
-        if k not in self.done:
-            self.done[k] = _scatter(self.a[k], self.rows, self.b[k], self.n)
-        return self.done[k]
-
-    def __iter__(self):
-        return iter(self.a)
-
-    def __len__(self) -> int:
-        return len(self.a)
+    def make(self, k):
+        return _scatter(self.a[k], self.rows, self.b[k], self.n)

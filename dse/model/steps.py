@@ -25,7 +25,7 @@ from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms", "draft_work",
            "phase_power", "clock_bound_ms", "bound_split", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward", "LazyOps"]
 
 
 @dataclasses.dataclass
@@ -192,23 +192,39 @@ def _take(x, idx, n):
     return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
 
 
-class _Gathered(Mapping):
-    """src[k][idx] for each op k, gathered when first read: a prefill step's per-op arrays
-    are only read for a breakdown, so most evaluations never pay for the gather."""
+class LazyOps(Mapping):
+    """A Step's per-op arrays made from another Step's when first read (a breakdown reads
+    them; the hot path mostly reads totals and the bound split): the op k of `keys` is
+    make(k), kept once made."""
 
-    def __init__(self, src: Mapping, idx):
-        self.src, self.idx, self.done = src, idx, {}
+    def __init__(self, keys: Mapping):
+        self.keys_of, self.done = keys, {}
+
+    def make(self, k):
+        raise NotImplementedError
 
     def __getitem__(self, k):
         if k not in self.done:
-            self.done[k] = self.src[k][self.idx]
+            self.done[k] = self.make(k)
         return self.done[k]
 
     def __iter__(self):
-        return iter(self.src)
+        return iter(self.keys_of)
 
     def __len__(self) -> int:
-        return len(self.src)
+        return len(self.keys_of)
+
+
+class _Gathered(LazyOps):
+    """src[k][idx] for each op k: a prefill step's per-op arrays are only read for a
+    breakdown, so most evaluations never pay for the gather."""
+
+    def __init__(self, src: Mapping, idx):
+        super().__init__(src)
+        self.src, self.idx = src, idx
+
+    def make(self, k):
+        return self.src[k][self.idx]
 
 
 def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
@@ -222,23 +238,16 @@ def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
     return out
 
 
-class _Where(Mapping):
-    """np.where(mask, a[k], b[k]) for each op k, when first read (a breakdown reads them;
-    the bottleneck reads the bound split, which where_step carries over)."""
+class _Where(LazyOps):
+    """np.where(mask, a[k], b[k]) for each op k (the bottleneck reads the bound split,
+    which where_step carries over)."""
 
     def __init__(self, mask, a: Mapping, b: Mapping):
-        self.mask, self.a, self.b, self.done = mask, a, b, {}
+        super().__init__(a)
+        self.mask, self.a, self.b = mask, a, b
 
-    def __getitem__(self, k):
-        if k not in self.done:
-            self.done[k] = np.where(self.mask, self.a[k], self.b[k])
-        return self.done[k]
-
-    def __iter__(self):
-        return iter(self.a)
-
-    def __len__(self) -> int:
-        return len(self.a)
+    def make(self, k):
+        return np.where(self.mask, self.a[k], self.b[k])
 
 
 def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=None):

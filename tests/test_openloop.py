@@ -52,7 +52,7 @@ def test_the_simulation_is_stable_across_seeds():
     """The check means something only if the simulated p99 is not noise."""
     eng = queue_check.engine_for(**LLAMA8)
     rate = 0.6 * float(queue_check.capacity(eng)[0])
-    p99 = [np.percentile(simulate(eng, rate_per_s=rate, requests=20_000, seed=s)["ttft_ms"], 99) for s in (1, 2)]
+    p99 = [np.percentile(simulate(eng, rate_per_s=rate, requests=40_000, seed=s)["ttft_ms"], 99) for s in (1, 2)]
     assert abs(p99[0] / p99[1] - 1.0) < 0.05
 
 

@@ -13,11 +13,12 @@ import yaml
 from dse.catalog.cache import cached_document
 from dse.errors import DSEError
 
-__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "routing_skew_of", "parse_serving_runtime",
+__all__ = ["hardware_dir", "runtime", "parse_runtime", "engine_limits", "parse_engine_limits", "engine_limit", "RUNTIME_KEYS", "serving_runtime", "serving_cross_system", "bench_rounds_of", "routing_skew_of", "parse_serving_runtime", "MOE_KERNELS",
            "power_coeffs"]
 
 # what the engine reads from runtime.yaml; each needs its `sources:` entry
-RUNTIME_KEYS = ("kv_memory_fraction", "activation_reserve_gb", "spec_acceptance", "p2p_hop_ms", "kv_handoff_ms")
+RUNTIME_KEYS = ("kv_memory_fraction", "activation_reserve_gb", "spec_acceptance", "p2p_hop_ms", "kv_handoff_ms",
+                "moe_low_latency_tokens")
 
 
 _LIMIT_KEYS = ("engine_limits", "engine_limits_sources")
@@ -132,12 +133,26 @@ def serving_cross_system() -> dict:
     return dict(_serving_file().get("cross_system") or {})
 
 
+# MoE kernel variants a backend may run on small steps: "" = none (the plain grouped GEMM),
+# else a variant the kernel tables measure (dse.fit.calibrate.MOE_VARIANTS' names)
+MOE_KERNELS = ("", "min_latency")
+
+
 def parse_serving_runtime(data: dict) -> dict:
-    backends = {str(k): {n: float(c[n]) for n in ("request_ms", "step_ms", "rounds") if n in c}
+    backends = {str(k): {**{n: float(c[n]) for n in ("request_ms", "step_ms", "rounds") if n in c},
+                         "moe_kernel": _moe_kernel(k, c)}
                 for k, c in data["backends"].items()}
     bench = data.get("benchmark", {}) or {}
     return {"backends": backends, "rounds": float(bench.get("rounds", np.inf)),
             "routing_skew": float(bench.get("routing_skew", 0.0))}
+
+
+def _moe_kernel(backend, consts: dict) -> str:
+    kernel = str(consts.get("moe_kernel") or "")
+    if kernel not in MOE_KERNELS:
+        raise DSEError(f"serving_runtime.yaml: backends.{backend}.moe_kernel: expected one of "
+                       f"{', '.join(repr(k) for k in MOE_KERNELS)}, got {kernel!r}")
+    return kernel
 
 
 @functools.lru_cache(maxsize=1)

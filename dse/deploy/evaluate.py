@@ -172,6 +172,14 @@ def _runtime_arrays(c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], tabl
                            **cols)
 
 
+def _moe_kernels(c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], table: dict) -> tuple[tuple, np.ndarray]:
+    """The MoE kernel variant each row's backend runs (fitted per backend; "" = the plain
+    kernel): the variants' names and each row's code into them."""
+    per_backend = [table.get(str(w) or "default", {}).get("moe_kernel", "") for w in vocab["backend"]]
+    names = tuple(sorted(set(per_backend) | {""}))
+    return names, np.array([names.index(k) for k in per_backend], dtype=np.int64)[c["backend"]]
+
+
 def _engine_limit(backend: str, device: str) -> tuple[float, float]:
     dev = get_device(device)
     return engine_limit(backend, dev.id, dev.memory_gb)
@@ -197,7 +205,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     if len(modes) > 1:
         return _by_mode(model, c, vocab, ctx, strict, modes)
     mode = str(vocab["mode"][modes[0]])
-    pools = Pools(model, c, vocab, ctx.runtime)
+    pools = Pools(model, c, vocab, ctx.runtime, moe_kernels=_moe_kernels(c, vocab, ctx.serving["backends"]))
     skew = routing_skew_of(c["routing_skew"], ctx.serving)
     common = dict(isl=c["isl"], osl=c["osl"], prefix_hit=c["prefix_hit"], skew=skew, coeffs=ctx.power,
                   rt=_runtime_arrays(c, vocab, ctx.serving["backends"]), spec=_spec(c, ctx.runtime))

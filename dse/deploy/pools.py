@@ -143,15 +143,19 @@ def _structure_errors_once(model: Model, reasons: Reasons, tp, dp, ep, holds: st
 
 
 @functools.lru_cache(maxsize=64)
-def _spec_table(pairs: tuple[tuple[str, str, bool], ...]) -> SpecTable:
+def _spec_table(pairs: tuple[tuple[str, str, bool, str], ...]) -> SpecTable:
     return SpecTable(list(pairs))
 
 
 class Pools:
     """Builds serving pools for one model from per-row columns, sharing the spec table."""
 
-    def __init__(self, model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], runtime: dict):
+    def __init__(self, model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.ndarray], runtime: dict,
+                 moe_kernels: tuple[tuple[str, ...], np.ndarray] = (("",), np.zeros(1, dtype=np.int64))):
+        """moe_kernels: the MoE kernel variants the rows' serving frameworks run (names, and
+        each row's code into them; spec_table prices each)."""
         self.model, self.c, self.vocab = model, c, vocab
+        self.moe_names, self.moe_code = moe_kernels[0], np.broadcast_to(moe_kernels[1], c["tp"].shape)
         # weight formats: vocabulary entries normalised once ('native' = the checkpoint's)
         names = [dtypes.normalize(model.native_dtype if w in ("native", "") else w, field="weight_dtype")
                  for w in vocab["weight_dtype"]]
@@ -167,15 +171,15 @@ class Pools:
 
     def _specs(self, device) -> tuple[dict, np.ndarray, np.ndarray]:
         """Spec columns per row, the spec-table key code and the weight bytes per parameter."""
-        nw = len(self.wd_names)
-        # one code per (device, weight format, fp8 KV cache?) triple, below _code_range()
-        code = (np.asarray(device, dtype=np.int64) * nw + self.wd) * 2 + (self.kv_bytes < 2.0)
-        pairs = np.flatnonzero(np.bincount(code))          # the triples present
+        nw, nk = len(self.wd_names), len(self.moe_names)
+        # one code per (device, weight format, fp8 KV cache?, MoE kernel) key, below _code_range()
+        code = ((np.asarray(device, dtype=np.int64) * nw + self.wd) * 2 + (self.kv_bytes < 2.0)) * nk + self.moe_code
+        pairs = np.flatnonzero(np.bincount(code))          # the keys present
         lut = np.zeros(pairs[-1] + 1, dtype=np.int64)
         lut[pairs] = np.arange(pairs.size)
         pair_idx = lut[code]
-        keys = tuple((str(self.vocab["device"][p // 2 // nw]), self.wd_names[p // 2 % nw], bool(p % 2))
-                     for p in pairs)
+        keys = tuple((str(self.vocab["device"][p // nk // 2 // nw]), self.wd_names[p // nk // 2 % nw],
+                      bool(p // nk % 2), self.moe_names[p % nk]) for p in pairs)
         hwc = _spec_table(keys).gather(pair_idx)
         w_bytes = np.array([dtypes.BYTES[k[1]] for k in keys])[pair_idx]
         return hwc, code, w_bytes
@@ -242,5 +246,6 @@ class Pools:
         return code + float(self._code_range()) * np.asarray(redundant, dtype=float)
 
     def _code_range(self) -> int:
-        """How many spec-table codes _specs can give: devices x weight formats x (KV fp8 or not)."""
-        return len(self.vocab["device"]) * len(self.wd_names) * 2
+        """How many spec-table codes _specs can give: devices x weight formats x (KV fp8 or not)
+        x MoE kernels."""
+        return len(self.vocab["device"]) * len(self.wd_names) * 2 * len(self.moe_names)

@@ -14,6 +14,7 @@ import numpy as np
 
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
+from dse.catalog.runtime import runtime as runtime_facts
 from dse.catalog.systems import get_system
 from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
@@ -25,14 +26,19 @@ __all__ = ["FAMILIES", "SpecTable"]
 # kernel-parameter families; "unfitted": the roofline efficiencies of kernels no table measures
 FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", "custom_allreduce", "unfitted")
 # Attention runs in the KV cache's format (an fp8 cache: fp8 FMHA math at the fp8 rate),
-# not in the weights': a table row is a (device, weight format, fp8 KV cache?) triple.
+# not in the weights': a table row is a (device, weight format, fp8 KV cache?, MoE kernel)
+# key. The MoE kernel is the low-latency variant the row's serving framework runs on small
+# steps ("" = none; "min_latency" = the kernel tables' moe_torch_flow_min_latency; fitted
+# per backend by dse.fit.serving): its parameters are the "moe_low" family, the variant's
+# "<format>@<variant>" ones where the device was calibrated on it, else the plain ones.
 ATTENTION = ("context_attention", "generation_attention")
+LOW_LATENCY = "moe_low"
 
 
 @functools.lru_cache(maxsize=None)
-def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
-    """Hardware figures of one (device, weight format, KV format); cached: files are read
-    once per process."""
+def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: str = "") -> dict:
+    """Hardware figures of one (device, weight format, KV format, MoE kernel variant); cached:
+    files are read once per process."""
     dev = get_device(device_id)
     sys_ = get_system(dev.system)
     fmt = dev.compute_dtype(w_dtype)
@@ -60,6 +66,10 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False) -> dict:
         merged = {**defaults.get(fam, {}), **params.get(fam, {})}   # a file's family may lack keys
         for name, val in kernels.for_format(merged, attn_fmt if fam in ATTENTION else fmt).items():
             row[f"{fam}:{name}"] = float(val)
+        if fam == "moe":      # the low-latency kernel's: the variant's where calibrated, else the plain ones
+            for name, val in kernels.for_format(merged, f"{fmt}@{moe_kernel}" if moe_kernel else fmt).items():
+                row[f"{LOW_LATENCY}:{name}"] = float(val)
+            row[f"{LOW_LATENCY}:max_tokens"] = runtime_facts()["moe_low_latency_tokens"] if moe_kernel else -1.0
     return row
 
 
@@ -67,7 +77,7 @@ class SpecTable:
     """Gathers hardware figures for rows given by (device, weight format, KV format) codes."""
 
     def __init__(self, pairs: list[tuple]):
-        """pairs: (device, weight format) or (device, weight format, fp8 KV cache?)."""
+        """pairs: (device, weight format[, fp8 KV cache?[, MoE kernel variant]])."""
         rows = [_pair_row(*p) for p in pairs]
         self.keys = sorted(set().union(*rows)) if rows else []
         # one row per figure, one column per pair: a figure's rows are one take from it
@@ -82,9 +92,9 @@ class SpecTable:
         """The model's hardware arrays from gathered columns and the runtime facts
         (runtime.yaml, as the Context carries them) that price point-to-point hand-offs."""
         if isinstance(cols, Rows):
-            params = {f: cols.family(f) for f in FAMILIES}
+            params = {f: cols.family(f) for f in FAMILIES + (LOW_LATENCY,)}
         else:
-            params = {f: {} for f in FAMILIES}
+            params = {f: {} for f in FAMILIES + (LOW_LATENCY,)}
             for key, val in cols.items():
                 if ":" in key:
                     fam, name = key.split(":", 1)

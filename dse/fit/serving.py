@@ -6,6 +6,9 @@ what no kernel table shows. Per backend (trtllm, vllm, sglang) two constants:
               first-token delivery), in TTFT;
   step_ms     per-iteration cost (scheduler, sampling, launch gaps, small kernels the
               operator list leaves out), on every step;
+and one choice: moe_kernel, whether the backend's rows follow a low-latency MoE kernel on
+small steps ("min_latency": the kernel tables' moe_torch_flow_min_latency, where a device
+measured it, on steps of at most runtime.yaml moe_low_latency_tokens) or the plain one ("");
 (the engines' step token budget and running-sequence cap are their documented defaults,
 hardware/runtime.yaml engine_limits, not fitted) and two constants of the measured workload:
   rounds      requests per user of the closed-loop benchmark (per backend: each backend's
@@ -34,7 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dse.catalog.runtime import bench_rounds_of
+from dse.catalog.runtime import MOE_KERNELS, bench_rounds_of
 from dse.errors import DSEError
 from dse.io import write_text
 
@@ -118,9 +121,19 @@ def _fit_backend(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pool
     return {k: round(v, 4) for k, v in unpack(best.x).items()}
 
 
+def _moe_kernel(data: Data, runtime: dict, name: str, mask: np.ndarray, *, pooled: bool) -> str:
+    """Whether the backend's rows fit best with its small steps on the low-latency MoE kernel
+    (a tie keeps the plain one): engines ship more than one MoE kernel for a format, and the
+    file does not record which ran."""
+    scores = [(loss(data, _with(runtime, name, {**runtime["backends"][name], "moe_kernel": k}), mask, pooled=pooled), k)
+              for k in MOE_KERNELS]
+    return min(scores)[1]
+
+
 def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
     """Constants fitted on the rows in `mask`: backends one by one (with the rounds of their
-    own benchmark), then the pooled rounds and the routing skew on all of them; twice round."""
+    own benchmark and their MoE kernel), then the pooled rounds and the routing skew on all
+    of them; twice round."""
     runtime = {"backends": {b: dict(START) for b in ("default",) + BACKENDS}, "rounds": 6.0, "routing_skew": 0.0}
     for _ in range(cycles):
         for b in BACKENDS:
@@ -130,7 +143,10 @@ def fit(data: Data, mask: np.ndarray, *, cycles: int = 2) -> dict:
                 scores = [(loss(data, _with(runtime, b, {**runtime["backends"][b], "rounds": r}), m), r)
                           for r in ROUNDS_GRID]
                 runtime["backends"][b]["rounds"] = float(min(scores)[1])
-        runtime["backends"]["default"] = _fit_backend(data, runtime, "default", mask, pooled=True)
+                runtime["backends"][b]["moe_kernel"] = _moe_kernel(data, runtime, b, m, pooled=False)
+        runtime["backends"]["default"] = {**runtime["backends"]["default"],
+                                          **_fit_backend(data, runtime, "default", mask, pooled=True)}
+        runtime["backends"]["default"]["moe_kernel"] = _moe_kernel(data, runtime, "default", mask, pooled=True)
         scores = [(loss(data, {**runtime, "rounds": r}, mask), r) for r in ROUNDS_GRID]
         runtime["rounds"] = float(min(scores)[1])
         scores = [(loss(data, {**runtime, "routing_skew": a}, mask), a) for a in SKEW_GRID]
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ("# Written by dse/fit_serving.py; do not edit by hand.\n"
               "# Serving-framework constants (see dse/model/serving.py): request_ms per request in TTFT,\n"
               "# step_ms per iteration (the step token budget is the engines' default, runtime.yaml engine_limits);\n"
+              "# moe_kernel: the low-latency MoE kernel small steps run ('' = none; runtime.yaml moe_low_latency_tokens);\n"
               "# benchmark.rounds = requests per user of the closed-loop benchmark behind the measurements\n"
               "# (evaluate's steady state uses inf); benchmark.routing_skew = the power-law exponent of expert\n"
               "# popularity that fits the measured MoE deployments (the routing_skew column's default).\n")

@@ -287,6 +287,13 @@ def _softmax_core(a: Attention, tp, sh: _Shape, hw: Hw, dt: Dtypes):
     return t_core, f_core, b_core
 
 
+def _moe_ms(t_all, h: float, f, par: Parallel, skew, hw: Hw, dt: Dtypes, p, imbalance, hit):
+    """The routed experts' grouped GEMMs under kernel parameters `p`."""
+    return kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep, skew=skew,
+                          gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes, peak_tflops=hw.peak_gemm,
+                          mem_tb_s=hw.mem_tb_s, p=p, redundant=par.redundant, imbalance=imbalance, experts_hit=hit)
+
+
 def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parallel, dt: Dtypes, skew,
          site: tuple = ()) -> None:
     """Dense FFN GEMMs, or router + shared experts + routed experts + the expert all-to-all."""
@@ -304,10 +311,11 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
                                 site=(*site, "shared_up"), **kw))
         acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt, site=(*site, "shared_down"), **kw))
     hit, imbalance = _routing(t_all, f, par, skew)
-    t_moe = kernels.moe_ms(t_all, h, f.intermediate, f.top_k, f.num_experts, par.moe_tp, par.ep,
-                           skew=skew, gated=f.gated, w_bytes=dt.w_bytes, a_bytes=dt.a_bytes,
-                           peak_tflops=hw.peak_gemm, mem_tb_s=hw.mem_tb_s, p=hw.params["moe"],
-                           redundant=par.redundant, imbalance=imbalance, experts_hit=hit)
+    t_moe = _moe_ms(t_all, h, f, par, skew, hw, dt, hw.params["moe"], imbalance, hit)
+    low = hw.params.get("moe_low")
+    small = t_all <= low["max_tokens"] if f.gated and low else False
+    if np.any(small):       # a small step runs the engine's low-latency kernel (its own parameters)
+        t_moe = np.where(small, _moe_ms(t_all, h, f, par, skew, hw, dt, low, imbalance, hit), t_moe)
     group = par.moe_group
     f_moe = 2.0 * t_all * f.top_k * f.mats * h * f.intermediate / group
     phys = f.num_experts + par.redundant            # physical experts (replicas included)

@@ -1,0 +1,71 @@
+"""The low-latency MoE kernel: small steps of a backend that runs it are priced by the
+kernel tables' moe_torch_flow_min_latency fit (B200 nvfp4), everything else as before."""
+import copy
+
+import numpy as np
+import pytest
+
+import dse
+from dse.catalog.runtime import MOE_KERNELS, parse_serving_runtime, runtime, serving_runtime
+from dse.errors import DSEError
+from dse.fit.calibrate import MOE_VARIANTS, load_params, predict, read_tables
+from dse.catalog.devices import get_device
+
+MOE = "Qwen/Qwen3-235B-A22B"
+KERNELS = "../shared/calibration/kernels"
+
+
+def _serving(kernel: str) -> dict:
+    table = copy.deepcopy(serving_runtime())
+    for consts in table["backends"].values():
+        consts["moe_kernel"] = kernel
+    return table
+
+
+def _tpot(kernel: str, **cfg) -> np.ndarray:
+    base = dict(model=MOE, device="b200_sxm", tp=8, ep=8, weight_dtype="fp4", kv_dtype="fp8", isl=1024, osl=1024,
+                backend="trtllm")
+    return dse.evaluate(serving_runtime=_serving(kernel), **{**base, **cfg}).tpot_ms.to_numpy()
+
+
+def test_small_steps_run_faster_on_the_low_latency_kernel_and_large_ones_do_not_change():
+    limit = runtime()["moe_low_latency_tokens"]
+    plain, low = _tpot("", batch_size=[4, 16, 512]), _tpot("min_latency", batch_size=[4, 16, 512])
+    assert (low[:2] < 0.95 * plain[:2]).all()          # decode steps of 4 and 16 tokens
+    assert 512 > limit and low[2] == pytest.approx(plain[2], rel=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [dict(device="h100_sxm", weight_dtype="fp8"),            # no such kernel measured
+                                 dict(weight_dtype="fp8"),                                   # not nvfp4
+                                 dict(model="meta-llama/Llama-3.1-70B", ep=1)])             # no experts
+def test_rows_the_kernel_does_not_serve_are_priced_as_before(cfg):
+    cfg = dict(batch_size=[4, 64], **cfg)
+    np.testing.assert_allclose(_tpot("min_latency", **cfg), _tpot("", **cfg), rtol=1e-12)
+
+
+def test_the_fitted_variant_is_faster_where_the_tables_measured_it_faster():
+    """The B200 nvfp4 table measures the min-latency kernel at about half the plain one's
+    time on small steps; its fitted parameters must price it so (else the choice would
+    be a fit artefact)."""
+    _, df = read_tables(f"{KERNELS}/b200_sxm")["moe"]
+    df = df[(df.moe_dtype == "nvfp4") & (df.num_tokens <= runtime()["moe_low_latency_tokens"])]
+    device, params = get_device("b200_sxm"), load_params("b200_sxm")["moe"]
+    low = df[df.kernel_source == "moe_torch_flow_min_latency"]
+    as_plain = low.assign(kernel_source="moe_torch_flow_cutlass")
+    ratio = predict("moe", low, device, params) / predict("moe", as_plain, device, params)
+    measured = low.merge(df[df.kernel_source == "moe_torch_flow_cutlass"], suffixes=("", "_plain"),
+                         on=["num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
+                             "moe_ep_size", "distribution"])
+    assert len(measured) >= 10
+    assert np.median(ratio) < 0.75 and np.median(measured.latency / measured.latency_plain) < 0.75
+
+
+def test_the_kernel_names_are_the_calibrated_variants():
+    assert set(MOE_VARIANTS.values()) | {""} == set(MOE_KERNELS)
+
+
+def test_an_unknown_kernel_in_the_serving_file_is_a_one_line_error():
+    doc = {"backends": {"trtllm": {"request_ms": 1.0, "step_ms": 0.1, "moe_kernel": "fastest"}}}
+    with pytest.raises(DSEError, match=r"backends\.trtllm\.moe_kernel: expected one of '', 'min_latency'") as exc:
+        parse_serving_runtime(doc)
+    assert "\n" not in str(exc.value)

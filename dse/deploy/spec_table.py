@@ -19,7 +19,7 @@ from dse.catalog.systems import get_system
 from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
 from dse.model.dedupe import Rows
-from dse.model.ops import Hw
+from dse.model.ops import MOE_LOW, Hw
 
 __all__ = ["FAMILIES", "SpecTable"]
 
@@ -29,10 +29,9 @@ FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", 
 # not in the weights': a table row is a (device, weight format, fp8 KV cache?, MoE kernel)
 # key. The MoE kernel is the low-latency variant the row's serving framework runs on small
 # steps ("" = none; "min_latency" = the kernel tables' moe_torch_flow_min_latency; fitted
-# per backend by dse.fit.serving): its parameters are the "moe_low" family, the variant's
+# per backend by dse.fit.serving): its parameters are the ops.MOE_LOW family, the variant's
 # "<format>@<variant>" ones where the device was calibrated on it, else the plain ones.
 ATTENTION = ("context_attention", "generation_attention")
-LOW_LATENCY = "moe_low"
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,8 +67,8 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: st
             row[f"{fam}:{name}"] = float(val)
         if fam == "moe":      # the low-latency kernel's: the variant's where calibrated, else the plain ones
             for name, val in kernels.for_format(merged, f"{fmt}@{moe_kernel}" if moe_kernel else fmt).items():
-                row[f"{LOW_LATENCY}:{name}"] = float(val)
-            row[f"{LOW_LATENCY}:max_tokens"] = runtime_facts()["moe_low_latency_tokens"] if moe_kernel else -1.0
+                row[f"{MOE_LOW}:{name}"] = float(val)
+            row[f"{MOE_LOW}:max_tokens"] = runtime_facts()["moe_low_latency_tokens"] if moe_kernel else -1.0
     return row
 
 
@@ -92,9 +91,9 @@ class SpecTable:
         """The model's hardware arrays from gathered columns and the runtime facts
         (runtime.yaml, as the Context carries them) that price point-to-point hand-offs."""
         if isinstance(cols, Rows):
-            params = {f: cols.family(f) for f in FAMILIES + (LOW_LATENCY,)}
+            params = {f: cols.family(f) for f in FAMILIES + (MOE_LOW,)}
         else:
-            params = {f: {} for f in FAMILIES + (LOW_LATENCY,)}
+            params = {f: {} for f in FAMILIES + (MOE_LOW,)}
             for key, val in cols.items():
                 if ":" in key:
                     fam, name = key.split(":", 1)

@@ -53,6 +53,11 @@ class Hw:
     consts: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
+# the parameter family of the low-latency MoE kernel a row's engine runs on small steps, with
+# its "max_tokens" (the largest step it serves; below 0 = none): dse.deploy.spec_table fills it
+MOE_LOW = "moe_low"
+
+
 @dataclasses.dataclass
 class Parallel:
     tp: np.ndarray             # attention tensor parallel
@@ -312,7 +317,7 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
         acc.add("ffn", n, _gemm(t_rank, h, f.shared_intermediate / tp, hw, dt, site=(*site, "shared_down"), **kw))
     hit, imbalance = _routing(t_all, f, par, skew)
     t_moe = _moe_ms(t_all, h, f, par, skew, hw, dt, hw.params["moe"], imbalance, hit)
-    low = hw.params.get("moe_low")
+    low = hw.params.get(MOE_LOW)
     small = t_all <= low["max_tokens"] if f.gated and low else False
     if np.any(small):       # a small step runs the engine's low-latency kernel (its own parameters)
         t_moe = np.where(small, _moe_ms(t_all, h, f, par, skew, hw, dt, low, imbalance, hit), t_moe)

@@ -161,13 +161,17 @@ def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     (kept on the step: a step is split several times, always on its own hardware)."""
     if step.split is not None and step.split[0] is hw:
         return step.split[1]
-    comp = 0.0
-    ridge = hw.peak_gemm / hw.mem_tb_s
-    for op, t in step.time_ms.items():
-        if op not in ops.COMM_OPS:
-            comp = comp + t * (step.flops[op] >= step.bytes[op] * ridge)
-    comm = step.comm_ms()
-    out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)
+    if isinstance(step, _Chosen):            # each row's own step's split: three wheres, not one per op
+        mask, a, b = step.choice
+        out = tuple(np.where(mask, x, y) for x, y in zip(bound_split(a, hw), bound_split(b, hw)))
+    else:
+        comp = 0.0
+        ridge = hw.peak_gemm / hw.mem_tb_s
+        for op, t in step.time_ms.items():
+            if op not in ops.COMM_OPS:
+                comp = comp + t * (step.flops[op] >= step.bytes[op] * ridge)
+        comm = step.comm_ms()
+        out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)
     step.split = (hw, out)
     return out
 
@@ -239,8 +243,8 @@ def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
 
 
 class _Where(LazyOps):
-    """np.where(mask, a[k], b[k]) for each op k (the bottleneck reads the bound split,
-    which where_step carries over)."""
+    """np.where(mask, a[k], b[k]) for each op k (a breakdown reads them; the bottleneck reads
+    the bound split, which where_step chooses from the two steps' own)."""
 
     def __init__(self, mask, a: Mapping, b: Mapping):
         super().__init__(a)
@@ -454,14 +458,17 @@ def mixed_latency(model: Model, st: dict, n, running):
     return ttft, tpot, capacity, d0, dec, p_mean
 
 
+@dataclasses.dataclass
+class _Chosen(Step):
+    """where_step's Step; its bound split is chosen row by row from a's and b's (a row's split
+    is its own step's), when first asked for."""
+    choice: tuple = None           # (mask, a, b)
+
+
 def where_step(mask, a: Step, b: Step) -> Step:
-    """Row by row a's step where mask, else b's: per-op arrays when read; a bound split both
-    took on the same hardware is chosen row by row too (a row's split is its own step's)."""
-    out = Step(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
-               bytes=_Where(mask, a.bytes, b.bytes))
-    if a.split is not None and b.split is not None and a.split[0] is b.split[0]:
-        out.split = (a.split[0], tuple(np.where(mask, x, y) for x, y in zip(a.split[1], b.split[1])))
-    return out
+    """Row by row a's step where mask, else b's: per-op arrays and the bound split when read."""
+    return _Chosen(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
+                   bytes=_Where(mask, a.bytes, b.bytes), choice=(mask, a, b))
 
 
 def pair_link(a: Pool, b: Pool, same_domain) -> np.ndarray:

@@ -9,14 +9,12 @@ closed loop (`prefill_pool_state`, `pd_loop`) also serve afd with separate prefi
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from dse.catalog.models import Model
 from dse.model.ops import Step
-from dse.model.steps import (LazyOps, ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency,
-                             new_tokens, pair_link, prefill_phase, take)
+from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency, new_tokens,
+                             pair_link, prefill_phase, scatter, take)
 
 __all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
 
@@ -160,33 +158,7 @@ def pd_loop(st: dict, c, running, decode):
         else:
             rows = np.flatnonzero(starved)
             again = decode(np.broadcast_to(fewer, starved.shape)[rows], rows)
-            out = tuple(_scatter(a, rows, b, starved.size) for a, b in zip(out, again))
+            out = tuple(scatter(a, rows, b, starved.size) for a, b in zip(out, again))
         tpot = out[0]
     ttft = np.maximum(ttft, c / x - osl1 * tpot)          # the backlog waits for prefill or a decode slot
     return ttft, tpot, x, out
-
-
-def _scatter(a, rows, b, n: int):
-    """`a` (n rows) with its rows `rows` replaced by `b` (arrays, or the Steps of them: their
-    per-op arrays when read, and the bound split both took, b's on a's hardware's rows)."""
-    if isinstance(a, Step):
-        out = Step(time_ms=_Scattered(a.time_ms, rows, b.time_ms, n), flops=_Scattered(a.flops, rows, b.flops, n),
-                   bytes=_Scattered(a.bytes, rows, b.bytes, n))
-        if a.split is not None and b.split is not None:
-            out.split = (a.split[0], tuple(_scatter(x, rows, y, n) for x, y in zip(a.split[1], b.split[1])))
-        return out
-    out = np.array(np.broadcast_to(a, (n,)), dtype=float)
-    out[rows] = b
-    return out
-
-
-class _Scattered(LazyOps):
-    """_scatter(a[k], rows, b[k], n) for each op k (the bottleneck reads the bound split,
-    which _scatter carries over)."""
-
-    def __init__(self, a: Mapping, rows, b: Mapping, n: int):
-        super().__init__(a)
-        self.a, self.rows, self.b, self.n = a, rows, b, n
-
-    def make(self, k):
-        return _scatter(self.a[k], self.rows, self.b[k], self.n)

@@ -13,6 +13,7 @@ decode step (Leviathan et al., ICML 2023); dse.model.serving says how it is pric
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,7 +26,7 @@ from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms", "draft_work",
            "phase_power", "clock_bound_ms", "bound_split", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "pair_link", "distinct_rows", "take", "pool_forward", "LazyOps"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "scatter", "pair_link", "distinct_rows", "take", "pool_forward"]
 
 
 @dataclasses.dataclass
@@ -161,9 +162,10 @@ def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     (kept on the step: a step is split several times, always on its own hardware)."""
     if step.split is not None and step.split[0] is hw:
         return step.split[1]
-    if isinstance(step, _Chosen):            # each row's own step's split: three wheres, not one per op
-        mask, a, b = step.choice
-        out = tuple(np.where(mask, x, y) for x, y in zip(bound_split(a, hw), bound_split(b, hw)))
+    if isinstance(step, _Joined):            # each row's own step's split: three joins, not one per op
+        a, b, join, sub = step.parts
+        b_hw = hw if sub is None else _take(hw, *sub)
+        out = tuple(join(x, y) for x, y in zip(bound_split(a, hw), bound_split(b, b_hw)))
     else:
         comp = 0.0
         ridge = hw.peak_gemm / hw.mem_tb_s
@@ -459,16 +461,40 @@ def mixed_latency(model: Model, st: dict, n, running):
 
 
 @dataclasses.dataclass
-class _Chosen(Step):
-    """where_step's Step; its bound split is chosen row by row from a's and b's (a row's split
-    is its own step's), when first asked for."""
-    choice: tuple = None           # (mask, a, b)
+class _Joined(Step):
+    """A Step joined row by row from two others (where_step, scatter); its bound split is
+    joined the same way from theirs (a row's split is its own step's), when first read."""
+    parts: tuple = None     # (a, b, join(x, y) of their arrays, b's (rows, n) among a's or None: the same rows)
 
 
 def where_step(mask, a: Step, b: Step) -> Step:
     """Row by row a's step where mask, else b's: per-op arrays and the bound split when read."""
-    return _Chosen(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
-                   bytes=_Where(mask, a.bytes, b.bytes), choice=(mask, a, b))
+    return _Joined(time_ms=_Where(mask, a.time_ms, b.time_ms), flops=_Where(mask, a.flops, b.flops),
+                   bytes=_Where(mask, a.bytes, b.bytes), parts=(a, b, functools.partial(np.where, mask), None))
+
+
+def scatter(a, rows, b, n: int):
+    """`a` (n rows) with its rows `rows` replaced by `b`: arrays, or Steps (their per-op arrays
+    and bound split when read; b was priced on those rows of a's hardware)."""
+    if isinstance(a, Step):
+        def join(x, y):
+            return scatter(x, rows, y, n)
+        return _Joined(time_ms=_Scattered(a.time_ms, rows, b.time_ms, n), flops=_Scattered(a.flops, rows, b.flops, n),
+                       bytes=_Scattered(a.bytes, rows, b.bytes, n), parts=(a, b, join, (rows, n)))
+    out = np.array(np.broadcast_to(a, (n,)), dtype=float)
+    out[rows] = b
+    return out
+
+
+class _Scattered(LazyOps):
+    """scatter(a[k], rows, b[k], n) for each op k."""
+
+    def __init__(self, a: Mapping, rows, b: Mapping, n: int):
+        super().__init__(a)
+        self.a, self.rows, self.b, self.n = a, rows, b, n
+
+    def make(self, k):
+        return scatter(self.a[k], self.rows, self.b[k], self.n)
 
 
 def pair_link(a: Pool, b: Pool, same_domain) -> np.ndarray:

@@ -34,7 +34,7 @@ def unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
         inverse, uniq = pd.factorize(key, use_na_sentinel=False)
         first = np.zeros(len(uniq), dtype=np.int64)
         first[inverse[::-1]] = np.arange(n)[::-1]
-        if all(np.array_equal(a[first][inverse], a) for a in arrs if a.strides[0]):
+        if all(np.array_equal(a[first].take(inverse), a) for a in arrs if a.strides[0]):
             return first, inverse
     key = np.zeros(n, dtype=np.int64)
     for a in arrs:

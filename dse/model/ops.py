@@ -347,7 +347,7 @@ def _routing(t_all, f, par: Parallel, skew) -> tuple[np.ndarray, np.ndarray]:
     first, inverse, n = groups
     t, ep, sk, r = (take_rows(c, first, n) for c in cols)
     hit, imbalance = kernels.moe_routing(t, *args, ep, sk, r)
-    return hit[inverse], imbalance[inverse]
+    return hit.take(inverse), imbalance.take(inverse)
 
 
 def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:

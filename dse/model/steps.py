@@ -230,7 +230,7 @@ class _Gathered(LazyOps):
         self.src, self.idx = src, idx
 
     def make(self, k):
-        return self.src[k][self.idx]
+        return np.take(self.src[k], self.idx)
 
 
 def _gather_step(step: Step, idx, hw: tuple[Hw, Hw] | None = None) -> Step:
@@ -287,9 +287,9 @@ def prefill_phase(model: Model, pool: Pool, isl, prefix_hit, skew, coeffs, full=
         return out if full is None else {**out, "t_full": run(rows, fl[rows])[1]}
 
     kept = memo_rows(("prefill", model.id, full is None), [take_rows(c, first, n) for c in key_cols], values)
-    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1][inverse])
-    return (_values_step(vals, idx), vals["t_pre"][idx], vals["p_pre"][idx],
-            None if full is None else vals["t_full"][idx])
+    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1].take(inverse))
+    return (_values_step(vals, idx), vals["t_pre"].take(idx), vals["p_pre"].take(idx),
+            None if full is None else vals["t_full"].take(idx))
 
 
 def _step_values(step: Step, m: int, hw: Hw | None = None) -> dict[str, np.ndarray]:
@@ -306,7 +306,7 @@ def _values_step(vals: dict[str, np.ndarray], idx, hw: Hw | None = None) -> Step
     out = Step(**{name: _Gathered({k.split(":", 1)[1]: v for k, v in vals.items() if k.startswith(p + ":")}, idx)
                   for name, p in (("time_ms", "t"), ("flops", "f"), ("bytes", "b"))})
     if hw is not None:
-        out.split = (hw, tuple(vals[f"s:{i}"][idx] for i in range(3)))
+        out.split = (hw, tuple(vals[f"s:{i}"].take(idx) for i in range(3)))
     return out
 
 
@@ -350,9 +350,9 @@ def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None, *, dedup
         return {"d": d, "per_step": np.broadcast_to(per_step, (m,)), "p": p_dec, **_step_values(dec, m, sub[0].hw)}
 
     kept = memo_rows(("decode", model.id, spec is None, chunk is None), [take_rows(c, first, n) for c in cols], values)
-    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1][inverse])
-    per_step = 1.0 if spec is None else vals["per_step"][idx]
-    return vals["d"][idx], per_step, _values_step(vals, idx, pool.hw), vals["p"][idx]
+    vals, idx = (values(slice(None)), inverse) if kept is None else (kept[0], kept[1].take(inverse))
+    per_step = 1.0 if spec is None else vals["per_step"].take(idx)
+    return vals["d"].take(idx), per_step, _values_step(vals, idx, pool.hw), vals["p"].take(idx)
 
 
 def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False) -> Step:

@@ -85,32 +85,34 @@ class Dtypes:
 @dataclasses.dataclass
 class Step:
     """Per-op arrays for one forward step (all layers), per GPU of one instance.
-    Treated as immutable: totals and the bound split are computed once and kept."""
+    Treated as immutable: totals and the bound split are computed once and kept. `zero`: the
+    zeros array every op that adds nothing holds (forward's), left out of the sums."""
     time_ms: dict
     flops: dict
     bytes: dict
     split: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    zero: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def total_ms(self) -> np.ndarray:
-        return _sum(self.time_ms.values())
+        return self.sum(self.time_ms.values())
 
     def compute_ms(self) -> np.ndarray:
-        return _sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
+        return self.sum(v for k, v in self.time_ms.items() if k not in COMM_OPS)
 
     def comm_ms(self) -> np.ndarray:
-        return _sum(self.time_ms[k] for k in COMM_OPS)
+        return self.sum(self.time_ms[k] for k in COMM_OPS)
 
     def total_flops(self) -> np.ndarray:
-        return _sum(self.flops.values())
+        return self.sum(self.flops.values())
 
     def total_bytes(self) -> np.ndarray:
-        return _sum(self.bytes.values())
+        return self.sum(self.bytes.values())
 
-
-def _sum(arrays):
-    """sum() without its first pass (0 + the first array): the same values, one pass fewer."""
-    return functools.reduce(operator.add, arrays)
+    def sum(self, arrays) -> np.ndarray:
+        """sum() without its first pass (0 + the first array) and without the zero ops: the
+        same values, fewer passes."""
+        return functools.reduce(operator.add, [a for a in arrays if a is not self.zero] or [self.zero])
 
 
 def _link(group: np.ndarray, hw: Hw) -> np.ndarray:
@@ -173,7 +175,11 @@ class _Acc:
         self.bytes: dict = {}
 
     def add(self, op: str, count: float, res) -> None:
+        """Add count x res (time, FLOPs, bytes) to op; `zero` adds nothing (an op only it is
+        added to stays `zero`, which Step's sums skip)."""
         for acc, x in zip((self.time, self.flops, self.bytes), res):
+            if x is self.zero:
+                continue
             x = x if count == 1.0 else count * x
             if op in acc:
                 acc[op] = acc[op] + x
@@ -184,7 +190,8 @@ class _Acc:
 
     def step(self) -> Step:
         order = {op: self.zero for op in OPS}                  # every op present, in OPS order
-        return Step(time_ms={**order, **self.time}, flops={**order, **self.flops}, bytes={**order, **self.bytes})
+        return Step(time_ms={**order, **self.time}, flops={**order, **self.flops}, bytes={**order, **self.bytes},
+                    zero=self.zero)
 
 
 def _full(x, zero: np.ndarray) -> bool:

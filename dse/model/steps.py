@@ -170,7 +170,7 @@ def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         comp = 0.0
         ridge = hw.peak_gemm / hw.mem_tb_s
         for op, t in step.time_ms.items():
-            if op not in ops.COMM_OPS:
+            if op not in ops.COMM_OPS and t is not step.zero:
                 comp = comp + t * (step.flops[op] >= step.bytes[op] * ridge)
         comm = step.comm_ms()
         out = (comp, np.maximum(step.total_ms - comm - comp, 0.0), comm)

@@ -29,9 +29,9 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_parts", "attn_prefill_ms",
-    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "moe_routing", "allreduce_ms", "allgather_ms",
-    "reduce_scatter_ms", "alltoall_ms",
+    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_tiles", "gemm_parts", "attn_prefill_ms",
+    "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "moe_routing", "allreduce_ms", "allreduce_consts",
+    "allreduce_parts", "allgather_ms", "reduce_scatter_ms", "alltoall_ms",
 ]
 
 # A format key may name a kernel variant ("fp4@min_latency") or a mixed scheme
@@ -88,9 +88,15 @@ def _ceil_to(x: np.ndarray, tile: ArrayLike) -> np.ndarray:
     return np.ceil(x / tile) * tile
 
 
+def _at_least(x: np.ndarray, lo: float) -> np.ndarray:
+    """np.maximum(x, lo), through clip: numpy's maximum against a scalar takes a loop about
+    three times slower than clip's (the same values, NaN kept)."""
+    return np.clip(x, lo, np.inf)
+
+
 def _wave_utilisation(units: np.ndarray, slots: ArrayLike) -> np.ndarray:
     """Fraction of the machine busy when `units` equal tiles run in waves of `slots`."""
-    units = np.maximum(units, 1.0)
+    units = _at_least(units, 1.0)
     return units / (np.ceil(units / slots) * slots)
 
 
@@ -126,21 +132,30 @@ def gemm_consts(n: ArrayLike, k: ArrayLike, *, w_bytes: ArrayLike, peak_tflops: 
             "floor": _f(p["floor_us"]) * 1e-6}
 
 
-def gemm_parts(m: ArrayLike, c: Mapping[str, np.ndarray], *, a_bytes: ArrayLike,
-               c_bytes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """gemm_ms of `m` tokens through the matrix of gemm_consts `c`: (time, bytes moved)."""
-    m, n, k, slots = _f(m), c["n"], c["k"], c["slots"]
-    # skinny GEMMs pick a short m-tile (tensor-core instructions go down to 16 rows),
-    # so a decode GEMM is not charged 64 or 128 padded rows of math
-    tm = np.minimum(c["tile_m"], np.maximum(16.0, _ceil_to(m, 16.0)))
+def gemm_tiles(m: ArrayLike, tile_m: ArrayLike) -> tuple[np.ndarray, ...]:
+    """The parts of gemm_ms that depend on m alone (and the device's tile_m): computed once
+    for the several weight matrices a step multiplies by the same tokens. Skinny GEMMs pick
+    a short m-tile (tensor-core instructions go down to 16 rows), so a decode GEMM is not
+    charged 64 or 128 padded rows of math. Returns (m, m-tile, tiles along m, 2 x padded m)."""
+    m = _f(m)
+    tm = np.clip(np.ceil(m * 0.0625) * 16.0, 16.0, _f(tile_m))     # m up to a multiple of 16, in [16, tile_m]
     tiles_m = np.ceil(m / tm)
+    return m, tm, tiles_m, 2.0 * (tiles_m * tm)
+
+
+def gemm_parts(m: ArrayLike, c: Mapping[str, np.ndarray], *, a_bytes: ArrayLike,
+               c_bytes: ArrayLike, tiles: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """gemm_ms of `m` tokens through the matrix of gemm_consts `c`: (time, bytes moved).
+    `tiles`: gemm_tiles of the same m and tile_m, if already at hand."""
+    m, tm, tiles_m, rows2 = gemm_tiles(m, c["tile_m"]) if tiles is None else tiles
+    n, k, slots = c["n"], c["k"], c["slots"]
     tiles = tiles_m * c["tiles_n"]
     # split-K: cut k so that tiles x splits fill the slots, pieces no shorter than split_min_k
     split = np.clip(np.floor(slots / tiles), 1.0, c["split_cap"])
     k_piece = k / split
     util = _wave_utilisation(tiles * split, slots)
     eff = c["eff"] * k_piece / (k_piece + c["k_half"]) * util
-    flops = 2.0 * (tiles_m * tm) * c["n_pad"] * k
+    flops = rows2 * c["n_pad"] * k
     t_compute = flops / (c["peak"] * eff)
     nbytes = m * k * _f(a_bytes) + c["knw"] + m * n * _f(c_bytes)
     t_memory = nbytes / c["bw"]
@@ -462,14 +477,24 @@ def _collective_ms(bus_bytes: np.ndarray, steps: np.ndarray, n: np.ndarray,
     """The faster of two protocols, as NCCL's tuner picks: a low-latency one (few
     microseconds, eff_ll of the link) and a bandwidth one (bw_extra_us more setup,
     eff_bw of the link). Each pays base_us plus step_us per algorithm step."""
+    c = _collective_consts(steps, n, link_gb_s, p, ll_steps)
+    return _collective_parts(bus_bytes, bus_bytes if ll_bytes is None else ll_bytes, c)
+
+
+def _collective_consts(steps, n, link_gb_s, p: Mapping[str, ArrayLike], ll_steps=None) -> dict[str, np.ndarray]:
+    """The parts of _collective_ms that do not depend on the bytes moved."""
     bw = _f(link_gb_s) * 1e9
-    ll_bytes = bus_bytes if ll_bytes is None else ll_bytes
     ll_steps = steps if ll_steps is None else ll_steps
     base = _f(p["base_us"]) * 1e-6
-    t_ll = base + ll_steps * _f(p["step_us"]) * 1e-6 + ll_bytes / (bw * _f(p["eff_ll"]))
-    t_bw = (base + _f(p["bw_extra_us"]) * 1e-6 + steps * _f(p["step_us"]) * 1e-6
-            + bus_bytes / (bw * _f(p["eff_bw"])))
-    return np.where(n > 1, np.minimum(t_ll, t_bw) * 1e3, 0.0)
+    return {"ll_ms": base + ll_steps * _f(p["step_us"]) * 1e-6, "ll_bw": bw * _f(p["eff_ll"]),
+            "bw_ms": base + _f(p["bw_extra_us"]) * 1e-6 + steps * _f(p["step_us"]) * 1e-6,
+            "bw_bw": bw * _f(p["eff_bw"]), "on": _f(n) > 1}
+
+
+def _collective_parts(bus_bytes, ll_bytes, c: Mapping[str, np.ndarray]) -> np.ndarray:
+    t_ll = c["ll_ms"] + ll_bytes / c["ll_bw"]
+    t_bw = c["bw_ms"] + bus_bytes / c["bw_bw"]
+    return np.where(c["on"], np.minimum(t_ll, t_bw) * 1e3, 0.0)
 
 
 def allreduce_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
@@ -480,12 +505,23 @@ def allreduce_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,
     (TensorRT-LLM custom all-reduce) the low-latency path instead reads all n-1 peers'
     buffers in one step: (n-1) x nbytes, which wins for small messages.
     """
-    nb, n = _f(nbytes), _f(n)
-    bus = 2.0 * (n - 1.0) / np.maximum(n, 1.0) * nb
+    return allreduce_parts(nbytes, allreduce_consts(n, link_gb_s=link_gb_s, p=p))
+
+
+def allreduce_consts(n: ArrayLike, *, link_gb_s: ArrayLike, p: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    """The parts of allreduce_ms that do not depend on the bytes: computed once for an
+    all-reduce that several steps (decode, chunk-carrying, prefill) run on the same GPUs."""
+    n = _f(n)
     one = _f(p.get("one_shot", 0.0)) > 0.5
-    ll_bytes = np.where(one, (n - 1.0) * nb, bus)
-    ll_steps = np.where(one, 1.0, 2.0 * (n - 1.0))
-    return _collective_ms(bus, 2.0 * (n - 1.0), n, link_gb_s, p, ll_bytes, ll_steps)
+    c = _collective_consts(2.0 * (n - 1.0), n, link_gb_s, p, np.where(one, 1.0, 2.0 * (n - 1.0)))
+    return {**c, "bus": 2.0 * (n - 1.0) / np.maximum(n, 1.0), "peers": n - 1.0, "one": one}
+
+
+def allreduce_parts(nbytes: ArrayLike, c: Mapping[str, np.ndarray]) -> np.ndarray:
+    """allreduce_ms of nbytes through the allreduce_consts `c`."""
+    nb = _f(nbytes)
+    bus = c["bus"] * nb
+    return _collective_parts(bus, np.where(c["one"], c["peers"] * nb, bus), c)
 
 
 def allgather_ms(nbytes: ArrayLike, n: ArrayLike, *, link_gb_s: ArrayLike,

@@ -154,9 +154,19 @@ def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, pa
                                      p=hw.params["gemm"])
         if site is not None:
             hw.consts[site] = (par, dt, consts)
-    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=dt.a_bytes, c_bytes=2.0)
+    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=dt.a_bytes, c_bytes=2.0, tiles=_gemm_tiles(m, hw))
     flops = 2.0 * m * consts["n"] * consts["k"]
     return t, flops, nbytes
+
+
+def _gemm_tiles(m, hw: Hw) -> tuple:
+    """kernels.gemm_tiles of m on hw, kept for the next GEMM of the same tokens (a layer's
+    projections and FFN matrices all multiply the step's tokens)."""
+    kept = hw.consts.get("gemm_tiles")
+    if kept is None or kept[0] is not m:
+        kept = (m, kernels.gemm_tiles(m, hw.params["gemm"]["tile_m"]))
+        hw.consts["gemm_tiles"] = kept
+    return kept[1]
 
 
 def _gemm_consts(site, par, dt, hw: Hw) -> dict | None:
@@ -357,14 +367,22 @@ def _routing(t_all, f, par: Parallel, skew) -> tuple[np.ndarray, np.ndarray]:
     return hit.take(inverse), imbalance.take(inverse)
 
 
-def _tp_allreduce_ms(ar_bytes, tp, ar_link, hw: Hw) -> np.ndarray:
-    """One TP all-reduce: the custom (one-shot) kernel inside a scale-up domain, NCCL beyond."""
-    inside = tp <= hw.domain
-    custom = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["custom_allreduce"])
-              if np.any(inside) else 0.0)
-    nccl = (kernels.allreduce_ms(ar_bytes, tp, link_gb_s=ar_link, p=hw.params["nccl"])
-            if not np.all(inside) else 0.0)
-    return np.where(inside, custom, nccl)
+def _tp_allreduce_ms(ar_bytes, par: Parallel, hw: Hw) -> np.ndarray:
+    """One TP all-reduce: the custom (one-shot) kernel inside a scale-up domain, NCCL beyond.
+    Their byte-free parts are kept on hw for the next step on the same layout."""
+    kept = hw.consts.get("tp_allreduce")
+    if kept is None or kept[0] is not par:
+        inside = par.tp <= hw.domain
+        link = _link(par.tp, hw)
+        kernels_of = {"custom_allreduce": bool(np.any(inside)), "nccl": not np.all(inside)}
+        kept = (par, inside, {f: kernels.allreduce_consts(par.tp, link_gb_s=link, p=hw.params[f])
+                              for f, used in kernels_of.items() if used})
+        hw.consts["tp_allreduce"] = kept
+    _, inside, consts = kept
+    t = {f: kernels.allreduce_parts(ar_bytes, c) for f, c in consts.items()}
+    if "nccl" not in t:
+        return t["custom_allreduce"]          # every row inside its domain
+    return np.where(inside, t.get("custom_allreduce", 0.0), t["nccl"])
 
 
 def _shape(batch, q_len, ctx, dp, verify: bool, *, floor: float = 1.0) -> _Shape:
@@ -441,7 +459,6 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     sc = None if chunk is None else _chunk_shape(chunk, dp)
     st = _joint(sh, sc)
     acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp, *(() if chunk is None else chunk)).shape))
-    ar_link = _link(tp, hw)
     for gi, g in enumerate(model.groups):
         a, n = g.attention, float(g.count)
         site = (model.id, gi)
@@ -458,7 +475,7 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         _ffn(acc, model, g, st, hw, par, dt, skew, site)
         # TP all-reduce after attention and after the FFN (bf16 activations)
         ar_bytes = st.t_rank * h * 2.0
-        acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, tp, ar_link, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
+        acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, par, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
     # pipeline hand-offs and the LM head
     pp_bytes = st.t_rank * h * 2.0
     t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + hw.hop_ms)

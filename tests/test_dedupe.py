@@ -41,6 +41,17 @@ def test_unique_rows_finds_exactly_the_distinct_rows(ncols, nrows, seed):
     assert (mat[first][inverse] == mat).all()
 
 
+def test_unique_rows_leaves_broadcast_scalars_out():
+    """A column of one value (a broadcast scalar) changes no grouping: the same groups with it,
+    and all rows one group when every column is one."""
+    tp = np.array([8.0, 4.0, 8.0, 1.0, 4.0])
+    one = np.broadcast_to(np.asarray(1.0), tp.shape)
+    first, inverse = dedupe.unique_rows(tp, one, 0.0)
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2, 1]
+    first, inverse = dedupe.unique_rows(one, 0.0)
+    assert first.tolist() == [0] and inverse.tolist() == [0] * 5
+
+
 def test_small_integer_columns_do_not_collide_in_the_hash():
     """Rows (1,0,0) and (0,1,1) must not share a key: weights with an integer relation
     between them (two of the old ones summed to 1) send the exact, slower path every time."""

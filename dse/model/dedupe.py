@@ -26,15 +26,18 @@ def unique_rows(*cols) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the first row of each distinct combination of `cols`, and each row's group.
 
     One hash pass over a weighted sum of the columns, then a check that every column is
-    constant inside each group (the exact column-by-column factorisation if not)."""
+    constant inside each group (the exact column-by-column factorisation if not). A
+    broadcast scalar (a column of one value) groups nothing: it is left out."""
     n = max(np.size(c) for c in cols)
-    arrs = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols]
+    arrs = [a for a in (np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols) if a.strides[0]]
+    if not arrs:
+        return np.zeros(min(n, 1), dtype=np.int64), np.zeros(n, dtype=np.int64)
     if len(arrs) <= len(KEY_WEIGHTS):
         key = sum(a * w for a, w in zip(arrs, KEY_WEIGHTS))
         inverse, uniq = pd.factorize(key, use_na_sentinel=False)
         first = np.zeros(len(uniq), dtype=np.int64)
         first[inverse[::-1]] = np.arange(n)[::-1]
-        if all(np.array_equal(a[first].take(inverse), a) for a in arrs if a.strides[0]):
+        if all(np.array_equal(a[first].take(inverse), a) for a in arrs):
             return first, inverse
     key = np.zeros(n, dtype=np.int64)
     for a in arrs:

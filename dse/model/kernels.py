@@ -29,7 +29,8 @@ import numpy as np
 ArrayLike = Any
 
 __all__ = [
-    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_tiles", "gemm_parts", "attn_prefill_ms",
+    "for_format", "format_chain", "gemm_ms", "gemm_consts", "gemm_tiles", "gemm_parts", "attn_prefill_tiles",
+    "attn_prefill_ms",
     "attn_decode_ms", "moe_ms", "moe_imbalance", "moe_experts_hit", "moe_routing", "allreduce_ms", "allreduce_consts",
     "allreduce_parts", "allgather_ms", "reduce_scatter_ms", "alltoall_ms",
 ]
@@ -182,11 +183,22 @@ def _causal_pairs(q_len: np.ndarray, prefix: np.ndarray, window: np.ndarray,
     return tile * (growing + capped)
 
 
+def attn_prefill_tiles(q_len: ArrayLike, prefix_len: ArrayLike, window: ArrayLike,
+                       p: Mapping[str, ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parts of attn_prefill_ms that depend on the prompt's shape alone (and the kernel's
+    tiles), not on the batch or the heads: (the causal tiles' (query, key) pairs, the padded
+    query length, the prefix tokens read). Computed once for prompt chunks several steps carry."""
+    s, prefix, win = _f(q_len), _f(prefix_len), _f(window)
+    tq = _f(p["tile_q"])
+    return (_causal_pairs(s, prefix, win, tq, _f(p["tile_kv"])), _ceil_to(s, tq),
+            np.where(win > 0, np.minimum(prefix, win), prefix))
+
+
 def attn_prefill_ms(batch: ArrayLike, q_len: ArrayLike, num_heads: ArrayLike,
                     qk_dim: ArrayLike, v_dim: ArrayLike, kv_elems_per_token: ArrayLike,
                     window: ArrayLike, *, prefix_len: ArrayLike = 0,
                     peak_tflops: ArrayLike, mem_tb_s: ArrayLike, kv_bytes: ArrayLike,
-                    p: Mapping[str, ArrayLike]) -> np.ndarray:
+                    p: Mapping[str, ArrayLike], tiles: tuple | None = None) -> np.ndarray:
     """Causal (flash) attention over q_len new tokens after prefix_len cached ones.
 
     FLOPs = 2 x heads x (qk_dim + v_dim) x (query, key) pairs, the pairs bounded by
@@ -195,13 +207,13 @@ def attn_prefill_ms(batch: ArrayLike, q_len: ArrayLike, num_heads: ArrayLike,
     CTAs leave slots idle, and every CTA has a
     fixed cost (cta_us: load Q, set up, write O) paid wave by wave -- which is what a
     large batch of short prompts costs. Softmax work per score is worth d_half of
-    head dimension: math runs at eff_compute x d/(d + d_half) of the peak.
+    head dimension: math runs at eff_compute x d/(d + d_half) of the peak. `tiles`:
+    attn_prefill_tiles of the same prompt shape, if already at hand.
     """
     b, s, h = _f(batch), _f(q_len), _f(num_heads)
-    dqk, dv, prefix, win = _f(qk_dim), _f(v_dim), _f(prefix_len), _f(window)
+    dqk, dv = _f(qk_dim), _f(v_dim)
     tq, slots = _f(p["tile_q"]), _f(p["tile_slots"])
-    pairs = _causal_pairs(s, prefix, win, tq, _f(p["tile_kv"]))
-    s_pad = _ceil_to(s, tq)
+    pairs, s_pad, read = attn_prefill_tiles(q_len, prefix_len, window, p) if tiles is None else tiles
     flops = 2.0 * b * h * (dqk + dv) * pairs
     d = (dqk + dv) / 2.0
     ctas = b * h * (s_pad / tq)
@@ -213,7 +225,7 @@ def attn_prefill_ms(batch: ArrayLike, q_len: ArrayLike, num_heads: ArrayLike,
     # prefix is read inside the attention kernel, overlapped with its math.
     kv = _f(kv_elems_per_token)
     new_bytes = b * s * (h * dqk * 2.0 * 2.0 + kv * (2.0 + _f(kv_bytes)))
-    prefix_bytes = b * np.where(win > 0, np.minimum(prefix, win), prefix) * kv * _f(kv_bytes)
+    prefix_bytes = b * read * kv * _f(kv_bytes)
     bw = _f(mem_tb_s) * 1e12 * _f(p["eff_memory"])
     t_attention = np.maximum(t_compute, prefix_bytes / bw)
     return (t_attention + new_bytes / bw + _f(p["floor_us"]) * 1e-6) * 1e3

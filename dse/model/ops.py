@@ -250,13 +250,28 @@ def _mla_kernels(a: Attention, heads, q_heads, kv_len, sh: _Shape, hw: Hw, dt: D
         dec = _mla_decode_ms(sh.b_rank, kv_len, q_heads, a, hw, dt)
         f_dec = 2.0 * sh.b_rank * q_heads * kv_len * (2 * a.kv_lora_rank + a.rope_dim)
     if need[1]:
+        prefix, tiles, half = _prompt_shape(sh, a.window, hw)
         pre = kernels.attn_prefill_ms(sh.b_rank, sh.q_len, heads, a.qk_dim, a.v_dim,
-                                      heads * (a.qk_dim + a.v_dim), a.window, prefix_len=sh.ctx - sh.q_len,
+                                      heads * (a.qk_dim + a.v_dim), a.window, prefix_len=prefix,
                                       peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
-                                      kv_bytes=dt.kv_bytes, p=hw.params["context_attention"])
-        f_pre = (2.0 * sh.b_rank * heads * sh.q_len * kv_len * (a.qk_dim + a.v_dim)
-                 * np.where(sh.ctx > sh.q_len, 1.0, 0.5))
+                                      kv_bytes=dt.kv_bytes, p=hw.params["context_attention"], tiles=tiles)
+        f_pre = 2.0 * sh.b_rank * heads * sh.q_len * kv_len * (a.qk_dim + a.v_dim) * half
     return dec, f_dec, pre, f_pre, kv_tok
+
+
+def _prompt_shape(sh: _Shape, window, hw: Hw) -> tuple:
+    """The prefill kernel's parts that depend on the prompts' shape alone: (prefix length,
+    kernels.attn_prefill_tiles, the causal half of the FLOPs). Kept on hw for the next step
+    whose chunks have the same length and context (agg's chunk-carrying steps share them)."""
+    site = ("prompt_shape", window)
+    kept = hw.consts.get(site)
+    if kept is None or kept[0] is not sh.q_len or kept[1] is not sh.ctx:
+        prefix = sh.ctx - sh.q_len
+        kept = (sh.q_len, sh.ctx, (prefix, kernels.attn_prefill_tiles(sh.q_len, prefix, window,
+                                                                      hw.params["context_attention"]),
+                                   np.where(sh.ctx > sh.q_len, 1.0, 0.5)))
+        hw.consts[site] = kept
+    return kept[2]
 
 
 def _gqa_kernels(a: Attention, tp, heads, q_heads, kv_len, sh: _Shape, hw: Hw, dt: Dtypes, need: tuple[bool, bool]):
@@ -270,11 +285,11 @@ def _gqa_kernels(a: Attention, tp, heads, q_heads, kv_len, sh: _Shape, hw: Hw, d
                                      peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
                                      kv_bytes=dt.kv_bytes, p=hw.params["generation_attention"])
     if need[1]:
+        prefix, tiles, half = _prompt_shape(sh, a.window, hw)
         pre = kernels.attn_prefill_ms(sh.b_rank, sh.q_len, heads, a.qk_dim, a.v_dim, kv_tok, a.window,
-                                      prefix_len=sh.ctx - sh.q_len, peak_tflops=hw.peak_attn,
-                                      mem_tb_s=hw.mem_tb_s, kv_bytes=dt.kv_bytes,
-                                      p=hw.params["context_attention"])
-        f_pre = f_dec * sh.q_len * np.where(sh.ctx > sh.q_len, 1.0, 0.5)
+                                      prefix_len=prefix, peak_tflops=hw.peak_attn, mem_tb_s=hw.mem_tb_s,
+                                      kv_bytes=dt.kv_bytes, p=hw.params["context_attention"], tiles=tiles)
+        f_pre = f_dec * sh.q_len * half
     return dec, f_dec, pre, f_pre, kv_tok
 
 

@@ -26,9 +26,17 @@ def device(c: Mapping[str, Any], role: str, *, blank: Any = "") -> np.ndarray:
 
 
 def layout(c: Mapping[str, Any], role: str, key: str) -> np.ndarray:
-    """A role's tp / dp / ep / pp / batch_size: its own column where > 0, else the generic one."""
+    """A role's tp / dp / ep / pp / batch_size: its own column where > 0, else the generic one.
+    An own column of one value (a broadcast scalar) picks a whole column, still one value
+    (the engine's dedupe leaves such columns out of its keys)."""
     name = f"{role}_{key}"
-    return np.where(c[name] > 0, c[name], c[key]) if name in c else c[key]
+    if name not in c:
+        return c[key]
+    own, generic = c[name], c[key]
+    if (isinstance(own, np.ndarray) and own.ndim == 1 and own.size and not own.strides[0]
+            and isinstance(generic, np.ndarray) and generic.shape == own.shape and generic.dtype == own.dtype):
+        return own if own[0] > 0 else generic
+    return np.where(own > 0, own, generic)
 
 
 def afd_gpus(c: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

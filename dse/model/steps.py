@@ -179,12 +179,15 @@ def bound_split(step: Step, hw: Hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def take(x, idx, n: int):
-    """The rows `idx` of x (n rows): arrays, scalars (broadcast), and the dicts and dataclasses
-    (pools, states, Specs) made of them."""
+    """The rows `idx` (integer positions) of x (n rows): arrays, scalars (broadcast), and the
+    dicts and dataclasses (pools, states, Specs) made of them."""
     return _take(x, idx, n)
 
 
 def _take(x, idx, n):
+    """take(); idx: integer positions (ndarray.take gathers them faster than indexing)."""
+    if isinstance(x, np.ndarray) and x.dtype == np.float64 and x.shape == (n,):
+        return x.take(idx)                 # the common case, without a broadcast view
     if x is None or isinstance(x, (bool, str)):
         return x
     if isinstance(x, Rows):
@@ -193,9 +196,7 @@ def _take(x, idx, n):
         return {k: _take(v, idx, n) for k, v in x.items()}
     if dataclasses.is_dataclass(x):
         return dataclasses.replace(x, **{f.name: _take(getattr(x, f.name), idx, n) for f in dataclasses.fields(x) if f.init})
-    if isinstance(x, np.ndarray) and x.dtype == np.float64 and x.shape == (n,):
-        return x[idx]                      # the common case, without a broadcast view
-    return np.broadcast_to(np.asarray(x, dtype=float), (n,))[idx]
+    return np.broadcast_to(np.asarray(x, dtype=float), (n,)).take(idx)
 
 
 class LazyOps(Mapping):

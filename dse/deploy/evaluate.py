@@ -333,5 +333,6 @@ def _goodput(res: serving.ModeResult, load, ttft_slo, tpot_slo, meets) -> np.nda
 def _bottleneck(step, hw, reasons: Reasons) -> np.ndarray:
     """Code into BOTTLENECKS of what binds the decode step (kv_capacity when memory does)."""
     comp, mem, comm = serving.bound_split(step, hw)
-    out = np.argmax(np.stack(np.broadcast_arrays(comp, mem, comm)), axis=0).astype(np.int8)
+    # rows of three, argmax along each (numpy's argmax down the columns of a 3 x n stack is ~3x slower)
+    out = np.argmax(np.stack(np.broadcast_arrays(comp, mem, comm), axis=1), axis=1).astype(np.int8)
     return np.where(reasons.of_kind("kv_capacity"), BOTTLENECKS.index("kv_capacity"), out).astype(np.int8)

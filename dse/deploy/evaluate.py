@@ -128,7 +128,7 @@ def _evaluate_chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, stric
 def _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) -> set[str]:
     suspect: set[str] = set()
     model_codes = cols["model"]
-    codes = np.unique(model_codes)
+    codes = _codes_in(model_codes)
     for code in codes:
         rows = np.nonzero(model_codes == code)[0] if len(codes) > 1 else None
         model = get_model(str(vocab["model"][code]))
@@ -144,6 +144,11 @@ def _chunks(cols, n, vocab, ctx, metrics, reasons, bottleneck, *, strict: bool) 
             for k, v in res.items():
                 metrics[k][part] = v
     return suspect
+
+
+def _codes_in(col: np.ndarray) -> np.ndarray:
+    """np.unique of a code column; a broadcast scalar's one code without sorting its rows."""
+    return col[:1] if col.size and not col.strides[0] else np.unique(col)
 
 
 def _spec(c: dict[str, np.ndarray], runtime: dict) -> serving.Spec | None:
@@ -201,7 +206,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
                    strict: bool, keep: dict | None = None) -> tuple[dict[str, np.ndarray], Reasons]:
     """Metric arrays and reasons for rows of one model (each mode its own vectorized path).
     `keep`, when given, receives the serving result and the pools (for explain)."""
-    modes = np.unique(c["mode"])
+    modes = _codes_in(c["mode"])
     if len(modes) > 1:
         return _by_mode(model, c, vocab, ctx, strict, modes)
     mode = str(vocab["mode"][modes[0]])

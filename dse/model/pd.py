@@ -13,8 +13,8 @@ import numpy as np
 
 from dse.catalog.models import Model
 from dse.model.ops import Step
-from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency, new_tokens,
-                             pair_link, prefill_phase, scatter, take)
+from dse.model.steps import (ModeResult, PhaseSteps, Pool, PoolReport, Runtime, Spec, decode_phase, mixed_latency,
+                             new_tokens, pair_link, prefill_phase, scatter, take)
 
 __all__ = ["agg", "disagg", "kv_transfer_ms", "prefill_pool_state", "pd_loop"]
 
@@ -24,15 +24,18 @@ def agg(model: Model, pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, co
     conc = np.maximum(np.asarray(concurrency, dtype=float), 1.0)
     osl = np.asarray(osl, dtype=float)
     isl = np.asarray(isl, dtype=float)
-    pre, _, _, _ = prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)
     isl_new = new_tokens(isl, prefix_hit)
     st = dict(pool=pool, rt=rt, skew=skew, coeffs=coeffs, osl=osl, isl_new=isl_new, cached=isl - isl_new,
               ctx=isl + osl / 2.0, spec=spec)
     ttft, tpot, x, d, dec, p_dec = _agg_at(model, st, conc, keep=True)
     rep = PoolReport("agg", d, np.ones_like(d), p_dec, pool.gpus)
+
+    def prefill():      # a prompt's own prefill step: only a breakdown reads it (its time is in the mixed steps)
+        return prefill_phase(model, pool, isl, prefix_hit, skew, coeffs)[0], pool.hw
+
     return ModeResult(ttft_ms=ttft, tpot_ms=tpot, tokens_per_s=x * osl * 1e3, gpus=pool.gpus,
                       gpu_power_w=p_dec * pool.gpus, pools=[rep], transfer_ms=np.zeros_like(ttft),
-                      steps={"prefill": (pre, pool.hw), "decode": (dec, pool.hw)},
+                      steps=PhaseSteps({"prefill": prefill, "decode": lambda: (dec, pool.hw)}),
                       load_fn=_agg_at, load_state=st, model=model)
 
 

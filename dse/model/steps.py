@@ -26,7 +26,7 @@ from dse.model.ops import Dtypes, Hw, Parallel, Step
 
 __all__ = ["Runtime", "Spec", "Pool", "PoolReport", "ModeResult", "rows_of", "draft_ms", "draft_work",
            "phase_power", "clock_bound_ms", "bound_split", "prefill_phase", "decode_phase",
-           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "scatter", "pair_link", "distinct_rows", "take", "pool_forward"]
+           "new_tokens", "chunked_latency", "mixed_latency", "where_step", "scatter", "pair_link", "distinct_rows", "take", "pool_forward", "PhaseSteps"]
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ class ModeResult:
     gpu_power_w: np.ndarray        # sum of average GPU power of the unit
     pools: list                    # PoolReport per role
     transfer_ms: np.ndarray        # KV (disagg) or activation (afd) transfer per request / step
-    steps: dict                    # phase name -> (Step, Hw of its pool), for the breakdown
+    steps: Mapping                 # phase name -> (Step, Hw of its pool), for the breakdown (PhaseSteps: when read)
     load_fn: object = None         # load_fn(model, state, concurrency) -> (ttft, tpot, tokens_per_s)
     load_state: dict = None        # per-row arrays load_fn needs (subset with rows_of)
     model: object = None
@@ -220,6 +220,18 @@ class LazyOps(Mapping):
 
     def __len__(self) -> int:
         return len(self.keys_of)
+
+
+class PhaseSteps(LazyOps):
+    """ModeResult.steps made when first read: phase -> make() giving (Step, Hw). A phase that
+    only the breakdown reads (agg's prefill: its time is in the mixed steps) is then never
+    priced by an evaluation that does not ask for one."""
+
+    def __init__(self, makers: dict):
+        super().__init__(makers)
+
+    def make(self, k):
+        return self.keys_of[k]()
 
 
 class _Gathered(LazyOps):

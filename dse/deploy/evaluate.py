@@ -324,11 +324,13 @@ def _goodput(res: serving.ModeResult, load, ttft_slo, tpot_slo, meets) -> np.nda
     lo, hi = np.zeros(len(idx)), np.log2(load[idx])      # meets at 2^lo is unknown until checked
     t, p, tok = sub.load(np.ones(len(idx)))
     ok_lo = (t <= ts) & (p <= ps)
-    best = np.where(ok_lo, tok, 0.0)
-    for _ in range(GOODPUT_STEPS):
+    # a row that fails with one user has goodput 0: only the others are bisected
+    idx, ts, ps, lo, hi, best = idx[ok_lo], ts[ok_lo], ps[ok_lo], lo[ok_lo], hi[ok_lo], tok[ok_lo]
+    sub = serving.rows_of(res, idx) if len(idx) else None
+    for _ in range(GOODPUT_STEPS if len(idx) else 0):
         mid = (lo + hi) / 2.0
         t, p, tok = sub.load(np.exp2(mid))
-        ok = (t <= ts) & (p <= ps) & ok_lo
+        ok = (t <= ts) & (p <= ps)
         best = np.where(ok, np.maximum(best, tok), best)
         lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
     out[idx] = best

@@ -165,6 +165,21 @@ def test_allocate_water_filling():
     assert q.sum() == 7 and q.max() - q.min() <= 1
 
 
+def test_sampled_rows_have_plain_string_columns_with_blanks():
+    """Parquet dictionaries come back as plain strings (the string ones decoded by pyarrow,
+    others formatted by pandas), nulls as "", other columns untouched."""
+    import pyarrow as pa
+
+    table = pa.table({"device": pa.array(["h100_sxm", None, "b200_sxm", ""]).dictionary_encode(),
+                      "tier": pa.array([1, None, 2, 1]).dictionary_encode(),
+                      "tp": pa.array([1, 2, 4, 8]), "note": pa.array(["a", None, "c", "d"])})
+    df = rundata._plain(table)
+    assert df["device"].tolist() == ["h100_sxm", "", "b200_sxm", ""] and df["device"].dtype == "str"
+    assert df["tier"].tolist() == ["1", "", "2", "1"] and df["tier"].dtype == "str"
+    assert df["tp"].tolist() == [1, 2, 4, 8] and df["note"].isna().tolist() == [False, True, False, False]
+    assert rundata._plain(table.schema.empty_table()).dtypes.tolist() == df.dtypes.tolist()
+
+
 def test_nondominated_mask_matches_brute_force():
     rng = np.random.default_rng(3)
     v = rng.random((400, 3))

@@ -180,6 +180,23 @@ def test_sampled_rows_have_plain_string_columns_with_blanks():
     assert rundata._plain(table.schema.empty_table()).dtypes.tolist() == df.dtypes.tolist()
 
 
+def test_reason_counts_count_infeasible_rows_only():
+    """Per code and per text, most frequent first; a blank reason is "(unspecified)", a
+    missing one is not counted, feasible rows never are (dictionary or plain columns alike)."""
+    import pyarrow as pa
+
+    codes = ["memory", "slo", "memory", "", None, "memory", "slo"]
+    texts = ["does not fit", "TPOT over", "does not fit", "", None, "ok", "TPOT over"]
+    infeasible = np.array([True, True, True, True, True, False, True])
+    for encode in (False, True):
+        cols = {"infeasible_code": pa.array(codes), "infeasible_reason": pa.array(texts)}
+        light = pa.table({k: v.dictionary_encode() if encode else v for k, v in cols.items()})
+        got = rundata._reason_counts(light, infeasible)
+        assert got == {"by_code": {"memory": 2, "slo": 2, "(unspecified)": 1},
+                       "by_text": [("does not fit", 2), ("TPOT over", 2), ("(unspecified)", 1)]}, (encode, got)
+    assert rundata._reason_counts(light, np.zeros(7, bool)) == {"by_code": {}, "by_text": []}
+
+
 def test_nondominated_mask_matches_brute_force():
     rng = np.random.default_rng(3)
     v = rng.random((400, 3))

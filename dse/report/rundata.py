@@ -312,11 +312,16 @@ MAX_REASONS = 12
 
 def _reason_counts(light, infeasible: np.ndarray) -> dict[str, Any]:
     """Infeasible rows counted per reason code and per reason text (the most frequent)."""
+    import pyarrow as pa
+
     out: dict[str, Any] = {"by_code": {}, "by_text": []}
     for col, key in (("infeasible_code", "by_code"), ("infeasible_reason", "by_text")):
         if col not in light.column_names or not infeasible.any():
             continue
-        vals = pd.Series(light.column(col).to_pandas().astype(str).to_numpy()[infeasible])
+        rows = light.column(col).filter(pa.array(infeasible))     # the infeasible rows only, decoded by
+        if pa.types.is_dictionary(rows.type):                      # pyarrow: pandas' astype of the whole
+            rows = rows.cast(rows.type.value_type)                 # categorical was most of the counting
+        vals = pd.Series(rows.to_pandas().astype(str).to_numpy())
         vc = vals.where(vals != "", "(unspecified)").value_counts()
         out[key] = ({str(k): int(v) for k, v in vc.items()} if key == "by_code"
                     else [(str(k), int(v)) for k, v in vc.head(MAX_REASONS).items()])

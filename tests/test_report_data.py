@@ -222,6 +222,8 @@ def test_point_sets_and_scatter_series(run_dir):
         assert all("tp " in t and "batch " in t and ("×" in t or "GPUs" in t) for t in ps.text)
         if ps.group:
             assert all(ps.group in t for t in ps.text)
+        # built once per frame and cut per set: the text a set's own rows would get
+        assert ps.text.tolist() == fd.hover_text(ps.rows, rd.config_columns).tolist()
     assert all("infeasible: " in t for ps in sets if ps.role == "infeasible" for t in ps.text)
     assert all("bound by " in t for ps in sets if ps.role == "pareto" for t in ps.text)
 

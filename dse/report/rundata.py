@@ -182,8 +182,8 @@ def load_run(run_dir: str | Path, *, max_dominated: int = MAX_DOMINATED, max_inf
 
     pareto = pareto.copy()
     pareto["group"], background["group"] = choose_groups(pareto, background)
-    feas_bg = background["group"][background["feasible"].astype(bool)] if len(background) else []
-    groups = sorted(set(pareto["group"]) | set(feas_bg))
+    feas_bg = background["group"][background["feasible"].astype(bool)].unique() if len(background) else []
+    groups = sorted(set(pareto["group"].unique()) | set(feas_bg))
 
     validation = read_json(run_dir / VALIDATION_JSON) if (run_dir / VALIDATION_JSON).exists() else None
     rec = read_json(run_dir / RECOMMENDATION_JSON) if (run_dir / RECOMMENDATION_JSON).exists() else None
@@ -438,7 +438,7 @@ def choose_groups(pareto: pd.DataFrame, background: pd.DataFrame, max_groups: in
     feas = background["feasible"].astype(bool).to_numpy() if len(background) else np.zeros(0, bool)
     frames = (pareto, background)
     parts = [_label_parts(df) if len(df) else None for df in frames]
-    modes = set(_str(_col(pareto, "mode", "agg"), "agg")) | set(_str(_col(background, "mode", "agg"), "agg"))
+    modes = {m for p in parts if p is not None for m in p[0].unique()}   # set(Series) walks it in Python
     best, memo = None, {}
     for level, with_mode in (("roles", True), ("device", True), ("device", False), ("mode", False)):
         if with_mode and len(modes) < 2:

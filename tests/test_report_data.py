@@ -165,6 +165,38 @@ def test_allocate_water_filling():
     assert q.sum() == 7 and q.max() - q.min() <= 1
 
 
+def test_sampled_rows_have_plain_string_columns_with_blanks():
+    """Parquet dictionaries come back as plain strings (the string ones decoded by pyarrow,
+    others formatted by pandas), nulls as "", other columns untouched."""
+    import pyarrow as pa
+
+    table = pa.table({"device": pa.array(["h100_sxm", None, "b200_sxm", ""]).dictionary_encode(),
+                      "tier": pa.array([1, None, 2, 1]).dictionary_encode(),
+                      "tp": pa.array([1, 2, 4, 8]), "note": pa.array(["a", None, "c", "d"])})
+    df = rundata._plain(table)
+    assert df["device"].tolist() == ["h100_sxm", "", "b200_sxm", ""] and df["device"].dtype == "str"
+    assert df["tier"].tolist() == ["1", "", "2", "1"] and df["tier"].dtype == "str"
+    assert df["tp"].tolist() == [1, 2, 4, 8] and df["note"].isna().tolist() == [False, True, False, False]
+    assert rundata._plain(table.schema.empty_table()).dtypes.tolist() == df.dtypes.tolist()
+
+
+def test_reason_counts_count_infeasible_rows_only():
+    """Per code and per text, most frequent first; a blank reason is "(unspecified)", a
+    missing one is not counted, feasible rows never are (dictionary or plain columns alike)."""
+    import pyarrow as pa
+
+    codes = ["memory", "slo", "memory", "", None, "memory", "slo"]
+    texts = ["does not fit", "TPOT over", "does not fit", "", None, "ok", "TPOT over"]
+    infeasible = np.array([True, True, True, True, True, False, True])
+    for encode in (False, True):
+        cols = {"infeasible_code": pa.array(codes), "infeasible_reason": pa.array(texts)}
+        light = pa.table({k: v.dictionary_encode() if encode else v for k, v in cols.items()})
+        got = rundata._reason_counts(light, infeasible)
+        assert got == {"by_code": {"memory": 2, "slo": 2, "(unspecified)": 1},
+                       "by_text": [("does not fit", 2), ("TPOT over", 2), ("(unspecified)", 1)]}, (encode, got)
+    assert rundata._reason_counts(light, np.zeros(7, bool)) == {"by_code": {}, "by_text": []}
+
+
 def test_nondominated_mask_matches_brute_force():
     rng = np.random.default_rng(3)
     v = rng.random((400, 3))
@@ -190,6 +222,8 @@ def test_point_sets_and_scatter_series(run_dir):
         assert all("tp " in t and "batch " in t and ("×" in t or "GPUs" in t) for t in ps.text)
         if ps.group:
             assert all(ps.group in t for t in ps.text)
+        # built once per frame and cut per set: the text a set's own rows would get
+        assert ps.text.tolist() == fd.hover_text(ps.rows, rd.config_columns).tolist()
     assert all("infeasible: " in t for ps in sets if ps.role == "infeasible" for t in ps.text)
     assert all("bound by " in t for ps in sets if ps.role == "pareto" for t in ps.text)
 

@@ -92,3 +92,44 @@ def test_cli_sweep_with_its_report_imports_no_optimiser_solver_or_plotly_figures
     assert "plotly.colors" in mods                      # the palettes: the report did run
     assert not [m for m in mods if m.startswith(("plotly.graph_objs", "plotly.graph_objects", "plotly.io",
                                                  "plotly.basedatatypes"))], mods
+
+
+def test_cli_process_tuning_and_its_results_match_the_api(tmp_path):
+    """`dse` as the program (main reading sys.argv, numpy not yet imported) limits OpenBLAS to
+    one thread before numpy starts its pool (a value the user set is kept; not for the fits),
+    raises the collector's thresholds and freezes every object when the command returns; a
+    caller's main(argv) leaves its process alone. The sweep gives exactly the rows the library
+    gives in this process (a MoE scenario: the routing law's tensordot goes through BLAS)."""
+    import os
+
+    import pandas as pd
+
+    import dse
+    from dse.cli.main import GC_THRESHOLDS
+
+    path = tmp_path / "moe.yaml"
+    path.write_text("model: Qwen/Qwen3-235B-A22B-FP8\nworkload: {isl: 4000, osl: 1000}\n"
+                    "slos: {ttft_ms: 2000, tpot_ms: 30}\naxes: {device: [b200_sxm], batch_size: [1, 64]}\n"
+                    "modes: {agg: {tp: [4, 8], ep: [1, 8]}, disagg: {prefill_tp: [4], prefill_ep: [4], decode_tp: [8], "
+                    "decode_ep: [8]}}\nconstraints: {max_gpus: 16}\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def cli(args: list[str], program: bool = True, **extra: str) -> list:
+        call = f"sys.argv = ['dse', *{args!r}]\n    rc = main()" if program else f"rc = main({args!r})"
+        code = ("import contextlib, gc, io, json, os, sys\nfrom dse.cli.main import main\n"
+                f"with contextlib.redirect_stdout(io.StringIO()):\n    {call}\n"
+                "print(json.dumps([rc, os.environ.get('OPENBLAS_NUM_THREADS'), list(gc.get_threshold()), "
+                "gc.get_freeze_count() > 0]))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**env, **extra}).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    tuned = list(GC_THRESHOLDS)
+    assert cli(["sweep", str(path), "--out", str(tmp_path / "cli"), "--quiet"]) == [0, "1", tuned, True]
+    assert cli(["schema", "scenario"], OPENBLAS_NUM_THREADS="2") == [0, "2", tuned, True]
+    assert cli(["calibrate", "--kernels", str(tmp_path / "none"), "--device", "h100_sxm"])[1:] == [None, tuned, True]
+    assert cli(["schema", "scenario"], program=False) == [0, None, [700, 10, 10], False]
+    assert cli(["--version"]) == [0, None, [700, 10, 10], False]
+    api = dse.sweep(str(path), out=tmp_path / "api").configs()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cli" / "configs.parquet"), api, check_exact=True)
+    assert api["feasible"].any() and (api["mode"].astype(str) == "disagg").any()

@@ -232,29 +232,36 @@ def hover_metrics(rd: RunData) -> list[str]:
 
 def point_sets(rd: RunData, *, text_budget: int = TEXT_BUDGET) -> list[PointSet]:
     """The Pareto set per colour group, the sampled dominated rest per group and the
-    infeasible sample, each with its hover text and metrics (computed once)."""
+    infeasible sample, each with its hover text and metrics. Both are per row: they are
+    built once per frame and cut per set (built per set, their fixed cost was paid a
+    dozen times)."""
     hm = hover_metrics(rd)
 
-    def make(role: str, group: str, df: pd.DataFrame) -> PointSet:
+    def per_row(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         custom = np.column_stack([df[m].to_numpy(dtype=np.float32) if m in df else
                                   np.full(len(df), np.nan, np.float32) for m in hm]) if hm else \
             np.zeros((len(df), 0), np.float32)
-        return PointSet(key=f"{role}:{group}", role=role, group=group, rows=df,
-                        text=hover_text(df, rd.config_columns), custom=custom)
+        return hover_text(df, rd.config_columns), custom
+
+    def make(role: str, group: str, df: pd.DataFrame, mask: np.ndarray, rows: tuple) -> PointSet:
+        return PointSet(key=f"{role}:{group}", role=role, group=group, rows=df[mask], text=rows[0][mask],
+                        custom=rows[1][mask])
 
     out = []
     bg = rd.background
     feas = bg["feasible"].astype(bool).to_numpy() if len(bg) else np.zeros(0, bool)
+    bg_rows = per_row(bg) if len(bg) else None
     for g in rd.groups:
-        d = bg[feas & (bg["group"] == g).to_numpy()] if len(bg) else bg
-        if len(d):
-            out.append(make("dominated", g, d))
+        mask = feas & (bg["group"] == g).to_numpy() if len(bg) else feas
+        if mask.any():
+            out.append(make("dominated", g, bg, mask, bg_rows))
     if (~feas).any():
-        out.append(make("infeasible", "", bg[~feas]))
+        out.append(make("infeasible", "", bg, ~feas, bg_rows))
+    par_rows = per_row(rd.pareto) if len(rd.pareto) else None
     for g in rd.groups:
-        p = rd.pareto[rd.pareto["group"] == g]
-        if len(p):
-            out.append(make("pareto", g, p))
+        mask = (rd.pareto["group"] == g).to_numpy() if len(rd.pareto) else np.zeros(0, bool)
+        if mask.any():
+            out.append(make("pareto", g, rd.pareto, mask, par_rows))
     return _within_budget(out, text_budget)
 
 

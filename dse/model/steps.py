@@ -227,9 +227,6 @@ class PhaseSteps(LazyOps):
     only the breakdown reads (agg's prefill: its time is in the mixed steps) is then never
     priced by an evaluation that does not ask for one."""
 
-    def __init__(self, makers: dict):
-        super().__init__(makers)
-
     def make(self, k):
         return self.keys_of[k]()
 

@@ -325,9 +325,11 @@ def _goodput(res: serving.ModeResult, load, ttft_slo, tpot_slo, meets) -> np.nda
     t, p, tok = sub.load(np.ones(len(idx)))
     ok_lo = (t <= ts) & (p <= ps)
     # a row that fails with one user has goodput 0: only the others are bisected
+    if not ok_lo.any():
+        return out
     idx, ts, ps, lo, hi, best = idx[ok_lo], ts[ok_lo], ps[ok_lo], lo[ok_lo], hi[ok_lo], tok[ok_lo]
-    sub = serving.rows_of(res, idx) if len(idx) else None
-    for _ in range(GOODPUT_STEPS if len(idx) else 0):
+    sub = serving.rows_of(res, idx)
+    for _ in range(GOODPUT_STEPS):
         mid = (lo + hi) / 2.0
         t, p, tok = sub.load(np.exp2(mid))
         ok = (t <= ts) & (p <= ps)

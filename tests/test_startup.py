@@ -133,3 +133,13 @@ def test_cli_process_tuning_and_its_results_match_the_api(tmp_path):
     api = dse.sweep(str(path), out=tmp_path / "api").configs()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cli" / "configs.parquet"), api, check_exact=True)
     assert api["feasible"].any() and (api["mode"].astype(str) == "disagg").any()
+
+
+def test_python_m_dse_cli_runs_the_command_without_warnings():
+    """`python -m dse.cli` is the command without its script: same output, no RuntimeWarning."""
+    ok = subprocess.run([sys.executable, "-W", "error", "-m", "dse.cli", "--version"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("dse ") and ok.stderr == ""
+    bad = subprocess.run([sys.executable, "-m", "dse.cli", "sweep", "no_such_file.yaml"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no_such_file.yaml" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,7 +11,7 @@ from dse.errors import DSEError
 
 __all__ = ["build_parser", "main"]
 
-# When main is the program (the `dse` script, `python -m dse.cli.main`: it reads sys.argv and
+# When main is the program (the `dse` script, `python -m dse.cli`: it reads sys.argv and
 # nothing has imported numpy yet) the process is tuned for one short command; a caller's
 # process (a test, a notebook: main(argv)) is left as it is. Results depend on neither
 # (tests/test_startup.py).

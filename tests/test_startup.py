@@ -138,8 +138,8 @@ def test_cli_process_tuning_and_its_results_match_the_api(tmp_path):
 def test_python_m_dse_cli_runs_the_command_without_warnings():
     """`python -m dse.cli` is the command without its script, and Python warns of nothing."""
     ok = subprocess.run([sys.executable, "-W", "error", "-m", "dse.cli", "--version"],
-                        capture_output=True, text=True)
+                        cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("dse ") and ok.stderr == ""
     bad = subprocess.run([sys.executable, "-m", "dse.cli", "sweep", "no_such_file.yaml"],
-                         capture_output=True, text=True)
+                         cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "no_such_file.yaml" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

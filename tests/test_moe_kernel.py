@@ -69,3 +69,25 @@ def test_an_unknown_kernel_in_the_serving_file_is_a_one_line_error():
     with pytest.raises(DSEError, match=r"backends\.trtllm\.moe_kernel: expected one of '', 'min_latency'") as exc:
         parse_serving_runtime(doc)
     assert "\n" not in str(exc.value)
+
+
+def test_the_step_limit_is_the_evaluation_contexts_runtime_fact():
+    """The low-latency kernel's step limit comes from the Context the call carries
+    (runtime.yaml by default), not from the file the hardware table cached: a limit of 0
+    prices every step on the plain kernel, the shipped limit keeps the small steps fast."""
+    import dataclasses
+
+    from dse.deploy.columns import broadcast
+    from dse.deploy.context import make_context
+    from dse.deploy.evaluate import evaluate_columns
+
+    cfg = dict(model=MOE, device="b200_sxm", tp=8, ep=8, weight_dtype="fp4", kv_dtype="fp8", isl=1024,
+               osl=1024, backend="trtllm", batch_size=[4, 16])
+    cols, n, vocab = broadcast(cfg)
+    ctx = make_context(serving=_serving("min_latency"))
+    off = dataclasses.replace(ctx, runtime={**ctx.runtime, "moe_low_latency_tokens": 0})
+    shipped = evaluate_columns(cols, n, vocab, ctx, strict=True).tpot_ms.to_numpy()
+    none = evaluate_columns(cols, n, vocab, off, strict=True).tpot_ms.to_numpy()
+    np.testing.assert_allclose(shipped, _tpot("min_latency", batch_size=[4, 16]), rtol=1e-12)
+    np.testing.assert_allclose(none, _tpot("", batch_size=[4, 16]), rtol=1e-12)
+    assert (shipped < 0.95 * none).all()

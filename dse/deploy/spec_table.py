@@ -14,7 +14,6 @@ import numpy as np
 
 from dse.catalog import dtypes
 from dse.catalog.devices import get_device
-from dse.catalog.runtime import runtime as runtime_facts
 from dse.catalog.systems import get_system
 from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
@@ -68,7 +67,7 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: st
         if fam == "moe":      # the low-latency kernel's: the variant's where calibrated, else the plain ones
             for name, val in kernels.for_format(merged, f"{fmt}@{moe_kernel}" if moe_kernel else fmt).items():
                 row[f"{MOE_LOW}:{name}"] = float(val)
-            row[f"{MOE_LOW}:max_tokens"] = runtime_facts()["moe_low_latency_tokens"] if moe_kernel else -1.0
+            row[f"{MOE_LOW}:on"] = 1.0 if moe_kernel else 0.0     # its step limit: the Context's runtime (hw)
     return row
 
 
@@ -89,7 +88,8 @@ class SpecTable:
     @staticmethod
     def hw(cols: Mapping[str, np.ndarray], *, runtime: dict) -> Hw:
         """The model's hardware arrays from gathered columns and the runtime facts
-        (runtime.yaml, as the Context carries them) that price point-to-point hand-offs."""
+        (runtime.yaml, as the Context carries them) that price point-to-point hand-offs and
+        bound the steps the low-latency MoE kernel serves."""
         if isinstance(cols, Rows):
             params = {f: cols.family(f) for f in FAMILIES + (MOE_LOW,)}
         else:
@@ -101,4 +101,5 @@ class SpecTable:
         return Hw(peak_gemm=cols["peak_gemm"], peak_attn=cols["peak_attn"], peak_bf16=cols["peak_bf16"],
                   mem_tb_s=cols["mem_tb_s"], scaleup_gb_s=cols["scaleup_gb_s"],
                   scaleout_gb_s=cols["scaleout_gb_s"], domain=cols["domain"], params=params,
-                  hop_ms=float(runtime["p2p_hop_ms"]), kv_handoff_ms=float(runtime["kv_handoff_ms"]))
+                  hop_ms=float(runtime["p2p_hop_ms"]), kv_handoff_ms=float(runtime["kv_handoff_ms"]),
+                  moe_low_tokens=float(runtime["moe_low_latency_tokens"]))

@@ -48,13 +48,15 @@ class Hw:
     params: dict               # calibration: family -> name -> array (formats already picked)
     hop_ms: float              # fixed latency of one point-to-point hand-off (runtime.yaml p2p_hop_ms)
     kv_handoff_ms: float       # fixed handshake of one KV-cache transfer (runtime.yaml kv_handoff_ms)
+    moe_low_tokens: float = -1.0   # largest step the MOE_LOW kernel serves (runtime.yaml moe_low_latency_tokens)
     # m-free GEMM parts by weight matrix, kept for the next step priced on this hardware
     # (a Hw is treated as immutable once priced, as a Step is)
     consts: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 # the parameter family of the low-latency MoE kernel a row's engine runs on small steps, with
-# its "max_tokens" (the largest step it serves; below 0 = none): dse.deploy.spec_table fills it
+# "on" (1 where the row's engine runs it, else 0; steps of at most Hw.moe_low_tokens tokens):
+# dse.deploy.spec_table fills it
 MOE_LOW = "moe_low"
 
 
@@ -350,7 +352,7 @@ def _ffn(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, hw: Hw, par: Parall
     hit, imbalance = _routing(t_all, f, par, skew)
     t_moe = _moe_ms(t_all, h, f, par, skew, hw, dt, hw.params["moe"], imbalance, hit)
     low = hw.params.get(MOE_LOW)
-    small = t_all <= low["max_tokens"] if f.gated and low else False
+    small = (t_all <= hw.moe_low_tokens) & (low["on"] > 0) if f.gated and low else False
     if np.any(small):       # a small step runs the engine's low-latency kernel (its own parameters)
         t_moe = np.where(small, _moe_ms(t_all, h, f, par, skew, hw, dt, low, imbalance, hit), t_moe)
     group = par.moe_group

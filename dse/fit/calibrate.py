@@ -228,12 +228,12 @@ RECIPES: dict[str, Recipe] = {
         _args_generation_attention,
         {"eff_memory": (0.85, 0.2, 1.0), "eff_compute": (0.3, 0.01, 1.0),
          "tile_slots": (132.0, 16.0, 2048.0), "block_tokens": (256.0, 16.0, 65536.0),
-         "cta_us": (1.0, 0.01, 50.0), "cta_bw_frac": (0.01, 1e-4, 0.5),
+         "cta_us": (1.0, 0.01, 50.0), "mha_cta_us": (1.0, 0.01, 50.0), "cta_bw_frac": (0.01, 1e-4, 0.5),
          "cta_heads": (8.0, 1.0, 128.0), "ramp_us": (5.0, 0.01, 100.0),
          "ramp_mb": (30.0, 0.1, 2000.0), "floor_us": (8.0, 0.5, 50.0),
          "eff_fallback": (0.01, 1e-4, 0.2)},
         grid={"max_group": (16.0, 32.0, 64.0)},
-        per_format=("floor_us", "cta_heads")),       # format = KV-cache dtype here
+        per_format=("floor_us", "cta_heads", "cta_us", "mha_cta_us")),       # format = KV-cache dtype here
     "moe": Recipe(
         _args_moe,
         {"eff_compute": (0.6, 0.05, 1.0), "eff_memory": (0.75, 0.1, 1.0),

@@ -3,7 +3,7 @@ jointly on several devices' measured tables, so that a device nobody measured (H
 GB200, B300, H20, ...) is priced from its spec sheet.
 
 Why: a per-device fit says what one GPU does; the rule says what the hardware family
-does per unit of spec (tiles per SM, a decode CTA's stream rate in GB/s, efficiencies
+does per unit of spec (tiles per SM, a decode CTA's stream rate as a share of the bandwidth, efficiencies
 as fractions of the spec peak of each format, latency floors in clock cycles -- the forms are in
 `dse.deploy.kernel_params.FORMS`). The test of a rule is a device it was not fitted on,
 so `leave_one_out` fits on all devices but one and predicts that one, for every
@@ -42,7 +42,7 @@ __all__ = ["Prepared", "prepare", "fit_rules", "sibling_of", "leave_one_out", "f
            "cached_leave_one_out", "write", "loo_lines", "main"]
 
 # Bounds of the rule-unit parameters whose raw bounds depend on the device.
-RULE_BOUNDS = {"per_sm": (0.05, 16.0), "cta_gb_s": (0.5, 5000.0), "us_at_bw": (0.01, 2000.0),
+RULE_BOUNDS = {"per_sm": (0.05, 16.0), "us_at_bw": (0.01, 2000.0),
                "k_cycles": (0.5, 500.0)}
 
 

@@ -238,31 +238,42 @@ def attn_decode_ms(batch: ArrayLike, kv_len: ArrayLike, num_heads: ArrayLike,
     """One decode step: each of `batch` sequences reads its kv_len cached tokens.
 
     Memory bound: bytes = batch x kv_len x kv_elems x kv_bytes (+ q and o), at best
-    streamed at eff_memory of the bandwidth. The work is cut into CTAs, one per
-    (sequence, KV head) -- or per cta_heads query heads of it -- and, for long
-    contexts, per block of block_tokens (split-KV "multi-block" mode, at most enough
-    blocks to fill tile_slots). One CTA streams at
-    most cta_bw_frac of the memory bandwidth and pays cta_us of setup; CTAs run tile_slots at a time. So few
-    sequences (cannot fill the GPU) and many short ones (setup dominates) are both
-    slower than the bandwidth roofline. The fused kernel serves up to max_group query
-    heads per KV head on tensor cores; larger groups (MQA-like, when `kv_heads` is
-    given) fall back to a CUDA-core path at eff_fallback of the peak.
+    streamed at eff_memory of the bandwidth. Two kernels serve it (TensorRT-LLM's XQA and
+    masked-MHA, as other engines have a grouped and a per-head decode kernel): the fused
+    GQA kernel cuts the work into CTAs of one (sequence, KV head) -- or cta_heads query
+    heads of it -- and serves up to max_group query heads per KV head on tensor cores;
+    the MHA kernel, which runs one query head per KV head and (when `kv_heads` is given)
+    groups larger than max_group, cuts it into a CTA per (sequence, query head), on CUDA
+    cores at eff_fallback of the peak for those large groups. Long contexts are also cut
+    into blocks of block_tokens (split-KV "multi-block" mode, at most enough blocks to
+    fill tile_slots). One CTA streams at most cta_bw_frac of the memory bandwidth and
+    pays its kernel's set-up (cta_us, mha_cta_us); CTAs run tile_slots at a time. So few
+    sequences (cannot fill the GPU) and many short ones (set-up dominates) are both
+    slower than the bandwidth roofline. Without mha_cta_us (an older calibration) every
+    row takes the GQA kernel's CTAs.
     """
     b, ctx, h = _f(batch), _f(kv_len), _f(num_heads)
     dqk, dv = _f(qk_dim), _f(v_dim)
     nbytes = b * ctx * _f(kv_elems_per_token) * _f(kv_bytes) + b * h * (dqk + dv) * 2.0
     groups = (_f(kv_heads) if kv_heads is not None
               else np.maximum(_f(kv_elems_per_token) / (dqk + dv), 1.0))
+    g = h / groups
     t_stream = nbytes / (_f(mem_tb_s) * 1e12 * _f(p["eff_memory"]))
     slots = _f(p["tile_slots"])
-    # one CTA serves up to cta_heads query heads of one KV group
-    items = b * groups * np.ceil(h / groups / np.minimum(_f(p["cta_heads"]), h / groups))
+    fallback = (g > _f(p["max_group"])) if kv_heads is not None else False
+    # the MHA kernel (one query head per KV head, or a group too large for the fused
+    # kernel) runs a CTA per query head with its own set-up; the fused GQA kernel a CTA
+    # per cta_heads query heads of one KV head
+    items = b * groups * np.ceil(g / np.minimum(_f(p["cta_heads"]), g))
+    cta_us = _f(p["cta_us"])
+    mha = (g <= 1.0) | fallback if "mha_cta_us" in p else False
+    if np.any(mha):
+        items, cta_us = np.where(mha, b * h, items), np.where(mha, _f(p["mha_cta_us"]), cta_us)
     blocks = np.clip(np.floor(slots / items), 1.0, np.ceil(ctx / _f(p["block_tokens"])))
     ctas = items * blocks
-    t_cta = _f(p["cta_us"]) * 1e-6 + nbytes / ctas / (_f(mem_tb_s) * 1e12 * _f(p["cta_bw_frac"]))
+    t_cta = cta_us * 1e-6 + nbytes / ctas / (_f(mem_tb_s) * 1e12 * _f(p["cta_bw_frac"]))
     t_memory = np.maximum(t_stream, np.ceil(ctas / slots) * t_cta)
     flops = 2.0 * b * h * ctx * (dqk + dv)
-    fallback = (h / groups > _f(p["max_group"])) if kv_heads is not None else False
     eff = np.where(fallback, _f(p["eff_fallback"]), _f(p["eff_compute"]))
     t_compute = flops / (_f(peak_tflops) * 1e12 * eff)
     # the memory pipeline takes a while to reach its stream rate

@@ -134,7 +134,8 @@ def serving_cross_system() -> dict:
 
 
 # MoE kernel variants a backend may run on small steps: "" = none (the plain grouped GEMM),
-# else a variant the kernel tables measure (dse.fit.calibrate.MOE_VARIANTS' names)
+# else a low-latency variant the kernel tables measure (one of dse.fit.calibrate.MOE_VARIANTS'
+# names; its "nongated" variant belongs to relu^2 experts, not to a backend's choice)
 MOE_KERNELS = ("", "min_latency")
 
 

@@ -33,7 +33,7 @@ FORMS: dict[str, dict[str, str]] = {
     "gemm": {"tile_slots": "per_sm", "floor_us": "k_cycles"},
     "context_attention": {"tile_slots": "per_sm"},
     # cta_bw_frac stays a fraction of the bandwidth (a device-free number of CTAs saturates
-    # it): leave-one-device-out 21.0 % mean against 24.0 % as GB/s per CTA (2026-12-02)
+    # it): leave-one-device-out 21.0 % mean against 23.9 % as GB/s per CTA (2026-12-02)
     "generation_attention": {"tile_slots": "per_sm", "ramp_mb": "us_at_bw",
                              "floor_us": "k_cycles"},
     "moe": {"floor_us": "k_cycles"}, "nccl": {}, "custom_allreduce": {},

@@ -295,7 +295,7 @@ def _pareto_quantile(q: np.ndarray, alpha: np.ndarray, lo: np.ndarray, hi: np.nd
                      powers: tuple | None = None) -> np.ndarray:
     """Quantile q of the power law on [lo, hi]; `powers`: _quantile_powers of the same law."""
     powers = powers or _quantile_powers(alpha, lo, hi)
-    if powers is not None:      # no row at skew 1 (the fitted default is 0.8): the power branch alone, over nodes x rows
+    if powers is not None:      # no row at skew 1 (the fitted default is 0.8): the power branch alone
         span, low, inv = powers
         return np.abs(span * q + low) ** inv
     a1 = 1.0 - alpha

@@ -148,8 +148,9 @@ def _errors(p: Prepared, raw: Mapping[str, float]) -> dict[str, float]:
 
 def data_hash(family: str, data: list[Prepared]) -> str:
     """What a fit of `family` on `data` depends on: the tables' bytes, the spec figures the
-    model reads, the kernel model's source, the recipe (how a table becomes model arguments
-    too: its dtype and kernel-variant maps) and the forms."""
+    model reads, the kernel model's source, how a table becomes model arguments (the
+    calibrate module's source, and the dtype / kernel-variant maps as they stand), the
+    recipe and the forms."""
     h = hashlib.sha256()
     for p in sorted(data, key=lambda q: q.device.id):
         d = p.device
@@ -158,7 +159,7 @@ def data_hash(family: str, data: list[Prepared]) -> str:
                        KP.clock_ghz(d))).encode())
     recipe = C.RECIPES[family]
     h.update(inspect.getsource(C.K).encode())
-    h.update(inspect.getsource(recipe.prepare).encode())
+    h.update(inspect.getsource(C).encode())
     h.update(repr((C.GEMM_DTYPES, C.MOE_DTYPES, C.MOE_VARIANTS, C.KV_BYTES, C.NCCL_OPS, C.NCCL_ELEMENT_BYTES,
                    C.LOSS_CAP)).encode())
     h.update(repr((sorted(recipe.free.items()), sorted(recipe.grid.items()), recipe.per_format,

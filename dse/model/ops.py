@@ -48,7 +48,7 @@ class Hw:
     params: dict               # calibration: family -> name -> array (formats already picked)
     hop_ms: float              # fixed latency of one point-to-point hand-off (runtime.yaml p2p_hop_ms)
     kv_handoff_ms: float       # fixed handshake of one KV-cache transfer (runtime.yaml kv_handoff_ms)
-    moe_low_tokens: float = -1.0   # largest step the MOE_LOW kernel serves (runtime.yaml moe_low_latency_tokens)
+    moe_low_tokens: float      # largest step the MOE_LOW kernel serves (runtime.yaml moe_low_latency_tokens)
     # m-free GEMM parts by weight matrix, kept for the next step priced on this hardware
     # (a Hw is treated as immutable once priced, as a Step is)
     consts: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)

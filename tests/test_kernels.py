@@ -284,6 +284,27 @@ def test_defaults_file_has_provenance_and_every_family():
     assert default_params()["gemm"]["eff_compute"] == 0.8
 
 
+def test_defaults_off_fit_list_is_what_the_fits_say():
+    """The defaults' provenance names every key more than 10 % from the fit it was rounded from.
+
+    A refit that moves a fit away from its default (or back) makes the recorded list untrue: this
+    fails until the list is corrected (fp4 keys are checked against b200_sxm, the rest h100_sxm)."""
+    from dse.deploy.kernel_params import calibration_dir, defaults_path
+    doc = yaml.safe_load(defaults_path().read_text())
+    fits = {d: yaml.safe_load((calibration_dir() / f"{d}.yaml").read_text())["params"] for d in ("h100_sxm", "b200_sxm")}
+    off, n = set(), 0
+    for fam, kv in doc["params"].items():
+        for key, default in kv.items():
+            fit = fits["b200_sxm" if key.endswith(".fp4") else "h100_sxm"].get(fam, {}).get(key)
+            if fit is None:
+                continue
+            n += 1
+            if abs(default - fit) > 0.1 * abs(fit):
+                off.add(f"{fam}.{key}")
+    assert n >= 60
+    assert off == set(doc["provenance"]["off_fit"])
+
+
 def test_bad_calibration_file_is_one_line_error(tmp_path, monkeypatch):
     from dse.deploy import kernel_params
     (tmp_path / "h100_sxm.yaml").write_text("params:\n  gemm:\n    eff_compute: fast\n")

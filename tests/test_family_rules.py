@@ -97,7 +97,8 @@ def test_device_without_any_sibling_gets_the_pure_rule(tmp_path):
     rules = KP.load_rules()["rules"]
     assert got["gemm"]["tile_slots"] == pytest.approx(rules["gemm"]["tile_slots"] * 66)
     assert got["nccl"] == pytest.approx(rules["nccl"])
-    assert got["unfitted"] == KP.default_params()["unfitted"]
+    assert got["unfitted"] == {"eff_compute": got["gemm"]["eff_compute"],   # the rule's own, derived
+                               "eff_memory": got["generation_attention"]["eff_memory"]}
 
 
 def test_bad_carry_is_one_line_error(tmp_path, monkeypatch):

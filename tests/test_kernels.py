@@ -266,44 +266,63 @@ def test_uncalibrated_device_is_built_from_rules_and_sibling(tmp_path):
     got = calibrate.load_params(str(lonely))
     for fam in calibrate.FAMILIES:
         assert got[fam] == pytest.approx(KP.from_rule(fam, rules["rules"][fam], H100), rel=1e-12)
-    assert got["unfitted"] == KP.default_params()["unfitted"]
+    assert got["unfitted"] == {"eff_compute": got["gemm"]["eff_compute"],   # the rule's own, derived
+                               "eff_memory": got["generation_attention"]["eff_memory"]}
 
 
 def test_defaults_file_has_provenance_and_every_family():
-    """The hand-chosen defaults say where they come from and cover every family the engine reads."""
+    """The defaults say where they come from and cover every family the engine reads
+    (`unfitted` is derived per device, not carried)."""
     from dse.deploy.kernel_params import default_params, defaults_path
     from dse.deploy.spec_table import FAMILIES
     doc = yaml.safe_load(defaults_path().read_text())
-    assert {"chosen_by", "method", "checked_against", "unfitted"} <= set(doc["provenance"])
-    assert "hand" in doc["provenance"]["chosen_by"]
+    assert {"tool", "method", "sources", "clock_ghz"} <= set(doc["provenance"])
+    assert doc["provenance"]["tool"] == "python -m dse.fit.defaults"
     d = default_params()
-    assert set(FAMILIES) <= set(d)
-    assert d["unfitted"] == {"eff_compute": 0.5, "eff_memory": 0.8}
-    assert d["gemm"]["eff_compute"] == 0.8 and d["moe"]["floor_us.int4"] == 50.0   # moved unchanged
+    assert set(FAMILIES) - {"unfitted"} <= set(d) and "unfitted" not in d
     d["gemm"]["eff_compute"] = 0.0                    # a copy: the cached defaults stay put
-    assert default_params()["gemm"]["eff_compute"] == 0.8
+    assert default_params()["gemm"]["eff_compute"] > 0.5
 
 
-def test_defaults_off_fit_list_is_what_the_fits_say():
-    """The defaults' provenance names every key more than 10 % from the fit it was rounded from.
-
-    A refit that moves a fit away from its default (or back) makes the recorded list untrue: this
-    fails until the list is corrected (fp4 keys are checked against b200_sxm, the rest h100_sxm)."""
-    from dse.deploy.kernel_params import calibration_dir, defaults_path
-    doc = yaml.safe_load(defaults_path().read_text())
-    fits = {d: yaml.safe_load((calibration_dir() / f"{d}.yaml").read_text())["params"]   # the fit files' own numbers,
-            for d in ("h100_sxm", "b200_sxm")}                                           # not their fill-ins
-    off, n = set(), 0
-    for fam, kv in doc["params"].items():
-        for key, default in kv.items():
-            fit = fits["b200_sxm" if key.endswith(".fp4") else "h100_sxm"].get(fam, {}).get(key)
-            if fit is None:
-                continue
+def test_defaults_are_what_the_fits_give():
+    """Every default is the reference fit's value (fp4 keys: b200_sxm's), rounded: a refit
+    that is not followed by `python -m dse.fit.defaults` fails here."""
+    from dse.deploy.kernel_params import calibration_dir, default_params
+    from dse.fit import defaults as D
+    built = D.build()["params"]
+    assert built == default_params()
+    fits = {d: yaml.safe_load((calibration_dir() / f"{d}.yaml").read_text())["params"]
+            for d in (D.REFERENCE, D.FP4_FROM)}
+    n = 0
+    for fam, kv in built.items():
+        for key, val in kv.items():
+            fit = fits[D.FP4_FROM if key.endswith(".fp4") else D.REFERENCE][fam][key]
+            assert val == pytest.approx(fit, rel=5e-4), (fam, key)
             n += 1
-            if abs(default - fit) > 0.1 * abs(fit):
-                off.add(f"{fam}.{key}")
-    assert n >= 60
-    assert off == set(doc["provenance"]["off_fit"])
+    assert n == sum(map(len, D.KEYS.values())) >= 60
+
+
+def test_defaults_refuse_a_fit_without_a_carried_key(tmp_path):
+    """A reference fit that lost a key the defaults carry is an error naming file and key."""
+    from dse.deploy.kernel_params import calibration_dir
+    from dse.fit import defaults as D
+    for d in (D.REFERENCE, D.FP4_FROM):
+        doc = yaml.safe_load((calibration_dir() / f"{d}.yaml").read_text())
+        if d == D.REFERENCE:
+            del doc["params"]["moe"]["floor_us.int4"]
+        (tmp_path / f"{d}.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(DSEError, match=r"h100_sxm\.yaml: params\.moe\.floor_us\.int4: expected a fitted value"):
+        D.build(tmp_path)
+
+
+def test_unfitted_kernels_take_the_devices_own_efficiencies():
+    """The roofline of kernels no table measures runs at the device's fitted GEMM compute and
+    decode-attention streaming efficiencies (so L40S and B200 differ), not one typed-in pair."""
+    got = {d: calibrate.load_params(d) for d in ("h100_sxm", "l40s", "b200_sxm")}
+    for d, p in got.items():
+        assert p["unfitted"] == {"eff_compute": p["gemm"]["eff_compute"],
+                                 "eff_memory": p["generation_attention"]["eff_memory"]}, d
+    assert got["l40s"]["unfitted"] != got["b200_sxm"]["unfitted"]
 
 
 def test_bad_calibration_file_is_one_line_error(tmp_path, monkeypatch):

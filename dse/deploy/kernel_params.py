@@ -5,7 +5,8 @@ calibrated device by `dse.fit.family_rules`) and its own spec sheet -- either th
 rule or its `calibration_from` device's fit carried over through the same spec
 normalisation, whichever the rules file's leave-one-device-out evidence chose per
 family. Families neither covers come from hardware/calibration/defaults.yaml
-(hand-chosen; its provenance says from what).
+(written from the shipped fits by `python -m dse.fit.defaults`). The `unfitted` family (the
+roofline of kernels no table measures) follows from the device's own fitted families.
 
 Why a normalisation: a raw fitted number such as "tile_slots: 72" is a property of one
 GPU; "0.55 tiles per SM" carries to a GPU with another SM count. FORMS names, per
@@ -108,7 +109,7 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
     own = _calibration(device.id)
     if own is not None:
         params.update(own)
-        return params
+        return _with_unfitted(params)
     sib = _calibration(device.calibration_from) if device.calibration_from else None
     sibling = (get_device(device.calibration_from), sib) if sib is not None else None
     rules = load_rules()
@@ -120,6 +121,18 @@ def load_params(device_id: str) -> dict[str, dict[str, float]]:
         # the rules file's carry, chosen on devices of other architectures, decides the rest
         carry = dict.fromkeys(set(sibling[1]), "sibling")
     params.update(carried_params(device, rules.get("rules", {}), sibling, carry))
+    return _with_unfitted(params)
+
+
+def _with_unfitted(params: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """params with the `unfitted` family (unless a file gives it): the roofline efficiencies
+    of the kernels no measured table covers (gated-delta-net recurrence, the DSA indexer),
+    taken as the device's fitted large-shape GEMM efficiency (compute) and decode-attention
+    streaming efficiency (memory), so that they are the device's, not a typed-in guess."""
+    if "unfitted" not in params:
+        fill = _defaults()
+        gemm, attn = ({**fill[f], **params.get(f, {})} for f in ("gemm", "generation_attention"))
+        params["unfitted"] = {"eff_compute": gemm["eff_compute"], "eff_memory": attn["eff_memory"]}
     return params
 
 

@@ -94,3 +94,36 @@ def test_the_step_limit_is_the_evaluation_contexts_runtime_fact():
     np.testing.assert_allclose(shipped, _tpot("min_latency", batch_size=[4, 16]), rtol=1e-12)
     np.testing.assert_allclose(none, _tpot("", batch_size=[4, 16]), rtol=1e-12)
     assert (shipped < 0.95 * none).all()
+
+
+def test_an_mxfp4_checkpoint_is_marked_and_an_nvfp4_one_is_not():
+    from dse.catalog.models import get_model
+    assert get_model("openai/gpt-oss-120b").mxfp4 and get_model("openai/gpt-oss-120b").native_dtype == "fp4"
+    assert not get_model("nvidia/DeepSeek-R1-NVFP4").mxfp4 and not get_model(MOE).mxfp4
+
+
+def test_mxfp4_experts_on_b200_are_priced_as_the_tables_w4a8_kernel_fit():
+    """gpt-oss's experts at fp4 on B200 run the MXFP4 x MXFP8 grouped GEMM the B200 table times
+    at gpt-oss's shapes (w4a8_mxfp4_mxfp8): the engine's MoE figures for that row key give the
+    calibration's prediction of those very rows (its efficiency restated against the fp4 peak)."""
+    from dse.deploy.spec_table import _pair_row
+    from dse.fit.calibrate import _args_moe
+    from dse.model import kernels as K
+    _, df = read_tables(f"{KERNELS}/b200_sxm")["moe"]
+    df = df[df.moe_dtype == "w4a8_mxfp4_mxfp8"]
+    assert len(df) >= 20
+    device = get_device("b200_sxm")
+    want = predict("moe", df, device, load_params("b200_sxm")["moe"])
+    row = _pair_row("b200_sxm", "fp4", False, "", True)
+    p = {k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("moe:")}
+    _, args, _ = _args_moe(df, device)
+    got = K.moe_ms(**{**args, "peak_tflops": row["peak_gemm"]}, p=p)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    plain = _pair_row("b200_sxm", "fp4", False, "", False)
+    assert plain["moe:floor_us"] > 1.5 * row["moe:floor_us"]     # the NVFP4 kernel's fixed cost is not gpt-oss's
+
+
+@pytest.mark.parametrize("device", ["h100_sxm", "h200_sxm"])
+def test_mxfp4_changes_nothing_where_there_are_no_fp4_tensor_cores(device):
+    from dse.deploy.spec_table import _pair_row
+    assert _pair_row(device, "fp4", True, "min_latency", True) == _pair_row(device, "fp4", True, "min_latency", False)

@@ -128,6 +128,7 @@ class Model:
     mtp_heads: int = 0        # multi-token-prediction layers the checkpoint ships (draft heads for speculative decoding)
     max_context: int = 0      # longest prompt + output the checkpoint serves (0 = the config does not say)
     weight_block: tuple[int, int] = ()  # (block_n, block_k) of block-scaled FP8 weights; () = none
+    mxfp4: bool = False       # the checkpoint ships MXFP4 weights (quant_method mxfp4: gpt-oss), not NVFP4
 
     @property
     def num_layers(self) -> int:
@@ -221,9 +222,13 @@ def _layer_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
-def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
+def _quant_method(cfg: dict[str, Any]) -> tuple[dict, str]:
     q = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config") or {}
-    method = str(q.get("quant_method", "")).lower() if isinstance(q, dict) else ""
+    return q, str(q.get("quant_method", "")).lower() if isinstance(q, dict) else ""
+
+
+def _native_dtype(cfg: dict[str, Any], model_id: str) -> str:
+    q, method = _quant_method(cfg)
     text = json.dumps(q).lower() if q else ""
     if method == "mxfp4" or "nvfp4" in text or "fp4" in model_id.lower():
         return "fp4"
@@ -486,4 +491,5 @@ def _parse(cfg: dict[str, Any], *, model_id: str, source: str, where: str) -> Mo
                  native_dtype=_native_dtype(top, model_id), model_type=mtype, source=source,
                  mtp_heads=opt("num_nextn_predict_layers", "mtp_num_hidden_layers")
                  or (opt("num_mtp_modules") if keys.flag("use_mtp") else 0),
-                 max_context=_max_context(keys, top, mtype), weight_block=_weight_block(top, where))
+                 max_context=_max_context(keys, top, mtype), weight_block=_weight_block(top, where),
+                 mxfp4=_quant_method(top)[1] == "mxfp4")

@@ -188,7 +188,7 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
     n_p = len(pools_r)
     wd = model.native_dtype if weight_dtype == "native" else dtypes.normalize(weight_dtype, field="weight_dtype")
     kv_b = dtypes.BYTES[dtypes.normalize(kv_dtype, field="kv_dtype")]
-    table = SpecTable([(p.device, wd, kv_b < 2.0) for p in pools_r])
+    table = SpecTable([(p.device, wd, kv_b < 2.0, "", model.mxfp4) for p in pools_r])
     hwc = table.gather(np.arange(n_p))
     rt = runtime() if rt is None else rt
     hw = SpecTable.hw(hwc, runtime=rt)

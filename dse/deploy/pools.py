@@ -143,7 +143,7 @@ def _structure_errors_once(model: Model, reasons: Reasons, tp, dp, ep, holds: st
 
 
 @functools.lru_cache(maxsize=64)
-def _spec_table(pairs: tuple[tuple[str, str, bool, str], ...]) -> SpecTable:
+def _spec_table(pairs: tuple[tuple[str, str, bool, str, bool], ...]) -> SpecTable:
     return SpecTable(list(pairs))
 
 
@@ -179,7 +179,7 @@ class Pools:
         lut[pairs] = np.arange(pairs.size)
         pair_idx = lut[code]
         keys = tuple((str(self.vocab["device"][p // nk // 2 // nw]), self.wd_names[p // nk // 2 % nw],
-                      bool(p // nk % 2), self.moe_names[p % nk]) for p in pairs)
+                      bool(p // nk % 2), self.moe_names[p % nk], self.model.mxfp4) for p in pairs)
         hwc = _spec_table(keys).gather(pair_idx)
         w_bytes = np.array([dtypes.BYTES[k[1]] for k in keys])[pair_idx]
         return hwc, code, w_bytes

@@ -33,10 +33,35 @@ FAMILIES = ("gemm", "context_attention", "generation_attention", "moe", "nccl", 
 ATTENTION = ("context_attention", "generation_attention")
 
 
+def moe_format(fmt: str, mxfp4: bool) -> str:
+    """The MoE kernel's format key: an MXFP4 checkpoint's experts served at fp4 on fp4 tensor
+    cores run the MXFP4 x MXFP8 grouped GEMM (the kernel tables' w4a8_mxfp4_mxfp8 rows, timed
+    at gpt-oss's shapes on B200), not the NVFP4 one; where no device measured it the key falls
+    back along kernels.format_chain (w4a8 -> fp8)."""
+    return "w4a8" if mxfp4 and fmt == "fp4" else fmt
+
+
+def _moe_rows(merged: dict, dev, fmt: str, mxfp4: bool, moe_kernel: str) -> dict:
+    """The MoE family's figures and the low-latency kernel's (MOE_LOW: the variant's where
+    calibrated, else the plain ones). A kernel whose math runs in another format than the
+    weights' (MXFP4 x MXFP8: fp8 math) was fitted against that format's peak; the engine
+    prices MoE at the weights' peak, so its efficiency is restated against that one."""
+    mfmt = moe_format(fmt, mxfp4)
+    math = dev.compute_dtype(next(k for k in kernels.format_chain(mfmt) if k in dtypes.COMPUTE_FALLBACK))
+    scale = dev.peak_tflops[math] / dev.peak_tflops[fmt]
+    out = {}
+    for fam, key in (("moe", mfmt), (MOE_LOW, f"{mfmt}@{moe_kernel}" if moe_kernel else mfmt)):
+        for name, val in kernels.for_format(merged, key).items():
+            out[f"{fam}:{name}"] = float(val) * (scale if name == "eff_compute" else 1.0)
+    out[f"{MOE_LOW}:on"] = 1.0 if moe_kernel else 0.0     # its step limit: the Context's runtime (hw)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
-def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: str = "") -> dict:
-    """Hardware figures of one (device, weight format, KV format, MoE kernel variant); cached:
-    files are read once per process."""
+def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: str = "",
+              mxfp4: bool = False) -> dict:
+    """Hardware figures of one (device, weight format, KV format, MoE kernel variant, MXFP4
+    checkpoint?); cached: files are read once per process."""
     dev = get_device(device_id)
     sys_ = get_system(dev.system)
     fmt = dev.compute_dtype(w_dtype)
@@ -62,12 +87,11 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: st
     }
     for fam in FAMILIES:
         merged = {**defaults.get(fam, {}), **params.get(fam, {})}   # a file's family may lack keys
+        if fam == "moe":
+            row.update(_moe_rows(merged, dev, fmt, mxfp4, moe_kernel))
+            continue
         for name, val in kernels.for_format(merged, attn_fmt if fam in ATTENTION else fmt).items():
             row[f"{fam}:{name}"] = float(val)
-        if fam == "moe":      # the low-latency kernel's: the variant's where calibrated, else the plain ones
-            for name, val in kernels.for_format(merged, f"{fmt}@{moe_kernel}" if moe_kernel else fmt).items():
-                row[f"{MOE_LOW}:{name}"] = float(val)
-            row[f"{MOE_LOW}:on"] = 1.0 if moe_kernel else 0.0     # its step limit: the Context's runtime (hw)
     return row
 
 

@@ -373,3 +373,17 @@ def test_fit_is_deterministic():
     first = calibrate.fit_family("custom_allreduce", df, H100)
     assert first == calibrate.fit_family("custom_allreduce", df, H100)
     assert first["one_shot"] == 1.0          # small messages take TensorRT-LLM's one-shot path
+
+
+def test_the_lm_head_runs_the_bf16_kernel_whatever_the_weight_format():
+    """Checkpoints keep the LM head in bf16: on an fp4 or fp8 row it is the same bf16 GEMM
+    (bf16 bytes, peak and fitted bf16 parameters), so its time does not depend on the format
+    of the other weights (it did: the row format's efficiencies priced the bf16 matrix)."""
+    import dse
+    cfg = dict(model="meta-llama/Llama-3.1-8B", device="b200_sxm", tp=1, batch_size=64, isl=1024, osl=256,
+               kv_dtype="fp8", backend="trtllm")
+    ops = {w: dse.explain(weight_dtype=w, **cfg)[1] for w in ("bf16", "fp8", "fp4")}
+    head = {w: float(o.query("phase == 'decode' and op == 'lm_head'").time_ms.iloc[0]) for w, o in ops.items()}
+    proj = {w: float(o.query("phase == 'decode' and op == 'attn_proj'").mbytes.iloc[0]) for w, o in ops.items()}
+    assert proj["fp4"] < proj["fp8"] < proj["bf16"]               # the quantized matrices are quantized
+    assert head["fp4"] == pytest.approx(head["bf16"], rel=1e-12) and head["fp8"] == pytest.approx(head["bf16"], rel=1e-12)

@@ -18,7 +18,7 @@ from dse.catalog.systems import get_system
 from dse.deploy.kernel_params import default_params, load_params
 from dse.model import kernels
 from dse.model.dedupe import Rows
-from dse.model.ops import MOE_LOW, Hw
+from dse.model.ops import GEMM_BF16, MOE_LOW, Hw
 
 __all__ = ["FAMILIES", "SpecTable"]
 
@@ -92,6 +92,9 @@ def _pair_row(device_id: str, w_dtype: str, kv_fp8: bool = False, moe_kernel: st
             continue
         for name, val in kernels.for_format(merged, attn_fmt if fam in ATTENTION else fmt).items():
             row[f"{fam}:{name}"] = float(val)
+        if fam == "gemm":    # the bf16 kernel's, for the matrices no checkpoint quantizes (ops.GEMM_BF16)
+            for name, val in kernels.for_format(merged, "bf16").items():
+                row[f"{GEMM_BF16}:{name}"] = float(val)
     return row
 
 
@@ -115,9 +118,9 @@ class SpecTable:
         (runtime.yaml, as the Context carries them) that price point-to-point hand-offs and
         bound the steps the low-latency MoE kernel serves."""
         if isinstance(cols, Rows):
-            params = {f: cols.family(f) for f in FAMILIES + (MOE_LOW,)}
+            params = {f: cols.family(f) for f in FAMILIES + (MOE_LOW, GEMM_BF16)}
         else:
-            params = {f: {} for f in FAMILIES + (MOE_LOW,)}
+            params = {f: {} for f in FAMILIES + (MOE_LOW, GEMM_BF16)}
             for key, val in cols.items():
                 if ":" in key:
                     fam, name = key.split(":", 1)

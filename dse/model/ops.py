@@ -58,6 +58,9 @@ class Hw:
 # "on" (1 where the row's engine runs it, else 0; steps of at most Hw.moe_low_tokens tokens):
 # dse.deploy.spec_table fills it
 MOE_LOW = "moe_low"
+# the parameters of the bf16 GEMM kernel, for the GEMMs every checkpoint keeps in bf16 whatever
+# the row's weight format (the LM head): dse.deploy.spec_table fills it
+GEMM_BF16 = "gemm_bf16"
 
 
 @dataclasses.dataclass
@@ -146,17 +149,19 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     return np.maximum(stream, math)
 
 
-def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, par=None):
+def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, par=None, bf16: bool = False):
     """A GEMM's (time, FLOPs, bytes). `site` names the weight matrix (with `par`, the layout
-    its n and k came from): its m-free parts are kept on `hw` for the next step on it."""
+    its n and k came from): its m-free parts are kept on `hw` for the next step on it.
+    bf16: a matrix kept in bf16 whatever the row's format, run by the bf16 kernel."""
     consts = _gemm_consts(site, par, dt, hw) if site is not None else None
     if consts is None:
-        consts = kernels.gemm_consts(n, k, w_bytes=dt.w_bytes if w_bytes is None else w_bytes,
-                                     peak_tflops=hw.peak_gemm if peak is None else peak, mem_tb_s=hw.mem_tb_s,
-                                     p=hw.params["gemm"])
+        consts = kernels.gemm_consts(n, k, w_bytes=2.0 if bf16 else dt.w_bytes if w_bytes is None else w_bytes,
+                                     peak_tflops=hw.peak_bf16 if bf16 else hw.peak_gemm if peak is None else peak,
+                                     mem_tb_s=hw.mem_tb_s, p=hw.params[GEMM_BF16 if bf16 else "gemm"])
         if site is not None:
             hw.consts[site] = (par, dt, consts)
-    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=dt.a_bytes, c_bytes=2.0, tiles=_gemm_tiles(m, hw))
+    t, nbytes = kernels.gemm_parts(m, consts, a_bytes=2.0 if bf16 else dt.a_bytes, c_bytes=2.0,
+                                   tiles=_gemm_tiles(m, hw))
     flops = 2.0 * m * consts["n"] * consts["k"]
     return t, flops, nbytes
 
@@ -501,6 +506,6 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         rows = sh.b_rank * q_len if verify else sh.b_rank
         if sc is not None:
             rows = np.maximum(rows + sc.b_rank, 1.0)     # a chunk's last position gets logits
-        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, peak=hw.peak_bf16, w_bytes=2.0,
-                                      site=(model.id, "lm_head"), par=par))
+        acc.add("lm_head", 1.0, _gemm(rows, model.vocab / tp, h, hw, dt, bf16=True, site=(model.id, "lm_head"),
+                                      par=par))
     return acc.step()

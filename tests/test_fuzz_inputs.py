@@ -277,3 +277,18 @@ def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     assert "no rows" in _cli(capsys, ["validate", "--measurements", str(empty)])
     empty.write_text("id,system\n1,h100_sxm\n")
     assert "missing column 'model_path'" in _cli(capsys, ["validate", "--measurements", str(empty)])
+
+
+# -- scenario files -----------------------------------------------------------------------
+
+def test_scenario_keys_set_to_null_count_as_not_given(tmp_path):
+    from dse.search.space import load_space
+
+    base = {"name": "n", "model": "meta-llama/Llama-3.1-8B", "axes": {"device": ["h100_sxm"]}}
+    plain, nulls = tmp_path / "plain.yaml", tmp_path / "nulls.yaml"
+    plain.write_text(json.dumps(base))
+    nulls.write_text(json.dumps({**base, "constraints": {"facility": {"pue": None, "usd_per_kwh": 0.2}},
+                                 "search": {"strategy": None, "chunk_size": None}}))
+    space = load_space(nulls)
+    assert dict(space.facility) == {"usd_per_kwh": 0.2} and dict(space.search) == {}
+    assert space.fingerprint != load_space(plain).fingerprint          # the one real override counts

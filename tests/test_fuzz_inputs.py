@@ -263,6 +263,16 @@ def test_cli_evaluate_bad_values(capsys, flag, value):
     assert flag.lstrip("-").split("-")[0] in err
 
 
+@pytest.mark.parametrize("argv, names", [
+    (["sweep", "x.yaml", "--budget", "abc"], ("sweep: argument --budget", "'abc'")),
+    (["sweep", "x.yaml", "--strategy", "foo"], ("--strategy", "choose from")),
+    (["place", "--model", "m", "--pool", "a:1", "--isl", "nan"], ("place: argument --isl", "int")),
+    (["evaluate"], ("evaluate: the following arguments are required: --model",)),
+    (["nope"], ("invalid choice: 'nope'",))])
+def test_cli_argument_errors_are_one_line(capsys, argv, names):
+    assert_one_line(_cli(capsys, argv).rstrip("\n"), *names)       # argparse alone printed the usage first
+
+
 def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 0, "num_attention_heads": 4,

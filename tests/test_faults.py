@@ -263,6 +263,10 @@ def test_scenario_names_stay_inside_results(tmp_path):
     ({"seed": 2 ** 40}, "--seed: expected an integer in"),
     ({"budget": 0, "strategy": "nsga2"}, "--budget: expected an integer >= 1, got 0"),
     ({"max_evaluations": 100}, "a grid over 216 deployable configurations is more than --max-evaluations 100"),
+    ({"chunk_size": 0}, "--chunk-size: expected an integer >= 1, got 0"),      # 0 is no "use the default"
+    ({"pop_size": 0, "strategy": "nsga2"}, "--pop-size: expected an integer >= 1, got 0"),
+    ({"tol": float("nan"), "strategy": "nsga2"}, "--tol: expected a finite number >= 0, got nan"),
+    ({"tol": -1.0, "strategy": "nsga2"}, "--tol: expected a finite number >= 0, got -1.0"),
 ])
 def test_bad_options_are_one_line(spaces, tmp_path, args, message):
     with pytest.raises(DSEError, match=message):

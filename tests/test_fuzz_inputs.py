@@ -273,6 +273,15 @@ def test_cli_argument_errors_are_one_line(capsys, argv, names):
     assert_one_line(_cli(capsys, argv).rstrip("\n"), *names)       # argparse alone printed the usage first
 
 
+@pytest.mark.parametrize("limit", ["nan", "0", "-1"])
+def test_cli_solver_time_limits(capsys, limit):
+    place = ["place", "--model", "meta-llama/Llama-3.1-8B", "--pool", "h100_sxm:8", "--pool", "b200_sxm:4"]
+    size = ["size", str(Path(dse.__file__).resolve().parents[1] / "search_spaces" / "sizing_example.yaml")]
+    for argv in (place, size):       # NaN reached CP-SAT as an invalid model (a traceback); 0 or less ran
+        err = _cli(capsys, [*argv, "--time-limit", limit])
+        assert_one_line(err.rstrip("\n"), f"{argv[0]}: --time-limit: expected a positive number of seconds")
+
+
 def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 0, "num_attention_heads": 4,
@@ -302,3 +311,13 @@ def test_scenario_keys_set_to_null_count_as_not_given(tmp_path):
     space = load_space(nulls)
     assert dict(space.facility) == {"usd_per_kwh": 0.2} and dict(space.search) == {}
     assert space.fingerprint != load_space(plain).fingerprint          # the one real override counts
+
+
+def test_scenario_placement_time_limit_nan_is_refused(tmp_path):
+    from dse.search.space import space_from_dict
+
+    data = {"model": "Qwen/Qwen3-235B-A22B", "placement": {"time_limit_s": math.nan}, "modes": ["afd"],
+            "axes": {"device": "h20", "attn_tp": 8, "attn_gpus": 8, "ffn_gpus": 8}}
+    with pytest.raises(DSEError, match=r"^s\.yaml: placement\.time_limit_s: expected a positive number of "
+                                       r"seconds \(inf = no limit\), got nan$"):
+        space_from_dict(data, where="s.yaml")

@@ -282,6 +282,13 @@ def test_cli_solver_time_limits(capsys, limit):
         assert_one_line(err.rstrip("\n"), f"{argv[0]}: --time-limit: expected a positive number of seconds")
 
 
+@pytest.mark.parametrize("skew", ["-1", "inf"])
+def test_cli_place_routing_skew_as_evaluate_checks_it(capsys, skew):
+    err = _cli(capsys, ["place", "--model", "meta-llama/Llama-3.1-8B", "--pool", "h100_sxm:8", "--pool", "b200_sxm:4",
+                        "--routing-skew", skew])
+    assert_one_line(err.rstrip("\n"), "place: routing_skew must be a number >= 0", f"got {float(skew)!r}")
+
+
 def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 0, "num_attention_heads": 4,

@@ -289,6 +289,14 @@ def test_cli_place_routing_skew_as_evaluate_checks_it(capsys, skew):
     assert_one_line(err.rstrip("\n"), "place: routing_skew must be a number >= 0", f"got {float(skew)!r}")
 
 
+def test_cli_sizing_file_with_an_unknown_model_is_named(capsys, tmp_path):
+    example = Path(dse.__file__).resolve().parents[1] / "search_spaces" / "sizing_example.yaml"
+    bad = tmp_path / "sizing.yaml"
+    bad.write_text(example.read_text().replace("model: meta-llama/Meta-Llama-3.1-70B", "model: nope"))
+    err = _cli(capsys, ["size", str(bad)])
+    assert_one_line(err.rstrip("\n"), f"{bad}: model: unknown model 'nope'")
+
+
 def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 0, "num_attention_heads": 4,

@@ -349,3 +349,24 @@ def test_calibrate_refuses_an_empty_directory_and_keeps_shipped_data(tmp_path, m
     err = capsys.readouterr().err
     assert "holds the shipped calibration" in err and "pass --in-place to replace it" in err
     assert shipped.read_bytes() == before
+
+
+def test_outputs_the_disk_or_path_refuses_and_tampered_runs_for_deploy(spaces, tmp_path, capsys):
+    from dse import cli
+
+    run = sweep(spaces["small"], strategy="grid", out=tmp_path / "run").run_dir
+    a_dir, a_file = tmp_path / "a_dir", tmp_path / "a_file"
+    a_dir.mkdir()
+    a_file.write_text("x")
+    for argv, flag, path, why in (
+            (["report", str(run), "--out", str(a_dir)], "--out", a_dir, "Is a directory"),
+            (["compare", str(run), str(run), "--html", str(a_dir)], "--html", a_dir, "Is a directory"),
+            (["deploy", str(run), "--out", str(a_file)], "--out", a_file, "Not a directory")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"dse: error: {flag} {path}: cannot write there ({why})\n", err   # was an OSError traceback
+    no_temporaries(tmp_path)
+    (run / "run.json").write_text("{not json")      # deploy read it as it was (a JSONDecodeError traceback)
+    assert cli.main(["deploy", str(run)]) == 2
+    assert "run.json: does not match run_manifest.json" in capsys.readouterr().err
+    assert not (run / "deploy").exists()

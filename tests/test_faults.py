@@ -318,6 +318,7 @@ def test_spaces_beyond_64_bit_ids_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- calibrate output
 KERNELS = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "kernels" / "h100_sxm"
+MEASURED = KERNELS.parents[1] / "silicon_h100_b200.csv.gz"
 
 
 def test_calibrate_refuses_an_empty_directory_and_keeps_shipped_data(tmp_path, monkeypatch, capsys):
@@ -361,7 +362,8 @@ def test_outputs_the_disk_or_path_refuses_and_tampered_runs_for_deploy(spaces, t
     for argv, flag, path, why in (
             (["report", str(run), "--out", str(a_dir)], "--out", a_dir, "Is a directory"),
             (["compare", str(run), str(run), "--html", str(a_dir)], "--html", a_dir, "Is a directory"),
-            (["deploy", str(run), "--out", str(a_file)], "--out", a_file, "Not a directory")):
+            (["deploy", str(run), "--out", str(a_file)], "--out", a_file, "Not a directory"),
+            (["validate", "--measurements", str(MEASURED), "--json", str(a_dir)], "--json", a_dir, "Is a directory")):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err == f"dse: error: {flag} {path}: cannot write there ({why})\n", err   # was an OSError traceback

@@ -328,6 +328,16 @@ def test_scenario_keys_set_to_null_count_as_not_given(tmp_path):
     assert space.fingerprint != load_space(plain).fingerprint          # the one real override counts
 
 
+def test_data_file_that_is_not_utf8_says_so(tmp_path):
+    from dse.catalog.yamlfile import load_yaml
+
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DSEError) as err:             # it said only "cannot read (UnicodeDecodeError)"
+        load_yaml(bad)
+    assert_one_line(str(err.value), str(bad), "not UTF-8 text (byte 0xe9 at offset 9); expected a YAML file")
+
+
 def test_scenario_placement_time_limit_nan_is_refused(tmp_path):
     from dse.search.space import space_from_dict
 

@@ -368,6 +368,8 @@ def test_outputs_the_disk_or_path_refuses_and_tampered_runs_for_deploy(spaces, t
         err = capsys.readouterr().err
         assert err == f"dse: error: {flag} {path}: cannot write there ({why})\n", err   # was an OSError traceback
     no_temporaries(tmp_path)
+    assert cli.main(["report", str(a_dir)]) == 2              # no results at all: the error alone, no notice
+    assert capsys.readouterr().err == f"dse: error: {a_dir}/run.json: not found (is this a dse results directory?)\n"
     (run / "run.json").write_text("{not json")      # deploy read it as it was (a JSONDecodeError traceback)
     assert cli.main(["deploy", str(run)]) == 2
     assert "run.json: does not match run_manifest.json" in capsys.readouterr().err

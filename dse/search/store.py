@@ -101,12 +101,13 @@ def write_manifest(run_dir: str | Path, *, files: list[str], identity: dict[str,
 
 def check_results_dir(run_dir: Path) -> None:
     """A sweep's directory verified (`verify_run_dir`); one assembled by hand (no manifest,
-    no sweep state) passes with a notice. Not a directory: left for the reader to name."""
+    no sweep state) passes with a notice. No results at all: left for the reader to name
+    (a notice before its error would make two lines)."""
     if not run_dir.is_dir():
         return
     if (run_dir / MANIFEST).is_file() or (run_dir / "state" / "meta.json").is_file():
         verify_run_dir(run_dir)
-    else:
+    elif any((run_dir / name).is_file() for name in RESULT_FILES):
         warn(f"{run_dir}: no {MANIFEST} (not written by dse sweep); its files are not verified")
 
 

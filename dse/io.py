@@ -5,14 +5,34 @@ stays intact until the new one is complete.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write", "write_text", "write_json", "to_json", "jsonable"]
+from dse.errors import DSEError
+
+__all__ = ["atomic_write", "write_text", "write_json", "to_json", "jsonable", "DISK_ERRNOS", "output_to"]
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+# and an output path that names a directory where a file goes, or a file where a directory goes
+PATH_ERRNOS = (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)
+
+
+@contextlib.contextmanager
+def output_to(flag: str, path: str | os.PathLike) -> Iterator[None]:
+    """A write under `flag PATH` that the disk or the path refuses is the user's to fix: one
+    line naming both (atomic writes leave no half-written file); other OSErrors stay bugs."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS + PATH_ERRNOS:
+            raise
+        raise DSEError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -263,6 +263,10 @@ def test_scenario_names_stay_inside_results(tmp_path):
     ({"seed": 2 ** 40}, "--seed: expected an integer in"),
     ({"budget": 0, "strategy": "nsga2"}, "--budget: expected an integer >= 1, got 0"),
     ({"max_evaluations": 100}, "a grid over 216 deployable configurations is more than --max-evaluations 100"),
+    ({"chunk_size": 0}, "--chunk-size: expected an integer >= 1, got 0"),      # 0 is no "use the default"
+    ({"pop_size": 0, "strategy": "nsga2"}, "--pop-size: expected an integer >= 1, got 0"),
+    ({"tol": float("nan"), "strategy": "nsga2"}, "--tol: expected a finite number >= 0, got nan"),
+    ({"tol": -1.0, "strategy": "nsga2"}, "--tol: expected a finite number >= 0, got -1.0"),
 ])
 def test_bad_options_are_one_line(spaces, tmp_path, args, message):
     with pytest.raises(DSEError, match=message):
@@ -314,6 +318,7 @@ def test_spaces_beyond_64_bit_ids_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- calibrate output
 KERNELS = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "kernels" / "h100_sxm"
+MEASURED = KERNELS.parents[1] / "silicon_h100_b200.csv.gz"
 
 
 def test_calibrate_refuses_an_empty_directory_and_keeps_shipped_data(tmp_path, monkeypatch, capsys):
@@ -345,3 +350,27 @@ def test_calibrate_refuses_an_empty_directory_and_keeps_shipped_data(tmp_path, m
     err = capsys.readouterr().err
     assert "holds the shipped calibration" in err and "pass --in-place to replace it" in err
     assert shipped.read_bytes() == before
+
+
+def test_outputs_the_disk_or_path_refuses_and_tampered_runs_for_deploy(spaces, tmp_path, capsys):
+    from dse import cli
+
+    run = sweep(spaces["small"], strategy="grid", out=tmp_path / "run").run_dir
+    a_dir, a_file = tmp_path / "a_dir", tmp_path / "a_file"
+    a_dir.mkdir()
+    a_file.write_text("x")
+    for argv, flag, path, why in (
+            (["report", str(run), "--out", str(a_dir)], "--out", a_dir, "Is a directory"),
+            (["compare", str(run), str(run), "--html", str(a_dir)], "--html", a_dir, "Is a directory"),
+            (["deploy", str(run), "--out", str(a_file)], "--out", a_file, "Not a directory"),
+            (["validate", "--measurements", str(MEASURED), "--json", str(a_dir)], "--json", a_dir, "Is a directory")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"dse: error: {flag} {path}: cannot write there ({why})\n", err   # was an OSError traceback
+    no_temporaries(tmp_path)
+    assert cli.main(["report", str(a_dir)]) == 2              # no results at all: the error alone, no notice
+    assert capsys.readouterr().err == f"dse: error: {a_dir}/run.json: not found (is this a dse results directory?)\n"
+    (run / "run.json").write_text("{not json")      # deploy read it as it was (a JSONDecodeError traceback)
+    assert cli.main(["deploy", str(run)]) == 2
+    assert "run.json: does not match run_manifest.json" in capsys.readouterr().err
+    assert not (run / "deploy").exists()

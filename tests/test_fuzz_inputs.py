@@ -263,6 +263,40 @@ def test_cli_evaluate_bad_values(capsys, flag, value):
     assert flag.lstrip("-").split("-")[0] in err
 
 
+@pytest.mark.parametrize("argv, names", [
+    (["sweep", "x.yaml", "--budget", "abc"], ("sweep: argument --budget", "'abc'")),
+    (["sweep", "x.yaml", "--strategy", "foo"], ("--strategy", "choose from")),
+    (["place", "--model", "m", "--pool", "a:1", "--isl", "nan"], ("place: argument --isl", "int")),
+    (["evaluate"], ("evaluate: the following arguments are required: --model",)),
+    (["nope"], ("invalid choice: 'nope'",))])
+def test_cli_argument_errors_are_one_line(capsys, argv, names):
+    assert_one_line(_cli(capsys, argv).rstrip("\n"), *names)       # argparse alone printed the usage first
+
+
+@pytest.mark.parametrize("limit", ["nan", "0", "-1"])
+def test_cli_solver_time_limits(capsys, limit):
+    place = ["place", "--model", "meta-llama/Llama-3.1-8B", "--pool", "h100_sxm:8", "--pool", "b200_sxm:4"]
+    size = ["size", str(Path(dse.__file__).resolve().parents[1] / "search_spaces" / "sizing_example.yaml")]
+    for argv in (place, size):       # NaN reached CP-SAT as an invalid model (a traceback); 0 or less ran
+        err = _cli(capsys, [*argv, "--time-limit", limit])
+        assert_one_line(err.rstrip("\n"), f"{argv[0]}: --time-limit: expected a positive number of seconds")
+
+
+@pytest.mark.parametrize("skew", ["-1", "inf"])
+def test_cli_place_routing_skew_as_evaluate_checks_it(capsys, skew):
+    err = _cli(capsys, ["place", "--model", "meta-llama/Llama-3.1-8B", "--pool", "h100_sxm:8", "--pool", "b200_sxm:4",
+                        "--routing-skew", skew])
+    assert_one_line(err.rstrip("\n"), "place: routing_skew must be a number >= 0", f"got {float(skew)!r}")
+
+
+def test_cli_sizing_file_with_an_unknown_model_is_named(capsys, tmp_path):
+    example = Path(dse.__file__).resolve().parents[1] / "search_spaces" / "sizing_example.yaml"
+    bad = tmp_path / "sizing.yaml"
+    bad.write_text(example.read_text().replace("model: meta-llama/Meta-Llama-3.1-70B", "model: nope"))
+    err = _cli(capsys, ["size", str(bad)])
+    assert_one_line(err.rstrip("\n"), f"{bad}: model: unknown model 'nope'")
+
+
 def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 0, "num_attention_heads": 4,
@@ -277,3 +311,38 @@ def test_cli_bad_model_config_and_measurement_files(capsys, tmp_path):
     assert "no rows" in _cli(capsys, ["validate", "--measurements", str(empty)])
     empty.write_text("id,system\n1,h100_sxm\n")
     assert "missing column 'model_path'" in _cli(capsys, ["validate", "--measurements", str(empty)])
+
+
+# -- scenario files -----------------------------------------------------------------------
+
+def test_scenario_keys_set_to_null_count_as_not_given(tmp_path):
+    from dse.search.space import load_space
+
+    base = {"name": "n", "model": "meta-llama/Llama-3.1-8B", "axes": {"device": ["h100_sxm"]}}
+    plain, nulls = tmp_path / "plain.yaml", tmp_path / "nulls.yaml"
+    plain.write_text(json.dumps(base))
+    nulls.write_text(json.dumps({**base, "constraints": {"facility": {"pue": None, "usd_per_kwh": 0.2}},
+                                 "search": {"strategy": None, "chunk_size": None}}))
+    space = load_space(nulls)
+    assert dict(space.facility) == {"usd_per_kwh": 0.2} and dict(space.search) == {}
+    assert space.fingerprint != load_space(plain).fingerprint          # the one real override counts
+
+
+def test_data_file_that_is_not_utf8_says_so(tmp_path):
+    from dse.catalog.yamlfile import load_yaml
+
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DSEError) as err:             # it said only "cannot read (UnicodeDecodeError)"
+        load_yaml(bad)
+    assert_one_line(str(err.value), str(bad), "not UTF-8 text (byte 0xe9 at offset 9); expected a YAML file")
+
+
+def test_scenario_placement_time_limit_nan_is_refused(tmp_path):
+    from dse.search.space import space_from_dict
+
+    data = {"model": "Qwen/Qwen3-235B-A22B", "placement": {"time_limit_s": math.nan}, "modes": ["afd"],
+            "axes": {"device": "h20", "attn_tp": 8, "attn_gpus": 8, "ffn_gpus": 8}}
+    with pytest.raises(DSEError, match=r"^s\.yaml: placement\.time_limit_s: expected a positive number of "
+                                       r"seconds \(inf = no limit\), got nan$"):
+        space_from_dict(data, where="s.yaml")

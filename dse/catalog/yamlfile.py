@@ -180,8 +180,11 @@ def load_yaml(path: str | Path) -> Any:
         raise DSEError(f"{path}: {size:,} bytes, over the {MAX_BYTES:,} a data file may have")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DSEError(f"{path}: cannot read ({type(exc).__name__})") from None
+    except UnicodeDecodeError as exc:
+        raise DSEError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                       "expected a YAML file") from None
+    except OSError as exc:
+        raise DSEError(f"{path}: cannot read ({exc.strerror or type(exc).__name__}); expected a YAML file") from None
     return parse_yaml(text, str(path))
 
 

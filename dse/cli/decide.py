@@ -50,6 +50,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     cmp = compare_runs(a.run_a, a.run_b)
     print(format_comparison(cmp))
     if a.html:
+        from dse.io import output_to
         from dse.report.html import write_comparison
-        print(f"wrote {write_comparison(cmp, a.html)}")
+        with output_to("--html", a.html):
+            print(f"wrote {write_comparison(cmp, a.html)}")
     return 0

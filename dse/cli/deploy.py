@@ -108,8 +108,11 @@ def _per_backend(rows, rest, backend: str, top: int) -> list:
 def _cmd_deploy(a: argparse.Namespace) -> int:
     import pandas as pd
 
+    from dse.io import output_to
     from dse.launch import BACKENDS, write
+    from dse.search.store import check_results_dir
 
+    check_results_dir(Path(a.run_dir))       # a tampered or unfinished run is refused, as by report
     rows = select_rows(a.run_dir, a.top)
     if not len(rows):
         raise DSEError(f"deploy: {a.run_dir}: pareto.csv has no configurations (nothing met the SLOs)")
@@ -120,7 +123,8 @@ def _cmd_deploy(a: argparse.Namespace) -> int:
     backends = BACKENDS if a.backend == "all" else (a.backend,)
     plans = [p for b in backends for p in _per_backend(rows, rest, b, top)]
     out = Path(a.out) if a.out else Path(a.run_dir) / "deploy"
-    dirs = write(plans, out)
+    with output_to("--out", out):
+        dirs = write(plans, out)
     for p in plans:
         where = f"{out / p.name}/" if p.ok else "not expressible: " + "; ".join(p.reasons)
         print(f"config {p.config_id} on {p.backend}: {where}")

@@ -72,9 +72,10 @@ def _cmd_validate(a: argparse.Namespace) -> int:
         print(res["table"])
         res = {k: v for k, v in res.items() if k != "table"}
     if a.json:
-        from dse.io import write_json
+        from dse.io import output_to, write_json
 
-        write_json(a.json, res)
+        with output_to("--json", a.json):
+            write_json(a.json, res)
         print(f"wrote {a.json}")
     return 0
 

@@ -32,8 +32,16 @@ def _tune_process(command: list[str]) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors as a DSEError: one line (argparse prints the usage first), exit 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("dse").strip()
+        raise DSEError(f"{command}: {message}" if command else message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dse", description=__doc__)
+    p = _Parser(prog="dse", description=__doc__)
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 

@@ -13,22 +13,15 @@ from pathlib import Path
 __all__ = ["add_parser", "main"]
 
 
-def _check(run_dir: Path) -> None:
-    from dse.search.store import MANIFEST, verify_run_dir, warn
-
-    if not run_dir.is_dir():
-        return                       # write_report names the problem
-    if (run_dir / MANIFEST).is_file() or (run_dir / "state" / "meta.json").is_file():
-        verify_run_dir(run_dir)
-    else:
-        warn(f"{run_dir}: no {MANIFEST} (not written by dse sweep); its files are not verified")
-
 
 def _cmd_report(a: argparse.Namespace) -> int:
+    from dse.io import output_to
     from dse.report.html import write_report
+    from dse.search.store import check_results_dir
 
-    _check(Path(a.dir))
-    path = write_report(a.dir, out=a.out)
+    check_results_dir(Path(a.dir))
+    with output_to("--out", a.out or Path(a.dir) / "report.html"):
+        path = write_report(a.dir, out=a.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

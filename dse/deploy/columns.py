@@ -19,7 +19,7 @@ from dse.errors import DSEError
 from dse.model.kvcache import ROUTINGS
 from dse.schema import COLUMNS, DEVICE_COLUMNS, INT_COLUMNS, MODES, ROLE_INT_COLUMNS, STRING_COLUMNS
 
-__all__ = ["broadcast", "from_codes", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule"]
+__all__ = ["broadcast", "from_codes", "check_categories", "used", "vocab_key", "code_of", "RULES", "Rule", "check_scalar"]
 
 
 def vocab_key(name: str) -> str:
@@ -158,6 +158,14 @@ def _in_rule(arr: np.ndarray, rule: Rule) -> np.ndarray:
         if rule.nan:
             ok |= np.isnan(arr)
     return ok
+
+
+def check_scalar(name: str, value: float, where: str) -> float:
+    """One value of column `name` checked by its rule, for callers outside a table (`dse place`)."""
+    rule = RULES[name]
+    if not _real(value) or not _in_rule(np.array([float(value)]), rule)[0]:
+        raise DSEError(f"{where}: {name} {rule.allowed}; got {value!r}")
+    return float(value)
 
 
 def _strings(name: str, arr: np.ndarray) -> np.ndarray:

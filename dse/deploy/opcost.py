@@ -35,6 +35,7 @@ from dse.catalog.facility import get_facility
 from dse.catalog.models import LayerGroup, Model
 from dse.catalog.runtime import routing_skew_of, runtime, serving_runtime
 from dse.catalog.systems import get_system
+from dse.deploy.columns import check_scalar
 from dse.deploy.spec_table import SpecTable
 from dse.errors import DSEError
 from dse.model import cost, memory, ops
@@ -184,6 +185,7 @@ def op_costs(model: Model, pools: list[Pool], *, batch: float = 64, isl: float =
     for name, v in (("batch", batch), ("isl", isl), ("osl", osl)):
         if not v >= 1:
             raise DSEError(f"place: {name} must be >= 1, got {v!r}")
+    check_scalar("routing_skew", routing_skew, "place")        # a negative skew is no power law
     pools_r = resolve_pools(model, pools)
     n_p = len(pools_r)
     wd = model.native_dtype if weight_dtype == "native" else dtypes.normalize(weight_dtype, field="weight_dtype")

@@ -8,6 +8,7 @@ strategy guarantees on resume).
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -78,6 +79,13 @@ def _int_option(name: str, value: Any, *, lo: int = 1, hi: int | None = None) ->
         allowed = f"an integer in [{lo}, {hi:,}]" if hi is not None else f"an integer >= {lo}"
         raise DSEError(f"--{name}: expected {allowed}, got {value!r}")
     return int(value)
+
+
+def _tol_option(value: Any) -> float:
+    """A fraction of hypervolume gain: NaN or a negative value would silently mean 0 (never stop)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise DSEError(f"--tol: expected a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_size(space: Space, strategy: str, budget: int | None, max_evaluations: int) -> None:
@@ -159,13 +167,13 @@ def sweep(space_or_path: Space | str | Path, *, strategy: str | None = None, bud
     if strategy == "grid":
         from dse.search.grid import DEFAULT_CHUNK
         opts["chunk_size"] = identity["chunk_size"] = _int_option(
-            "chunk-size", chunk_size or conf.get("chunk_size", DEFAULT_CHUNK))
+            "chunk-size", chunk_size if chunk_size is not None else conf.get("chunk_size", DEFAULT_CHUNK))
     else:
         from dse.search.nsga2 import default_pop_size
         budget = budget if budget is not None else default_budget(strategy, int(space.size))
         opts["pop_size"] = identity["pop_size"] = _int_option(
-            "pop-size", pop_size or conf.get("pop_size", default_pop_size(budget)))
-        opts["tol"] = float(tol if tol is not None else conf.get("tol", 1e-5))
+            "pop-size", pop_size if pop_size is not None else conf.get("pop_size", default_pop_size(budget)))
+        opts["tol"] = _tol_option(tol if tol is not None else conf.get("tol", 1e-5))
         if strategy == "nsga2":            # both change where the run stops: a resume must keep them
             identity.update(budget=budget, tol=opts["tol"])
         else:

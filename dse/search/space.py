@@ -76,11 +76,11 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         raise fail("axes", f"the space has {size:,} configurations, more than the 64-bit configuration index "
                            f"holds ({MAX_SIZE:,}); narrow an axis or split the scenario")
 
-    facility = {k: float(v) for k, v in (data.get("constraints") or {}).get("facility", {}).items()} \
-        if scn.constraints is not None and scn.constraints.facility is not None else {}
+    facility = {k: float(v) for k, v in _given(scn.constraints and scn.constraints.facility,
+                                                (data.get("constraints") or {}).get("facility")).items()}
     reference = (tuple(float(scn.reference_point[o.name]) for o in objectives)
                  if scn.reference_point is not None else None)
-    search = {k: getattr(scn.search, k) for k in data["search"]} if scn.search is not None else {}
+    search = _given(scn.search, data.get("search"))
     name = scn.name if scn.name is not None else default_name
     resolved = {
         "name": name,
@@ -116,6 +116,13 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         if c.metric in sample and not _is_number(sample[c.metric]):
             raise fail(c.key, f"metric {c.metric!r} is not a number and cannot be limited")
     return space
+
+
+def _given(section: Any, raw: Any) -> dict:
+    """A validated section's values in the file's key order; a key set to null counts as not given."""
+    if section is None:
+        return {}
+    return {k: getattr(section, k) for k in raw if getattr(section, k) is not None}
 
 
 EPLB_COLUMNS = ("redundant_experts", "prefill_redundant_experts", "decode_redundant_experts")

@@ -18,7 +18,6 @@ be refused with one line saying what to do; never half a result read as a whole 
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -37,7 +36,7 @@ from dse import io
 from dse.errors import DSEError
 
 __all__ = ["RunStore", "verify_run_dir", "write_manifest", "read_manifest", "warn", "MANIFEST", "LOCK",
-           "RESULT_FILES", "disk_error"]
+           "RESULT_FILES", "disk_error", "check_results_dir"]
 
 MANIFEST = "run_manifest.json"
 LOCK = ".dse.lock"
@@ -45,7 +44,6 @@ MEMORY_BUDGET = 256 << 20   # bytes of part tables a sweep keeps in memory after
 RESULT_FILES = ("configs.parquet", "pareto.csv", "recommendation.json", "run.json", "report.html")
 VIEWS = ("report.html",)   # rebuilt by `dse report` at will: listed in the manifest, not hashed
 MANIFEST_FORMAT = 1
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def warn(msg: str) -> None:
@@ -58,7 +56,7 @@ def disk_error(exc: OSError, where: Path) -> DSEError | None:
     """A DSEError for a write that failed because of the disk (full, read-only, no
     permission), else None: such a failure is the user's to fix, not a traceback."""
     text = str(exc)
-    if exc.errno in DISK_ERRNOS or "No space left" in text or "Read-only file system" in text:
+    if exc.errno in io.DISK_ERRNOS or "No space left" in text or "Read-only file system" in text:
         what = exc.strerror or ("No space left on device" if "No space left" in text else text.splitlines()[0])
         name = exc.filename or where
         return DSEError(f"{name}: {what} while writing the run; nothing was left half-written under a final "
@@ -99,6 +97,18 @@ def write_manifest(run_dir: str | Path, *, files: list[str], identity: dict[str,
            "files": entries, "views": [f for f in files if f in VIEWS]}
     io.write_json(run_dir / MANIFEST, doc)
     return doc
+
+
+def check_results_dir(run_dir: Path) -> None:
+    """A sweep's directory verified (`verify_run_dir`); one assembled by hand (no manifest,
+    no sweep state) passes with a notice. No results at all: left for the reader to name
+    (a notice before its error would make two lines)."""
+    if not run_dir.is_dir():
+        return
+    if (run_dir / MANIFEST).is_file() or (run_dir / "state" / "meta.json").is_file():
+        verify_run_dir(run_dir)
+    elif any((run_dir / name).is_file() for name in RESULT_FILES):
+        warn(f"{run_dir}: no {MANIFEST} (not written by dse sweep); its files are not verified")
 
 
 def verify_run_dir(path: str | Path) -> dict[str, Any]:

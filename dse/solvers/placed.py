@@ -65,10 +65,11 @@ def settings_from(spec: Any, fail) -> dict:
         raise fail("placement.objective", f"expected one of {', '.join(OBJECTIVES)}, got {out['objective']!r}")
     if not isinstance(out["overlap"], bool):
         raise fail("placement.overlap", f"expected true or false, got {out['overlap']!r}")
-    t = out["time_limit_s"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-        raise fail("placement.time_limit_s", f"expected a positive number of seconds, got {t!r}")
-    out["time_limit_s"] = float(t)
+    from dse.solvers import time_limit_problem
+    problem = time_limit_problem(out["time_limit_s"])
+    if problem:
+        raise fail("placement.time_limit_s", problem)
+    out["time_limit_s"] = float(out["time_limit_s"])
     extra = out["extra_pools"]
     if not isinstance(extra, (list, tuple)) or not all(isinstance(x, str) for x in extra):
         raise fail("placement.extra_pools", f"expected a list of DEVICE:COUNT[,tp=N] pools, got {extra!r}")

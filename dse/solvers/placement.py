@@ -40,6 +40,7 @@ from ortools.sat.python import cp_model
 
 from dse.deploy.opcost import OpCosts
 from dse.errors import DSEError
+from dse.solvers import time_limit_problem
 from dse.solvers.cpmodel import (MEM_UNIT, SCALE, PlacementModel, euler_layers, parse_pins, pinned,
                                  rounding_bound_ms, value)
 from dse.solvers.sequence import evaluate_sequence
@@ -181,6 +182,8 @@ def place(costs: OpCosts, *, objective: str = "bottleneck", pins: dict[str, str]
         raise DSEError(f"place: objective: unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if costs.n_pools > MAX_POOLS:
         raise DSEError(f"place: at most {MAX_POOLS} pools (got {costs.n_pools})")
+    if time_limit_problem(time_limit):
+        raise DSEError(f"place: --time-limit: {time_limit_problem(time_limit)}")
     pin_map = parse_pins(costs, pins)
     t0 = time.perf_counter()
     deadline = t0 + time_limit

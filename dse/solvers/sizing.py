@@ -47,6 +47,7 @@ from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.systems import get_system
 from dse.errors import DSEError
+from dse.solvers import time_limit_problem
 from dse.solvers.sizing_problem import (OBJECTIVES, DemandClass, Deployment, Limits, SizingProblem, build_problem,
                                         load_sizing)
 
@@ -229,6 +230,8 @@ def solve_sizing(prob: SizingProblem, *, time_limit: float = 10.0) -> SizingResu
         raise DSEError(f"size: power_basis must be nameplate or measured, got {prob.power_basis!r}")
     if int(prob.share_granularity) < 1:
         raise DSEError("size: share_granularity must be an integer >= 1")
+    if time_limit_problem(time_limit):
+        raise DSEError(f"size: --time-limit: {time_limit_problem(time_limit)}")
     _check_served(prob)
     t0 = time.perf_counter()
     mod = _Model(prob)

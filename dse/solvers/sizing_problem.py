@@ -242,7 +242,10 @@ def build_problem(scn: dict) -> SizingProblem:
     """Deployments from the scenario's candidates, each scored per class by the engine."""
     from dse.catalog.models import get_model
 
-    model = get_model(scn["model"])
+    try:
+        model = get_model(scn["model"])
+    except DSEError as exc:                 # get_model knows the id, not the file that named it
+        raise DSEError(f"{scn['path']}: {exc}") from None
     configs: list[dict] = []
     cand = scn.get("candidates")
     if cand:

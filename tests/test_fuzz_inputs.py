@@ -346,3 +346,27 @@ def test_scenario_placement_time_limit_nan_is_refused(tmp_path):
     with pytest.raises(DSEError, match=r"^s\.yaml: placement\.time_limit_s: expected a positive number of "
                                        r"seconds \(inf = no limit\), got nan$"):
         space_from_dict(data, where="s.yaml")
+
+
+_GEMM_OK = "kernel_source,gemm_dtype,m,n,k,latency\ntorch_flow,bfloat16,16,4096,4096,0.01\n"
+
+
+@pytest.mark.parametrize("table, text, names", [
+    ("gemm", "foo,bar\n1,2\n", ("gemm.csv", "missing column 'm'")),
+    ("gemm", _GEMM_OK.replace("0.01", "abc"), ("gemm.csv", "latency (row 2)", "positive finite")),
+    ("gemm", _GEMM_OK.replace("0.01", "-5"), ("gemm.csv", "latency", "-5")),
+    ("gemm", _GEMM_OK.replace("bfloat16", "fp6"), ("gemm.csv", "gemm_dtype", "one of")),
+    ("custom_allreduce", "kernel_source,allreduce_dtype,num_gpus,message_size,latency\nT,bfloat16,8,128,abc\n",
+     ("custom_allreduce.csv", "latency", "positive finite")),
+])
+@pytest.mark.parametrize("command", ["calibrate", "validate"])
+def test_cli_bad_kernel_tables(capsys, tmp_path, table, text, names, command):
+    """A kernel table with a column missing, a label the model does not know or a latency that
+    is no positive number is one line naming file and column, before anything is fitted or
+    written (it was an AttributeError traceback, or a fit to the garbage that exited 0)."""
+    (tmp_path / f"{table}.csv").write_text(text)
+    out = tmp_path / "out"
+    argv = [command, "--kernels", str(tmp_path), "--device", "h100_sxm"]
+    err = _cli(capsys, argv + (["--out", str(out)] if command == "calibrate" else []))
+    assert_one_line(err.rstrip("\n"), *names)
+    assert not out.exists()

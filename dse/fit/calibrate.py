@@ -354,16 +354,55 @@ def search(grid: Mapping[str, Any], free: Mapping[str, tuple], start: Mapping[st
 
 
 # ------------------------------------------------------------------------ tables
+# the columns each family's table must have: numbers (the minimum each may take), labels (the
+# values the model knows, a pattern, or None: any); `latency` (ms) a positive finite number
+_ATTN_COLUMNS = {"batch_size": 1, "isl": 1, "num_heads": 1, "num_key_value_heads": 1, "head_dim": 1,
+                 "window_size": 0, "step": 0, "attn_dtype": ("bfloat16", "fp8"), "kv_cache_dtype": tuple(KV_BYTES)}
+TABLE_COLUMNS: dict[str, dict[str, Any]] = {
+    "gemm": {"m": 1, "n": 1, "k": 1, "gemm_dtype": tuple(GEMM_DTYPES)},
+    "context_attention": _ATTN_COLUMNS, "generation_attention": _ATTN_COLUMNS,
+    "moe": {"num_tokens": 1, "hidden_size": 1, "inter_size": 1, "topk": 1, "num_experts": 1, "moe_tp_size": 1,
+            "moe_ep_size": 1, "moe_dtype": tuple(MOE_DTYPES), "kernel_source": None,
+            "distribution": r"balanced|power_law_\d+(\.\d+)?"},
+    "nccl": {"num_gpus": 2, "message_size": 1, "nccl_dtype": tuple(NCCL_ELEMENT_BYTES)},
+    "custom_allreduce": {"num_gpus": 2, "message_size": 1},
+}
+
+
+def check_table(family: str, path: Path, df: pd.DataFrame) -> None:
+    """A table the fit cannot read as measurements is an error naming the file, the column and
+    what was expected (not a KeyError deep in a recipe, nor a fit to garbage)."""
+    for col, rule in {**TABLE_COLUMNS[family], "latency": 0}.items():
+        if col not in df.columns:
+            raise DSEError(f"{path}: missing column {col!r} (a {family} table has "
+                           f"{', '.join([*TABLE_COLUMNS[family], 'latency'])})")
+        x = df[col]
+        if isinstance(rule, str):
+            bad, want = ~x.astype(str).str.fullmatch(rule), f"a value matching {rule}"
+        elif rule is None or isinstance(rule, tuple):
+            bad = ~x.astype(str).isin(rule) if rule else x.isna()
+            want = f"one of {', '.join(rule)}" if rule else "a label"
+        else:
+            num = pd.to_numeric(x, errors="coerce").to_numpy(float)
+            bad = ~(np.isfinite(num) & (num > 0 if col == "latency" else num >= rule))
+            want = "a positive finite number of ms" if col == "latency" else f"a number >= {rule}"
+        if np.any(bad):
+            i = int(np.flatnonzero(np.asarray(bad))[0])
+            raise DSEError(f"{path}: {col} (row {i + 2}): expected {want}, got {x.iloc[i]!r}")
+
+
 def read_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]:
-    """family -> (path, table) for every known table in the directory."""
+    """family -> (path, table) for every known table in the directory, each checked."""
     out = {}
     for path in sorted(Path(kernels_dir).iterdir()):
         stem = path.name.split(".")[0]
         if stem in FAMILIES and path.name.endswith((".csv", ".csv.gz")):
             try:
-                out[stem] = (path, pd.read_csv(path))
+                df = pd.read_csv(path)
             except (OSError, ValueError) as exc:
                 raise DSEError(f"{path}: unreadable kernel table ({str(exc).splitlines()[0]})") from None
+            check_table(stem, path, df)
+            out[stem] = (path, df)
     return out
 
 

@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
                                     "to device pools so the slowest pool (pipeline stage) is as fast as possible.")
     pl.add_argument("--model", required=True, help="Hugging Face id, alias or config.json path")
     pl.add_argument("--pool", action="append", required=True, metavar="DEVICE:COUNT[,tp=N,dp=N,ep=N,name=L]",
-                    help="a device pool; repeat for each pool (2-5)")
+                    help="a device pool; repeat for each pool (1-5; one pool holds the whole model: a "
+                         "baseline)")
     pl.add_argument("--objective", default="bottleneck", choices=["bottleneck", "tokens_per_usd"])
     pl.add_argument("--pin", action="append", default=[], metavar="OP=POOL",
                     help="force an op group onto a pool: attn, ffn, moe, embed, lm_head, or gN.OP for one layer "

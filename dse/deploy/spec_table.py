@@ -102,7 +102,7 @@ class SpecTable:
     """Gathers hardware figures for rows given by (device, weight format, KV format) codes."""
 
     def __init__(self, pairs: list[tuple]):
-        """pairs: (device, weight format[, fp8 KV cache?[, MoE kernel variant]])."""
+        """pairs: (device, weight format[, fp8 KV cache?[, MoE kernel variant[, MXFP4 checkpoint?]]])."""
         rows = [_pair_row(*p) for p in pairs]
         self.keys = sorted(set().union(*rows)) if rows else []
         # one row per figure, one column per pair: a figure's rows are one take from it

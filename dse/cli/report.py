@@ -13,7 +13,6 @@ from pathlib import Path
 __all__ = ["add_parser", "main"]
 
 
-
 def _cmd_report(a: argparse.Namespace) -> int:
     from dse.io import output_to
     from dse.report.html import write_report

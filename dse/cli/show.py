@@ -38,7 +38,8 @@ def show_model(ref: str) -> str:
 
     m = get_model(ref)
     lines = [f"{m.id}: {m.model_type}, {m.total_params() / 1e9:.1f}B total, {m.active_params() / 1e9:.1f}B active, "
-             f"{m.num_layers} layers, hidden {m.hidden}, vocab {m.vocab}, native {m.native_dtype}{' (MXFP4)' if m.mxfp4 else ''}, "
+             f"{m.num_layers} layers, hidden {m.hidden}, vocab {m.vocab}, "
+             f"native {m.native_dtype}{' (MXFP4)' if m.mxfp4 else ''}, "
              f"{'MoE' if m.is_moe else 'dense'}, MTP heads {m.mtp_heads}",
              f"  source: {m.source} (Hugging Face config.json, redistributed in aiconfigurator-core 0.12.0, "
              "Apache-2.0, Copyright NVIDIA CORPORATION & AFFILIATES)"]

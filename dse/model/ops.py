@@ -149,14 +149,14 @@ def _mla_decode_ms(b_rank, kv_len, heads, a, hw: Hw, dt: Dtypes):
     return np.maximum(stream, math)
 
 
-def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, peak=None, w_bytes=None, site=None, par=None, bf16: bool = False):
+def _gemm(m, n, k, hw: Hw, dt: Dtypes, *, w_bytes=None, site=None, par=None, bf16: bool = False):
     """A GEMM's (time, FLOPs, bytes). `site` names the weight matrix (with `par`, the layout
     its n and k came from): its m-free parts are kept on `hw` for the next step on it.
     bf16: a matrix kept in bf16 whatever the row's format, run by the bf16 kernel."""
     consts = _gemm_consts(site, par, dt, hw) if site is not None else None
     if consts is None:
-        consts = kernels.gemm_consts(n, k, w_bytes=2.0 if bf16 else dt.w_bytes if w_bytes is None else w_bytes,
-                                     peak_tflops=hw.peak_bf16 if bf16 else hw.peak_gemm if peak is None else peak,
+        w = 2.0 if bf16 else dt.w_bytes if w_bytes is None else w_bytes
+        consts = kernels.gemm_consts(n, k, w_bytes=w, peak_tflops=hw.peak_bf16 if bf16 else hw.peak_gemm,
                                      mem_tb_s=hw.mem_tb_s, p=hw.params[GEMM_BF16 if bf16 else "gemm"])
         if site is not None:
             hw.consts[site] = (par, dt, consts)

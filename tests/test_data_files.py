@@ -171,7 +171,7 @@ def _device(**changes) -> dict:
     ({"memory_gb": float("inf")}, "memory_gb: expected a finite number"),
     ({"memory_tb_s": float("nan")}, "memory_tb_s: expected a finite number"),
     ({"price_usd": -5}, "price_usd: expected a non-negative number, got -5"),
-    ({"calibration_from": "h999"}, "calibration_from: unknown device 'h999'; known: a100_sxm"),
+    ({"calibration_from": "h999"}, "calibration_from: unknown device 'h999'; known: a100_pcie, a100_sxm"),
     ({"system": "dgx9"}, "system: unknown system 'dgx9'; known:"),
     ({"hypothetical": "yes"}, "hypothetical: expected true or false, got 'yes'"),
     ({"peak_tflops": {"bf16": -1}}, "peak_tflops.bf16: expected a positive number, got -1"),

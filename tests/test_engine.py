@@ -97,7 +97,7 @@ def test_rows_never_dropped_nor_nan():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(device="h900"), "unknown device 'h900'; known: a100_sxm"),
+    (dict(device="h900"), "unknown device 'h900'; known: a100_pcie, a100_sxm"),
     (dict(model="nope/none"), "unknown model 'nope/none'"),
     (dict(weight_dtype="fp3"), "weight_dtype: unknown dtype 'fp3'; allowed: fp32, bf16"),
     (dict(tp=3), "tp must divide the 64 attention heads"),

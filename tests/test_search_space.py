@@ -202,7 +202,7 @@ BAD = [
     (("axes.colour", [1]), "axes.colour", "unknown axis 'colour'; allowed: device"),
     (("axes.tp", ["two"]), "axes.tp[0]", "expected an integer, got 'two'"),
     (("axes.tp", [1.5]), "axes.tp[0]", "expected an integer"),
-    (("axes.device", ["h100_sxm", "h999"]), "axes.device[1]", "unknown device 'h999'; known: a100_sxm"),
+    (("axes.device", ["h100_sxm", "h999"]), "axes.device[1]", "unknown device 'h999'; known: a100_pcie, a100_sxm"),
     (("axes.weight_dtype", ["fp7"]), "axes.weight_dtype[0]", "unknown dtype 'fp7'; allowed: fp32"),
     (("axes.power_cap", [0.5, 1.5]), "axes.power_cap", "power_cap is a fraction of TDP"),
     (("axes.tp", []), "axes.tp", "empty list"),

@@ -243,7 +243,7 @@ def test_yaml_errors_name_file_and_key(tmp_path):
         "limits:\n  power_kw: 400": ("limits:\n  power_kw: -4", r"limits.power_kw: expected a positive number"),
         "objective: cost ": ("objective: speed ", r"objective: expected one of cost, energy"),
         "  - {name: chat, ": ("  - {name: chat, foo: 1, ", r"classes\[0\].foo: unknown key"),
-        "devices: [h100_sxm,": ("devices: [h999,", r"candidates.devices\[0\]: unknown device 'h999'; known: a100_sxm"),
+        "devices: [h100_sxm,": ("devices: [h999,", r"candidates.devices\[0\]: unknown device 'h999'; known: a100_pcie, a100_sxm"),
         "    b200_sxm: 32": ("    b200_sxm: 3.5", r"limits.availability.b200_sxm: expected an integer"),
     }
     for old, (new, pattern) in cases.items():

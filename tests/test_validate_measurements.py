@@ -96,6 +96,15 @@ def test_mapping_rules():
         validate.row_config(df.iloc[6])
 
 
+@pytest.mark.parametrize("system, device", [("gb200_sxm", "gb200"), ("h20_sxm", "h20"), ("gb200", "gb200"),
+                                            ("l4", "l4"), ("a100_pcie", "a100_pcie"), ("b300_sxm", "b300_sxm")])
+def test_measurement_files_name_systems_as_aiconfigurator_does(system, device):
+    """A measured row's system is AIConfigurator's name for it (earlier releases' too)."""
+    row = pd.DataFrame([{**LLAMA, "id": "x", "system": system, "batch_size": 8}])
+    cfg, _ = validate.row_config(row.reindex(columns=COLUMNS).iloc[0])
+    assert cfg["device"] == device
+
+
 def test_unreadable_files_are_one_line_errors(tmp_path):
     with pytest.raises(DSEError, match="no such file"):
         validate.validate_measurements(tmp_path / "nope.csv")

@@ -52,6 +52,10 @@ _UNMODELLED = ("structure", "numeric")      # infeasible codes that mean "cannot
 REQUIRED = ("id", "model_path", "system", "mode", "isl", "osl", "batch_size", "tp_size",
             "silicon_ttft_ms", "silicon_tpot_ms")
 BACKENDS = ("trtllm", "vllm", "sglang")
+# system names measurement files use for a device under another id: AIConfigurator's earlier
+# releases named these systems so (ai-dynamo/aiconfigurator src/aiconfigurator/systems/:
+# data/gb200_sxm/, h20_sxm.yaml); its 0.12 names (gb200, gb300, b300_sxm, l4, ...) are dse's ids
+SYSTEM_NAMES = {"gb200_sxm": "gb200", "h20_sxm": "h20"}
 
 
 def _num(v) -> float:
@@ -154,14 +158,15 @@ def _concurrency(row: pd.Series) -> tuple[float, str]:
 def row_config(row: pd.Series, *, literal: bool = False) -> tuple[dict, list[str]]:
     """The evaluate() configuration of one measured row and what had to be assumed
     (raises DSEError when the row cannot be modelled)."""
-    if row["system"] not in device_ids():
+    system = SYSTEM_NAMES.get(str(row["system"]), str(row["system"]))
+    if system not in device_ids():
         raise DSEError(f"unknown system {row['system']!r}")
     model = get_model(str(row["model_path"]))
     wd = _weight_dtype(row, model.is_moe)
     conc, source = _concurrency(row)
     assumed = [source] if source else []
     backend = str(row.get("backend", "") or "")
-    cfg = {"model": str(row["model_path"]), "device": str(row["system"]), "weight_dtype": wd,
+    cfg = {"model": str(row["model_path"]), "device": system, "weight_dtype": wd,
            "kv_dtype": "fp8" if wd in ("fp8", "fp4") else "bf16", "backend": backend if backend in BACKENDS else "",
            "isl": _count(row, "isl"), "osl": _count(row, "osl")}
     if row["mode"] == "disagg":

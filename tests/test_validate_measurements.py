@@ -96,6 +96,19 @@ def test_mapping_rules():
         validate.row_config(df.iloc[6])
 
 
+@pytest.mark.parametrize("gemm, moe, model, weights", [
+    ("sq", "", "meta-llama/Llama-3.1-70B", "int8"), ("fp8_static", "", "meta-llama/Llama-3.1-70B", "fp8"),
+    ("fp8_ootb", "", "meta-llama/Llama-3.1-70B", "fp8"), ("fp8_block", "w4afp8", "deepseek-ai/DeepSeek-R1", "int4"),
+    ("nvfp4", "w4a8_mxfp4_mxfp8_trtllm", "deepseek-ai/DeepSeek-R1", "fp4")])
+def test_aiconfigurator_quant_modes_map_to_formats(gemm, moe, model, weights):
+    """Every GEMM / MoE quant mode AIConfigurator records names a format (an unknown one fell
+    through to the next column: w4afp8 experts were read at fp8_block's byte per weight)."""
+    row = pd.DataFrame([{**LLAMA, "id": "x", "model_path": model, "batch_size": 8, "gemm_quant_mode": gemm,
+                         "moe_quant_mode": moe or np.nan, "precision": np.nan}])
+    cfg, _ = validate.row_config(row.reindex(columns=COLUMNS).iloc[0])
+    assert cfg["weight_dtype"] == weights
+
+
 @pytest.mark.parametrize("system, device", [("gb200_sxm", "gb200"), ("h20_sxm", "h20"), ("gb200", "gb200"),
                                             ("l4", "l4"), ("a100_pcie", "a100_pcie"), ("b300_sxm", "b300_sxm")])
 def test_measurement_files_name_systems_as_aiconfigurator_does(system, device):

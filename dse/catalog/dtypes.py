@@ -35,13 +35,19 @@ COMPUTE_FALLBACK: dict[str, tuple[str, ...]] = {
     "fp32": ("bf16",),
 }
 
+# AIConfigurator's quant-mode names (GEMMQuantMode / MoEQuantMode in ai-dynamo/aiconfigurator
+# src/aiconfigurator/sdk/common.py) are among them: sq is SmoothQuant W8A8 int8; fp8_static and
+# fp8_ootb are per-tensor fp8; w4afp8 (int4 experts with fp8 activations) is read as int4, its
+# weight bytes (what a decode step streams), though its math runs at fp8 rather than bf16.
 _ALIASES = {
     "bfloat16": "bf16", "float16": "bf16", "fp16": "bf16", "half": "bf16", "bf16": "bf16",
     "float32": "fp32", "fp32": "fp32",
     "fp8": "fp8", "fp8_block": "fp8", "float8": "fp8", "e4m3": "fp8", "fp8_e4m3": "fp8",
-    "int8": "int8", "w8a8": "int8", "int8_wo": "int8",
+    "fp8_static": "fp8", "fp8_ootb": "fp8",
+    "int8": "int8", "w8a8": "int8", "int8_wo": "int8", "sq": "int8",
     "fp4": "fp4", "nvfp4": "fp4", "mxfp4": "fp4", "w4a16_mxfp4": "fp4", "w4a8_mxfp4_mxfp8": "fp4",
-    "int4": "int4", "int4_wo": "int4", "w4a16": "int4", "awq": "int4", "gptq": "int4",
+    "w4a8_mxfp4_mxfp8_trtllm": "fp4",
+    "int4": "int4", "int4_wo": "int4", "w4a16": "int4", "awq": "int4", "gptq": "int4", "w4afp8": "int4",
 }
 
 

@@ -351,6 +351,17 @@ def test_scenario_placement_time_limit_nan_is_refused(tmp_path):
 _GEMM_OK = "kernel_source,gemm_dtype,m,n,k,latency\ntorch_flow,bfloat16,16,4096,4096,0.01\n"
 
 
+def test_kernel_rows_of_an_unknown_format_are_left_out_with_a_warning(capsys, tmp_path):
+    """A collector's newer format label costs its own rows, not the table: the rest validate."""
+    (tmp_path / "gemm.csv").write_text(_GEMM_OK + "torch_flow,fp8_static,16,4096,4096,0.02\n"
+                                                  "torch_flow,fp8_static,32,4096,4096,0.02\n")
+    out = tmp_path / "v.json"
+    assert main(["validate", "--kernels", str(tmp_path), "--device", "h100_sxm", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "gemm.csv: 2 rows of gemm_dtype fp8_static left out" in err and err.count("\n") == 1
+    assert json.loads(out.read_text())["families"]["gemm"]["n"] == 1
+
+
 @pytest.mark.parametrize("table, text, names", [
     ("gemm", "foo,bar\n1,2\n", ("gemm.csv", "missing column 'm'")),
     ("gemm", _GEMM_OK.replace("0.01", "abc"), ("gemm.csv", "latency (row 2)", "positive finite")),

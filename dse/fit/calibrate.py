@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,19 +370,24 @@ TABLE_COLUMNS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_table(family: str, path: Path, df: pd.DataFrame) -> None:
-    """A table the fit cannot read as measurements is an error naming the file, the column and
-    what was expected (not a KeyError deep in a recipe, nor a fit to garbage)."""
+def check_table(family: str, path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """The table's rows the fit can read as measurements. A table it cannot read is an error
+    naming the file, the column and what was expected (not a KeyError deep in a recipe, nor
+    a fit to garbage). Rows of a format the model does not know (a collector's newer label)
+    are left out with a warning, the rest kept: an error only when no row is left."""
+    unknown = np.zeros(len(df), dtype=bool)
     for col, rule in {**TABLE_COLUMNS[family], "latency": 0}.items():
         if col not in df.columns:
             raise DSEError(f"{path}: missing column {col!r} (a {family} table has "
                            f"{', '.join([*TABLE_COLUMNS[family], 'latency'])})")
         x = df[col]
+        if isinstance(rule, tuple) and rule:
+            unknown |= _unknown_formats(path, x, rule)
+            continue
         if isinstance(rule, str):
             bad, want = ~x.astype(str).str.fullmatch(rule), f"a value matching {rule}"
-        elif rule is None or isinstance(rule, tuple):
-            bad = ~x.astype(str).isin(rule) if rule else x.isna()
-            want = f"one of {', '.join(rule)}" if rule else "a label"
+        elif rule is None:
+            bad, want = x.isna(), "a label"
         else:
             num = pd.to_numeric(x, errors="coerce").to_numpy(float)
             bad = ~(np.isfinite(num) & (num > 0 if col == "latency" else num >= rule))
@@ -389,6 +395,21 @@ def check_table(family: str, path: Path, df: pd.DataFrame) -> None:
         if np.any(bad):
             i = int(np.flatnonzero(np.asarray(bad))[0])
             raise DSEError(f"{path}: {col} (row {i + 2}): expected {want}, got {x.iloc[i]!r}")
+    return df[~unknown].reset_index(drop=True) if unknown.any() else df
+
+
+def _unknown_formats(path: Path, x: pd.Series, known: tuple) -> np.ndarray:
+    """Rows whose label in column x is no format the model knows (said on stderr); an error
+    when that is every row."""
+    bad = ~x.astype(str).isin(known).to_numpy()
+    if bad.any():
+        labels = ", ".join(sorted(set(x[bad].astype(str))))
+        if bad.all():
+            raise DSEError(f"{path}: {x.name}: no row of a format the model knows (expected one of "
+                           f"{', '.join(known)}; got {labels})")
+        sys.stderr.write(f"dse: warning: {path}: {int(bad.sum())} rows of {x.name} {labels} left out "
+                         f"(formats the model knows: {', '.join(known)})\n")
+    return bad
 
 
 def read_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]:
@@ -401,8 +422,7 @@ def read_tables(kernels_dir: str | Path) -> dict[str, tuple[Path, pd.DataFrame]]
                 df = pd.read_csv(path)
             except (OSError, ValueError) as exc:
                 raise DSEError(f"{path}: unreadable kernel table ({str(exc).splitlines()[0]})") from None
-            check_table(stem, path, df)
-            out[stem] = (path, df)
+            out[stem] = (path, check_table(stem, path, df))
     return out
 
 

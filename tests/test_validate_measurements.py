@@ -96,6 +96,20 @@ def test_mapping_rules():
         validate.row_config(df.iloc[6])
 
 
+@pytest.mark.parametrize("ep, redundant", [(8, 0), (32, 0), (48, 32), (72, 32), (24, 8)])
+def test_wide_expert_parallelism_assumes_the_fewest_redundant_experts(ep, redundant):
+    """DeepSeek's 256 experts over EP 48 or 72 (NVL72 wide-EP deployments) run with EPLB
+    replicas the file does not record: the fewest that divide (288 slots) are assumed, where
+    the row was refused ("ep must divide the 256 experts") before."""
+    row = pd.DataFrame([{**DSR1, "id": "x", "mode": "agg", "batch_size": 8, "tp_size": 1, "attention_dp_size": ep,
+                         "moe_tp_size": 1, "moe_ep_size": ep}]).reindex(columns=COLUMNS)
+    cfg, assumed = validate.row_config(row.iloc[0])
+    assert cfg.get("redundant_experts", 0) == redundant and ("redundant_experts" in assumed) == (redundant > 0)
+    assert (256 + redundant) % ep == 0
+    rows, configs = validate.map_rows(row)
+    assert len(configs) == 1 and rows[0]["reason"] == ""
+
+
 @pytest.mark.parametrize("gemm, moe, model, weights", [
     ("sq", "", "meta-llama/Llama-3.1-70B", "int8"), ("fp8_static", "", "meta-llama/Llama-3.1-70B", "fp8"),
     ("fp8_ootb", "", "meta-llama/Llama-3.1-70B", "fp8"), ("fp8_block", "w4afp8", "deepseek-ai/DeepSeek-R1", "int4"),

@@ -41,14 +41,20 @@ def moe_format(fmt: str, mxfp4: bool) -> str:
     return "w4a8" if mxfp4 and fmt == "fp4" else fmt
 
 
+def math_dtype(dev, fmt: str) -> str:
+    """The tensor-core format a kernel stored in `fmt` does its math in on `dev`: the first
+    format along kernels.format_chain with a compute fallback, as the device runs it (a
+    device lacking a format runs it at the next one it has: fp4 on H100 at fp8)."""
+    return dev.compute_dtype(next(k for k in kernels.format_chain(fmt) if k in dtypes.COMPUTE_FALLBACK))
+
+
 def _moe_rows(merged: dict, dev, fmt: str, mxfp4: bool, moe_kernel: str) -> dict:
     """The MoE family's figures and the low-latency kernel's (MOE_LOW: the variant's where
     calibrated, else the plain ones). A kernel whose math runs in another format than the
     weights' (MXFP4 x MXFP8: fp8 math) was fitted against that format's peak; the engine
     prices MoE at the weights' peak, so its efficiency is restated against that one."""
     mfmt = moe_format(fmt, mxfp4)
-    math = dev.compute_dtype(next(k for k in kernels.format_chain(mfmt) if k in dtypes.COMPUTE_FALLBACK))
-    scale = dev.peak_tflops[math] / dev.peak_tflops[fmt]
+    scale = dev.peak_tflops[math_dtype(dev, mfmt)] / dev.peak_tflops[fmt]
     out = {}
     for fam, key in (("moe", mfmt), (MOE_LOW, f"{mfmt}@{moe_kernel}" if moe_kernel else mfmt)):
         for name, val in kernels.for_format(merged, key).items():

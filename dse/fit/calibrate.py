@@ -32,9 +32,9 @@ import pandas as pd
 import yaml
 
 from dse import io
-from dse.catalog import dtypes
 from dse.catalog.devices import Device, get_device
 from dse.deploy.kernel_params import calibration_dir, load_params
+from dse.deploy.spec_table import math_dtype
 from dse.errors import DSEError
 from dse.model import kernels as K
 
@@ -79,12 +79,11 @@ NCCL_ELEMENT_BYTES = {"half": 2.0, "int8": 1.0}
 # arguments as arrays, the per-row parameter format). Done once per table, so a fit
 # evaluates only numpy.
 def _peak(device: Device, fmt: np.ndarray) -> np.ndarray:
-    """Spec peak TFLOPS of the compute format each row runs in (a device lacking a
-    format runs it at the next one it has: fp4 on H100 at fp8)."""
+    """Spec peak TFLOPS of the compute format each row runs in (spec_table.math_dtype: the
+    engine's own rule, so a fit and the engine price a format at the same peak)."""
     out = np.empty(len(fmt))
     for f in np.unique(fmt):
-        storage = next(k for k in K.format_chain(str(f)) if k in dtypes.COMPUTE_FALLBACK)
-        out[fmt == f] = device.peak_tflops[device.compute_dtype(storage)]
+        out[fmt == f] = device.peak_tflops[math_dtype(device, str(f))]
     return out
 
 

@@ -57,6 +57,20 @@ def test_aliases_and_paths(tmp_path):
     assert get_model(str(path)).total_params() == 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 2 * 6400
 
 
+@pytest.mark.parametrize("name, base", [
+    ("deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-R1"), ("nvidia/DeepSeek-R1-0528-FP4-v2", "deepseek-ai/DeepSeek-R1"),
+    ("deepseek-ai/DeepSeek-V3.1", "deepseek-ai/DeepSeek-V3"),
+    ("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", "Qwen/Qwen3-235B-A22B-FP8"),
+    ("moonshotai/Kimi-K2-Instruct-0905", "moonshotai/Kimi-K2-Instruct"),
+    ("nvidia/Llama-3.3-70B-Instruct-FP8", "meta-llama/Meta-Llama-3.1-70B")])
+def test_re_releases_read_as_their_base_architecture(name, base):
+    """The names serving benchmarks record for re-released weights are the base's architecture
+    (a measured row of them was 'unknown model'); a block-scaled FP8 copy keeps its blocks."""
+    m, b = get_model(name), get_model(base)
+    assert m.id == b.id and m.total_params() == b.total_params() and m.weight_block == b.weight_block
+    assert get_model("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8").weight_block == (128, 128)
+
+
 def test_errors_are_one_line():
     with pytest.raises(DSEError, match="unknown model 'nope/nothing'"):
         get_model("nope/nothing")

@@ -62,7 +62,9 @@ def test_aliases_and_paths(tmp_path):
     ("deepseek-ai/DeepSeek-V3.1", "deepseek-ai/DeepSeek-V3"),
     ("Qwen/Qwen3-235B-A22B-Instruct-2507-FP8", "Qwen/Qwen3-235B-A22B-FP8"),
     ("moonshotai/Kimi-K2-Instruct-0905", "moonshotai/Kimi-K2-Instruct"),
-    ("nvidia/Llama-3.3-70B-Instruct-FP8", "meta-llama/Meta-Llama-3.1-70B")])
+    ("nvidia/Llama-3.3-70B-Instruct-FP8", "meta-llama/Meta-Llama-3.1-70B"),
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/Mixtral-8x7B-v0.1"),
+    ("amd/Llama-3.3-70B-Instruct-FP8-KV", "meta-llama/Meta-Llama-3.1-70B")])
 def test_re_releases_read_as_their_base_architecture(name, base):
     """The names serving benchmarks record for re-released weights are the base's architecture
     (a measured row of them was 'unknown model'); a block-scaled FP8 copy keeps its blocks."""

@@ -11,6 +11,7 @@ from dse.catalog import devices, facility, systems
 from dse.catalog.devices import get_device
 from dse.catalog.facility import get_facility
 from dse.catalog.systems import get_system
+from dse.deploy.kernel_params import calibration_dir
 from dse.errors import DSEError
 
 EXPECTED_DEVICES = {
@@ -58,7 +59,7 @@ def test_every_device_loads_with_bf16_and_a_known_system(ref):
             assert d.sources[field].strip(), f"{ref}: sources.{field} is empty"
 
 
-MEASURED = {p.stem for p in (Path(devices._devices_dir()).parent / "calibration").glob("*.yaml")} - {"defaults", "rules"}
+MEASURED = {p.stem for p in calibration_dir().glob("*.yaml")} - {"defaults", "rules"}
 
 
 @pytest.mark.parametrize("ref", DEVICE_IDS)

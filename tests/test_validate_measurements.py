@@ -110,6 +110,15 @@ def test_wide_expert_parallelism_assumes_the_fewest_redundant_experts(ep, redund
     assert len(configs) == 1 and rows[0]["reason"] == ""
 
 
+def test_wide_ep_replicas_go_to_the_pool_that_needs_them():
+    """Disagg with a DEP48 decode pool and DEP4 prefill workers: the decode pool gets the 32
+    replicas and the prefill pool none (a generic redundant_experts would reach both roles)."""
+    row = pd.DataFrame([{**ROWS[3], "decode_attention_dp_size": 48, "decode_moe_ep_size": 48}]).reindex(columns=COLUMNS)
+    cfg, assumed = validate.row_config(row.iloc[0])
+    assert cfg["decode_redundant_experts"] == 32 and cfg.get("prefill_redundant_experts", 0) == 0
+    assert "redundant_experts" not in cfg and "redundant_experts" in assumed
+
+
 @pytest.mark.parametrize("gemm, moe, model, weights", [
     ("sq", "", "meta-llama/Llama-3.1-70B", "int8"), ("fp8_static", "", "meta-llama/Llama-3.1-70B", "fp8"),
     ("fp8_ootb", "", "meta-llama/Llama-3.1-70B", "fp8"), ("fp8_block", "w4afp8", "deepseek-ai/DeepSeek-R1", "int4"),

@@ -41,6 +41,7 @@ from dse.catalog.models import get_model
 from dse.catalog.runtime import bench_rounds_of, serving_runtime
 from dse.deploy.evaluate import evaluate
 from dse.deploy.explain import check_config
+from dse.deploy.roles import fewest_redundant
 from dse.errors import DSEError
 from dse.fit.coverage import annotate_validation
 from dse.schema import COLUMNS
@@ -136,20 +137,6 @@ def _layout(row: pd.Series, prefix: str, moe: bool, *, literal: bool = False) ->
     return {"tp": tp, "dp": dp, "ep": mep if moe else 1, "pp": _count(row, f"{prefix}pp_size", 1)}
 
 
-def _eplb(model, layout: dict, assumed: list[str]) -> dict:
-    """An expert-parallel size that does not divide the routed experts runs with redundant
-    experts (EPLB: DeepSeek, SGLang and TensorRT-LLM deploy wide EP so); the files do not
-    record how many, so the fewest that make the layout divide (256 experts over EP 48 or 72:
-    32 more, 288 slots) are assumed and said in `assumed`."""
-    experts = max((g.ffn.num_experts for g in model.groups if g.ffn.kind == "moe"), default=0)
-    ep = layout["ep"]
-    if experts and ep > 1 and experts % ep:
-        if "redundant_experts" not in assumed:
-            assumed.append("redundant_experts")
-        return {**layout, "redundant_experts": ep - experts % ep}
-    return layout
-
-
 def _concurrency(row: pd.Series) -> tuple[float, str]:
     """Users of the closed-loop benchmark and where the figure came from."""
     if row["mode"] == "disagg":
@@ -184,8 +171,8 @@ def row_config(row: pd.Series, *, literal: bool = False) -> tuple[dict, list[str
            "kv_dtype": "fp8" if wd in ("fp8", "fp4") else "bf16", "backend": backend if backend in BACKENDS else "",
            "isl": _count(row, "isl"), "osl": _count(row, "osl")}
     if row["mode"] == "disagg":
-        pre = _eplb(model, _layout(row, "prefill_", model.is_moe, literal=literal), assumed)
-        dec = _eplb(model, _layout(row, "decode_", model.is_moe, literal=literal), assumed)
+        pre = _layout(row, "prefill_", model.is_moe, literal=literal)
+        dec = _layout(row, "decode_", model.is_moe, literal=literal)
         if _blank(row.get("decode_num_workers")) or _blank(row.get("prefill_num_workers")):
             assumed.append("workers")
         dw = _count(row, "decode_num_workers", 1)
@@ -195,11 +182,24 @@ def row_config(row: pd.Series, *, literal: bool = False) -> tuple[dict, list[str
                    prefill_workers=_count(row, "prefill_num_workers", 1), decode_workers=dw,
                    decode_batch_size=batch, batch_size=batch, **dec)
     elif row["mode"] == "agg":
-        cfg.update(mode="agg", batch_size=max(int(round(conc)), 1),
-                   **_eplb(model, _layout(row, "", model.is_moe, literal=literal), assumed))
+        cfg.update(mode="agg", batch_size=max(int(round(conc)), 1), **_layout(row, "", model.is_moe, literal=literal))
     else:
         raise DSEError(f"unknown mode {row['mode']!r}")
+    if model.is_moe:
+        _eplb(cfg, max(g.ffn.num_experts for g in model.groups), assumed)
     return cfg, assumed
+
+
+def _eplb(cfg: dict, experts: int, assumed: list[str]) -> None:
+    """An expert-parallel size that does not divide the routed experts runs with redundant
+    experts (EPLB: DeepSeek, SGLang and TensorRT-LLM deploy wide EP so); the files do not
+    record how many, so the fewest that make each pool divide (roles.fewest_redundant, as a
+    scenario's `eplb: true` derives them: 256 experts over EP 48 or 72 take 32 more, 288
+    slots) are assumed and said in `assumed`."""
+    extra = {k: int(v[0]) for k, v in fewest_redundant(cfg, experts).items() if v[0]}
+    if extra:
+        cfg.update(extra)
+        assumed.append("redundant_experts")
 
 
 def _ape(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:

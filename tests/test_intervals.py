@@ -199,6 +199,32 @@ def test_meets_slo_prob_limits_monotone_and_exact():
     np.testing.assert_allclose(iv.meets_slo_prob(80.0, 20.0, np.inf, 20.0 * f.tpot_hi, f), 0.9, atol=1e-9)
 
 
+@pytest.mark.parametrize("rho", [-0.95, -0.6, -0.3, 0.0, 0.06, 0.3, 0.5, 0.7, 0.95])
+def test_phi2_matches_owens_t_and_both_cdf_paths_agree(rho, monkeypatch):
+    """Plackett's integral by Gauss-Legendre equals the Owen's-T form of the bivariate normal
+    CDF (scipy.special) to 1e-10, and the stdlib's erfc gives scipy's ndtr to 1e-12 relative."""
+    from scipy.special import ndtr, owens_t
+
+    rng = np.random.default_rng(7)
+    h, k = rng.normal(size=5000) * 3, rng.normal(size=5000) * 3
+    h[:3], k[:3] = (np.inf, -np.inf, 9.0), (1.0, 0.5, np.inf)
+    hc, kc = np.where(h == 0, 1e-12, h), np.where(k == 0, 1e-12, k)
+    s = np.sqrt(1 - rho * rho)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = (0.5 * (ndtr(hc) + ndtr(kc)) - owens_t(hc, (kc - rho * hc) / (hc * s))
+                - owens_t(kc, (hc - rho * kc) / (kc * s)) - np.where(hc * kc < 0, 0.5, 0.0))
+    want[:3] = ndtr(h[:3]) * ndtr(k[:3])             # at the limits: the product of the marginals
+    got = iv._phi2(h, k, rho)
+    np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-10, rtol=0)
+    monkeypatch.setattr(iv, "_priced", 0)
+    monkeypatch.delitem(__import__("sys").modules, "scipy.special")
+    stdlib = iv._ndtr(h)
+    assert iv._priced == h.size
+    np.testing.assert_allclose(stdlib, ndtr(h), rtol=1e-12, atol=1e-300)
+    monkeypatch.setattr(iv, "_priced", iv.STDLIB_VALUES)     # past the stdlib's share: scipy's
+    np.testing.assert_array_equal(iv._ndtr(h), ndtr(h))
+
+
 def test_derived_columns_follow_the_latency_ends():
     rng = np.random.default_rng(1)
     n = 1000

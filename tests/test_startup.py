@@ -75,8 +75,9 @@ def test_aic_scenarios_enumerate_their_budget_and_sweep(name, tmp_path):
 
 def test_cli_sweep_with_its_report_imports_no_optimiser_solver_or_plotly_figures(tmp_path):
     """The whole `dse sweep` command, report included, loads neither Optuna, pymoo nor
-    OR-Tools, and not plotly's figure classes or plotly.io (the report writes its figures as
-    dicts: their validators were most of its time)."""
+    OR-Tools, nor scipy (the SLO chance of a small sweep's rows takes the stdlib's erfc:
+    dse.deploy.intervals._ndtr), and not plotly's figure classes or plotly.io (the report
+    writes its figures as dicts: their validators were most of its time)."""
     path = tmp_path / "tiny.yaml"
     path.write_text("model: meta-llama/Llama-3.1-8B\naxes: {device: [h100_sxm], tp: [1, 2], batch_size: [1, 8]}\n"
                     "modes: {agg: {}, disagg: {decode_workers: [1, 2]}}\nconstraints: {max_gpus: 4}\n")
@@ -84,11 +85,11 @@ def test_cli_sweep_with_its_report_imports_no_optimiser_solver_or_plotly_figures
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             f"    rc = main(['sweep', {str(path)!r}, '--out', {str(tmp_path / 'run')!r}, '--quiet'])\n"
             "print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('optuna', 'pymoo', 'ortools', 'plotly'))]))")
+            "('optuna', 'pymoo', 'ortools', 'plotly', 'scipy'))]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     rc, mods = json.loads(out.strip().splitlines()[-1])
     assert rc == 0 and (tmp_path / "run" / "report.html").stat().st_size > 1_000_000   # plotly.js inlined
-    assert not {m.split(".")[0] for m in mods} & {"optuna", "pymoo", "ortools"}, mods
+    assert not {m.split(".")[0] for m in mods} & {"optuna", "pymoo", "ortools", "scipy"}, mods
     assert "plotly.colors" in mods                      # the palettes: the report did run
     assert not [m for m in mods if m.startswith(("plotly.graph_objs", "plotly.graph_objects", "plotly.io",
                                                  "plotly.basedatatypes"))], mods

@@ -300,6 +300,33 @@ def test_out_naming_a_file_or_a_read_only_directory(spaces, tmp_path):
             subprocess.run(["umount", "-l", str(ro)])
 
 
+@pytest.mark.parametrize("body, message", [
+    ("axes: {device: [h100_sxm], tp: [3]}\n",
+     "nothing.yaml: axes: no configuration of the space can be deployed: every layout breaks a sharding rule "
+     "(the first: tp must divide the 64 attention heads)"),
+    ("axes: {device: [h100_sxm]}\nmodes: {agg: {tp: [3]}, disagg: {prefill_tp: [3], decode_tp: [3]}}\n",
+     "nothing.yaml: modes: no configuration of the space can be deployed"),
+    ("axes: {device: [h100_sxm], tp: [1, 2, 4, 8], replicas: [1, 2]}\nconstraints: {gpus: 3}\n",
+     "nothing.yaml: constraints.gpus: no configuration of the space uses exactly 3 GPUs (replicas included); "
+     "its layouts use 1, 2, 4, 8, 16 GPUs"),
+    ("axes: {device: [h100_sxm], tp: [8]}\nconstraints: {max_gpus: 4}\n",
+     "nothing.yaml: constraints.max_gpus: no configuration of the space uses at most 4 GPUs (replicas included); "
+     "its layouts use 8 GPUs"),
+])
+def test_a_space_with_nothing_deployable_says_why_before_writing(tmp_path, body, message):
+    """A scenario whose every configuration breaks a sharding rule or the GPU budget is refused
+    at load time in one line naming the key (before, the sweep ran, wrote an empty run and
+    failed on its report with "configs.parquet: no column for objective 'e2e_ms'")."""
+    path = tmp_path / "nothing.yaml"
+    path.write_text("model: meta-llama/Llama-3.1-70B\n" + body)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "dse.cli", "sweep", str(path), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
 def test_spaces_beyond_64_bit_ids_are_refused(tmp_path):
     data = {**SMALL, "name": "huge", "workload": {}}
     data["axes"] = {**SMALL["axes"], "batch_size": {"range": [1, 2000, 1]}, "isl": {"range": [100, 2100, 1]},

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dse import schema
@@ -108,6 +109,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
                   resolved=resolved, eplb_experts=eplb_experts)
     sample = _dry_run(space, fixed_keys, fail)
     space = dataclasses.replace(space, enum=_enumerate(space, scn.constraints))
+    _check_deployable(space, scn.constraints, fail)
     resolved["deployable_size"] = space.deployable_size
     for i, o in enumerate(objectives):
         if o.name in sample and not _is_number(sample[o.name]):
@@ -116,6 +118,39 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
         if c.metric in sample and not _is_number(sample[c.metric]):
             raise fail(c.key, f"metric {c.metric!r} is not a number and cannot be limited")
     return space
+
+
+BUDGET_SAMPLE = 4096        # deployable layouts evaluated to say which GPU counts a space has
+
+
+def _check_deployable(space: Space, cons, fail) -> None:
+    """A space none of whose configurations can be deployed fails at load time, saying why
+    (before, the sweep ran, wrote an empty run and failed on its report): the GPU budget
+    when the space has layouts without it (with the GPU counts they use), else the engine's
+    reason for its first layout (every layout breaks a sharding rule)."""
+    if space.deployable_size > 0:
+        return
+    exact = cons.gpus if cons is not None else None
+    at_most = cons.max_gpus if cons is not None else None
+    if exact is not None or at_most is not None:
+        free = dataclasses.replace(space, enum=_enumerate(space, None))
+        if free.deployable_size > 0:
+            ids = free.positions(0, free.deployable_size)
+            ids = ids[np.linspace(0, len(ids) - 1, min(len(ids), BUDGET_SAMPLE)).astype(np.int64)]
+            used = evaluate(strict=False, **free.columns(ids))
+            gpus = sorted({int(g) for g, code in zip(used["num_gpus"], used["infeasible_code"].astype(str))
+                           if code != "structure"})
+            key, what = ("constraints.gpus", f"exactly {exact}") if exact is not None else \
+                ("constraints.max_gpus", f"at most {at_most}")
+            listed = ", ".join(map(str, gpus[:12])) + (", ..." if len(gpus) > 12 else "")
+            raise fail(key, f"no configuration of the space uses {what} GPUs (replicas included); its "
+                            f"layouts use {listed} GPU{'' if gpus == [1] else 's'}")
+    mode = space.modes[0]
+    first = {a.name: a.values[0] for a in mode.axes}
+    reason = evaluate(strict=False, **dict(space.fixed), **first, mode=mode.name)["infeasible_reason"].iloc[0]
+    raise fail("axes" if len(space.modes) == 1 else "modes",
+               f"no configuration of the space can be deployed: every layout breaks a sharding rule "
+               f"(the first: {reason})")
 
 
 def _given(section: Any, raw: Any) -> dict:

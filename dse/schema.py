@@ -208,7 +208,7 @@ for _m in ("ttft_ms", "tpot_ms", "tokens_per_s", "tokens_per_s_per_gpu", "tokens
 # what binds the decode step (the `bottleneck` column's categories, in code order)
 BOTTLENECKS = ["compute", "memory", "comm", "kv_capacity"]
 
-# why a row is infeasible: the code is the first word of its text ("memory: weights do not fit")
+# why a row is infeasible: the code is the first word of its text ("memory: weights and activations do not fit")
 # and is what code branches on; the text says the rest
 REASON_CODES = ("memory", "kv_capacity", "structure", "context", "placement", "constraint", "numeric",
                 "saturated")

@@ -222,7 +222,7 @@ class Pools:
         else:
             max_seqs = np.floor(np.maximum(cap - fixed, 0) * self.rt["kv_memory_fraction"] / kv_seq) * dp
             kv_used = kv_seq * np.minimum(seqs_rank, np.maximum(max_seqs / dp, 1.0))
-        self.reasons.flag(fixed > cap, "memory", f"memory: weights do not fit ({holds} pool)")
+        self.reasons.flag(fixed > cap, "memory", f"memory: weights and activations do not fit ({holds} pool)")
         self.reasons.flag(max_seqs < 1, "kv_capacity", "kv_capacity: not one sequence's KV cache fits")
         # memory bounds the batch: more users than KV slots only queue (their wait shows in TTFT)
         self.reasons.flag(seqs_rank > np.maximum(max_seqs / dp, 1.0), "kv_capacity",

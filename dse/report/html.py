@@ -375,7 +375,7 @@ def _infeasible_html(rd: fd.RunData) -> str:
                     for k, n in why["by_code"])
     texts = "".join(f"<tr><td>{_esc(t)}</td><td>{n:,}</td></tr>" for t, n in why["by_text"])
     return (head + f"<p class='note'>{rd.n_infeasible:,} of {rd.n_configs:,} configurations are infeasible; per "
-            "reason (memory: the weights do not fit; kv_capacity: the batch's KV cache does not; structure: the "
+            "reason (memory: the weights and activations do not fit; kv_capacity: the batch's KV cache does not; structure: the "
             "layout cannot shard the model; constraint: an SLO or a scenario limit is missed).</p>"
             f"<table class='kv' id='reason-codes'>{codes}</table><h3>Most frequent reasons</h3>"
             f"<table class='kv' id='reason-texts'>{texts}</table></section>")

@@ -280,8 +280,8 @@ _priced = 0                 # values priced by the stdlib so far in this process
 def _ndtr(x) -> np.ndarray:
     """Standard normal CDF, exact to double precision by either of two libraries.
 
-    scipy.special costs ~0.13 s to import here (a fifth of a small sweep's whole process);
-    the stdlib's erfc is as exact but ~10x slower per value. So the first STDLIB_VALUES values
+    scipy.special costs ~0.13 s to import here (about a tenth of a small sweep's whole
+    process); the stdlib's erfc is as exact but ~8x slower per value. So the first STDLIB_VALUES values
     of a process come from the stdlib and the rest from scipy: the rows priced slowly cost
     at most about what the import would have (a rent-or-buy rule), and a large sweep pays
     the import once."""

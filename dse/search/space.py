@@ -143,8 +143,8 @@ def _check_deployable(space: Space, cons, fail) -> None:
             key, what = ("constraints.gpus", f"exactly {exact}") if exact is not None else \
                 ("constraints.max_gpus", f"at most {at_most}")
             listed = ", ".join(map(str, gpus[:12])) + (", ..." if len(gpus) > 12 else "")
-            raise fail(key, f"no configuration of the space uses {what} GPUs (replicas included); its "
-                            f"layouts use {listed} GPU{'' if gpus == [1] else 's'}")
+            uses = f"; its layouts use {listed} GPU{'' if gpus == [1] else 's'}" if gpus else ""
+            raise fail(key, f"no configuration of the space uses {what} GPUs (replicas included){uses}")
     mode = space.modes[0]
     first = {a.name: a.values[0] for a in mode.axes}
     reason = evaluate(strict=False, **dict(space.fixed), **first, mode=mode.name)["infeasible_reason"].iloc[0]

@@ -192,6 +192,19 @@ def test_over_long_request_through_the_cli_is_one_line(tmp_path):
         "model's 131072-token context"]
 
 
+@pytest.mark.parametrize("args, layout", [
+    (("--mode", "disagg", "--prefill-tp", "3"), "prefill tp=3, dp=1, ep=1; decode tp=1, dp=1, ep=1"),
+    (("--mode", "disagg", "--decode-tp", "3"), "prefill tp=1, dp=1, ep=1; decode tp=3, dp=1, ep=1"),
+    (("--mode", "afd", "--attn-tp", "3", "--attn-gpus", "3"), "attn tp=3, dp=1, ep=1; ffn tp=1, dp=1, ep=1"),
+])
+def test_a_role_layout_error_names_the_role(args, layout):
+    """An error of a disagg or afd row names each role's layout (a bad prefill_tp was
+    reported as the row's generic `tp=1`, which the user never set)."""
+    proc = _cli("evaluate", "--model", LLAMA8, "--device", "h100_sxm", *args)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"dse: error: evaluate: meta-llama/Meta-Llama-3.1-8B: {layout}: tp must divide the 32 attention heads"]
+
+
 def test_afd_ffn_pool_must_divide_the_experts_not_a_dense_width():
     """DeepSeek-V3's dense first layers are 18432 wide (divisible by 72); its 256 experts
     are not: an FFN pool of 72 GPUs cannot hold them without redundant experts."""

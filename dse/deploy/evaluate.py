@@ -15,7 +15,7 @@ from dse.catalog.models import Model, get_model
 from dse.catalog.runtime import engine_limit, routing_skew_of
 from dse.catalog.quality import quality_loss
 from dse.deploy.columns import broadcast, check_categories, code_of, vocab_key
-from dse.deploy import intervals, kvcache, openloop
+from dse.deploy import intervals, kvcache, openloop, roles
 from dse.deploy.context import Context, make_context
 from dse.deploy.modes import MODES
 from dse.deploy.pools import Pools
@@ -219,9 +219,7 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     cache = kvcache.metrics(res, c, vocab, mode, reasons)
     first = reasons.first()
     if strict and first and first[1] not in ("memory", "kv_capacity"):
-        i = first[0]
-        raise DSEError(f"evaluate: {model.id}: tp={int(c['tp'][i])}, dp={int(c['dp'][i])}, ep={int(c['ep'][i])}: "
-                       f"{first[2]}")
+        raise DSEError(f"evaluate: {model.id}: {_layout_text(model, c, mode, first[0])}: {first[2]}")
     if keep is not None:
         keep.update(result=res, pools=pools)
     bottleneck = _bottleneck(*res.steps["decode"], reasons)
@@ -239,6 +237,20 @@ def evaluate_model(model: Model, c: dict[str, np.ndarray], vocab: dict[str, np.n
     out["quality_loss"], out["quality_loss_p90"] = quality_loss(
         model, pools.wd, c["kv_dtype"], weight_vocab=pools.wd_names, kv_vocab=vocab["kv_dtype"])
     return out, reasons
+
+
+def _layout_text(model: Model, c: dict[str, np.ndarray], mode: str, i: int) -> str:
+    """Row i's parallel layout as an error names it: per role where the mode splits the
+    work (a disagg row's bad prefill_tp was reported as its generic tp)."""
+    def one(tp, dp, ep) -> str:
+        return f"tp={int(np.broadcast_to(tp, c['tp'].shape)[i])}, dp={int(np.broadcast_to(dp, c['tp'].shape)[i])}, " \
+               f"ep={int(np.broadcast_to(ep, c['tp'].shape)[i])}"
+    if mode == "disagg":
+        return "; ".join(f"{r} " + one(*(roles.layout(c, r, k) for k in ("tp", "dp", "ep"))) for r in ("prefill", "decode"))
+    if mode == "afd":
+        attn, ffn, _, _ = roles.afd_layouts(c, model.is_moe)
+        return f"attn {one(*attn)}; ffn {one(*ffn)}"
+    return one(c["tp"], c["dp"], c["ep"])
 
 
 @functools.lru_cache(maxsize=8)

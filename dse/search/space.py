@@ -109,7 +109,7 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
                   resolved=resolved, eplb_experts=eplb_experts)
     sample = _dry_run(space, fixed_keys, fail)
     space = dataclasses.replace(space, enum=_enumerate(space, scn.constraints))
-    _check_deployable(space, scn.constraints, fail)
+    _check_deployable(space, scn.constraints, sample, fail)
     resolved["deployable_size"] = space.deployable_size
     for i, o in enumerate(objectives):
         if o.name in sample and not _is_number(sample[o.name]):
@@ -123,11 +123,11 @@ def space_from_dict(data: Any, *, where: str = "<scenario>", default_name: str =
 BUDGET_SAMPLE = 4096        # deployable layouts evaluated to say which GPU counts a space has
 
 
-def _check_deployable(space: Space, cons, fail) -> None:
+def _check_deployable(space: Space, cons, sample: pd.DataFrame, fail) -> None:
     """A space none of whose configurations can be deployed fails at load time, saying why
     (before, the sweep ran, wrote an empty run and failed on its report): the GPU budget
     when the space has layouts without it (with the GPU counts they use), else the engine's
-    reason for its first layout (every layout breaks a sharding rule)."""
+    reason for the dry run's evaluated layout, `sample` (every layout breaks a sharding rule)."""
     if space.deployable_size > 0:
         return
     exact = cons.gpus if cons is not None else None
@@ -145,9 +145,7 @@ def _check_deployable(space: Space, cons, fail) -> None:
             listed = ", ".join(map(str, gpus[:12])) + (", ..." if len(gpus) > 12 else "")
             uses = f"; its layouts use {listed} GPU{'' if gpus == [1] else 's'}" if gpus else ""
             raise fail(key, f"no configuration of the space uses {what} GPUs (replicas included){uses}")
-    mode = space.modes[0]
-    first = {a.name: a.values[0] for a in mode.axes}
-    reason = evaluate(strict=False, **dict(space.fixed), **first, mode=mode.name)["infeasible_reason"].iloc[0]
+    reason = sample["infeasible_reason"].iloc[0]
     raise fail("axes" if len(space.modes) == 1 else "modes",
                f"no configuration of the space can be deployed: every layout breaks a sharding rule "
                f"(the first: {reason})")

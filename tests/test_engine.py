@@ -6,6 +6,7 @@ import pytest
 
 import dse
 from dse import api
+from dse.catalog.devices import get_device
 from dse.catalog.models import get_model
 from dse.errors import DSEError
 from dse.model import ops
@@ -128,6 +129,25 @@ def test_modes_report_their_pools():
                                      ffn_device="b200_sxm", attn_gpus=8, ffn_gpus=8, weight_dtype="fp8",
                                      kv_dtype="fp8", batch_size=128, isl=2048, osl=512)
     assert list(pools.role) == ["attention", "ffn"] and row.num_gpus == 16
+
+
+def test_afd_pools_are_priced_and_powered_by_the_ops_they_run():
+    """An afd attention pool runs attention, the TP all-reduces, the LM head; the FFN pool
+    only the FFN / experts: each decode breakdown holds only its pool's ops, and the FFN
+    pool's busy power does not grow with the attention's KV reads (a longer context)."""
+    kw = dict(model="deepseek-ai/DeepSeek-R1", mode="afd", device="h200_sxm", ffn_device="b200_sxm", attn_gpus=8,
+              ffn_gpus=8, weight_dtype="fp8", kv_dtype="fp8", batch_size=128, osl=512)
+    _, ops_df, pools = api.explain(isl=2048, **kw)
+    assert set(ops_df[ops_df.phase == "decode_ffn"].op) == {"moe", "ffn"}     # the dispatch is the transfer
+    assert set(ops_df[ops_df.phase == "decode"].op) <= {"attn_proj", "attn_core", "tp_comm", "lm_head", "pp_comm"}
+    assert "attn_core" in set(ops_df[ops_df.phase == "decode"].op)
+    _, _, long_pools = api.explain(isl=16384, **kw)
+    idle = get_device("b200_sxm").idle_w
+
+    def ffn_busy_w(p):      # the FFN pool's power while it runs: its report is idle + util x (busy - idle)
+        f = p.set_index("role").loc["ffn"]
+        return idle + (f.power_w_per_gpu - idle) / f.utilisation
+    assert ffn_busy_w(long_pools) == pytest.approx(ffn_busy_w(pools), rel=1e-9)
 
 
 def test_attention_runs_in_the_kv_cache_format_not_the_weights():

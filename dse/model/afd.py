@@ -10,7 +10,7 @@ from dse.catalog.models import Model
 from dse.model.ops import Step
 from dse.model.pd import pd_loop, prefill_pool_state
 from dse.model.steps import (ModeResult, Pool, PoolReport, Runtime, Spec, chunked_latency, draft_ms, new_tokens,
-                             pair_link, phase_power, pool_forward, take,
+                             pair_link, phase_power, pool_forward, scatter, take,
                              where_step)
 
 __all__ = ["afd", "ATTN_OPS", "FFN_OPS", "AFD_MICROBATCHES"]
@@ -22,6 +22,13 @@ AFD_MICROBATCHES = (1, 2, 3)   # micro-batches in flight: 1 = take turns, 2-3 = 
 
 def _sum_ops(step: Step, names) -> np.ndarray:
     return sum(step.time_ms[k] for k in names)
+
+
+def _ops_of(step: Step, names) -> Step:
+    """`step` with only the ops `names` (the others zero)."""
+    zero = np.zeros(np.shape(step.time_ms[names[0]]))
+    return Step(**{part: {k: (v[k] if k in names else zero) for k in v}
+                   for part, v in (("time_ms", step.time_ms), ("flops", step.flops), ("bytes", step.bytes))}, zero=zero)
 
 
 def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl, prefix_hit, skew, coeffs,
@@ -80,6 +87,9 @@ def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl,
         ua = share * pa_busy / np.maximum(t_pre, 1e-9) + (1 - share) * da_busy / d
         uf = share * pf_busy / np.maximum(t_pre, 1e-9) + (1 - share) * df_busy / d
         gp, g_pre = 0.0, 0.0
+    # each pool's power is of the ops it runs (the FFN pool prices only those; the attention
+    # pool prices all, the draft head needs them)
+    dec_a, dec_f = _ops_of(dec_a, ATTN_OPS), _ops_of(dec_f, FFN_OPS)
     pa, _ = phase_power(attn_pool, dec_a, np.maximum(da_busy / micro, 1e-9), coeffs)
     pf, _ = phase_power(ffn_pool, dec_f, np.maximum(df_busy / micro, 1e-9), coeffs)
     ga = attn_pool.idle_w + np.minimum(ua, 1.0) * (pa - attn_pool.idle_w)
@@ -102,7 +112,8 @@ def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro, verify: bool = F
     weighted sum back: a token crosses to every distinct FFN GPU among its top-k experts."""
     ap, fp = st["attn_pool"], st["ffn_pool"]
     sa = pool_forward(model, ap, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify)
-    sf = pool_forward(model, fp, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify)
+    sf = pool_forward(model, fp, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify,
+                      ffn_only=True)
     ta, tf = _sum_ops(sa, ATTN_OPS), _sum_ops(sf, FFN_OPS)
     tokens = batch / micro * q_len
     per_gpu = tokens * st["copies"] * float(model.hidden) / np.minimum(ap.gpus, fp.gpus)
@@ -156,23 +167,38 @@ def _afd_token(model: Model, st: dict, running):
 def _afd_step(model: Model, st: dict, running):
     """The best of 1-3 micro-batches for a decode step of `running` sequences per
     attention rank: (step incl. step_ms and drafting, attn busy, FFN busy, transfer,
-    Steps, micro)."""
-    ap = st["attn_pool"]
-    dp = ap.par.dp
+    Steps, micro). A count m is priced only on the rows with more than m-1 sequences in
+    the step: elsewhere it is the same micro-batching as m-1, and the same step."""
+    dp = st["attn_pool"].par.dp
     spec = st.get("spec")
     q = np.ones_like(running) if spec is None else (1.0 + spec.tokens) * np.ones_like(running)
+    n, seqs = np.size(running), running * dp
     best = None
     for m in AFD_MICROBATCHES:
-        micro = np.minimum(float(m), np.maximum(running * dp, 1.0))
-        out = list(_pingpong(model, st, running * dp, q, st["ctx"], micro, verify=spec is not None))
-        if spec is not None:   # the draft head (attention and FFN of one layer) runs on the attention pool
-            out[0] = out[0] + draft_ms(model, out[4], spec.tokens)
+        micro = np.minimum(float(m), np.maximum(seqs, 1.0))
         if best is None:
-            best = out + [micro]
+            best = _micro_step(model, st, seqs, q, micro) + [micro]
             continue
+        rows = np.flatnonzero(seqs > m - 1)
+        if rows.size == 0:
+            continue
+        if rows.size == n:
+            out = _micro_step(model, st, seqs, q, micro)
+        else:
+            out = _micro_step(model, take(st, rows, n), seqs[rows], q[rows], micro[rows])
+            out = [scatter(b, rows, o, n) for o, b in zip(out, best)]
         better = out[0] < best[0]          # the micro-batch count is chosen on the whole step, drafting included
         best[:4] = [np.where(better, o, b) for o, b in zip(out[:4], best[:4])]
         best[4], best[5] = (where_step(better, out[4], best[4]), where_step(better, out[5], best[5]))
         best[6] = np.where(better, micro, best[6])
     best[0] = best[0] + st["rt"].step_ms
     return tuple(best)
+
+
+def _micro_step(model: Model, st: dict, seqs, q, micro) -> list:
+    """_pingpong of one micro-batch count, drafting included."""
+    spec = st.get("spec")
+    out = list(_pingpong(model, st, seqs, q, st["ctx"], micro, verify=spec is not None))
+    if spec is not None:   # the draft head (attention and FFN of one layer) runs on the attention pool
+        out[0] = out[0] + draft_ms(model, out[4], spec.tokens)
+    return out

@@ -457,7 +457,7 @@ def _decode_core(core, a: Attention, sh: _Shape, site: tuple, hw: Hw, par: Paral
 
 
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
-            skew=0.0, lm_head: bool = True, verify: bool = False, chunk=None) -> Step:
+            skew=0.0, lm_head: bool = True, verify: bool = False, chunk=None, ffn_only: bool = False) -> Step:
     """One forward step of `batch` sequences with `q_len` new tokens each, attending to
     `ctx` tokens (ctx includes the new tokens). Returns per-GPU time, FLOPs and bytes.
 
@@ -471,7 +471,10 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     mean of a steady state, or 0; batch may then be 0 too). Every per-token operator runs
     once over the step's decode and prompt tokens together, at their combined shape; the
     attention runs the decode kernel over the decodes and the prefill kernel over the
-    chunks. So a prompt costs what the kernels say it adds to the step, never less."""
+    chunks. So a prompt costs what the kernels say it adds to the step, never less.
+
+    ffn_only=True prices only the FFN / MoE ops (an afd FFN pool runs nothing else; the
+    other ops are zero)."""
     batch = np.asarray(batch, dtype=float)
     q_len = np.asarray(q_len, dtype=float)
     ctx = np.asarray(ctx, dtype=float)
@@ -484,6 +487,9 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     for gi, g in enumerate(model.groups):
         a, n = g.attention, float(g.count)
         site = (model.id, gi)
+        if ffn_only:
+            _ffn(acc, model, g, st, hw, par, dt, skew, site)
+            continue
         # attention projections: replicated low-rank parts + TP-split parts
         acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt,
                                       site=(*site, "attn_proj"), par=par))
@@ -498,6 +504,8 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
         # TP all-reduce after attention and after the FFN (bf16 activations)
         ar_bytes = st.t_rank * h * 2.0
         acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, par, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
+    if ffn_only:
+        return acc.step()
     # pipeline hand-offs and the LM head
     pp_bytes = st.t_rank * h * 2.0
     t_pp = (pp - 1) * (pp_bytes / (_link(pp * tp * dp, hw) * 1e6) + hw.hop_ms)

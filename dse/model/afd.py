@@ -87,8 +87,7 @@ def afd(model: Model, attn_pool: Pool, ffn_pool: Pool, *, concurrency, isl, osl,
         ua = share * pa_busy / np.maximum(t_pre, 1e-9) + (1 - share) * da_busy / d
         uf = share * pf_busy / np.maximum(t_pre, 1e-9) + (1 - share) * df_busy / d
         gp, g_pre = 0.0, 0.0
-    # each pool's power is of the ops it runs (the FFN pool prices only those; the attention
-    # pool prices all, the draft head needs them)
+    # each pool's power and breakdown are of the ops it runs
     dec_a, dec_f = _ops_of(dec_a, ATTN_OPS), _ops_of(dec_f, FFN_OPS)
     pa, _ = phase_power(attn_pool, dec_a, np.maximum(da_busy / micro, 1e-9), coeffs)
     pf, _ = phase_power(ffn_pool, dec_f, np.maximum(df_busy / micro, 1e-9), coeffs)
@@ -111,9 +110,12 @@ def _pingpong(model: Model, st: dict, batch, q_len, ctx, micro, verify: bool = F
     its experts (the dispatch replaces the expert-parallel all-to-all) and gets the
     weighted sum back: a token crosses to every distinct FFN GPU among its top-k experts."""
     ap, fp = st["attn_pool"], st["ffn_pool"]
-    sa = pool_forward(model, ap, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify)
+    # each pool prices the ops it runs; the attention pool all of them when it drafts (the
+    # draft head is a whole layer)
+    sa = pool_forward(model, ap, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify,
+                      part="all" if verify else "attention")
     sf = pool_forward(model, fp, batch=batch / micro, q_len=q_len, ctx=ctx, skew=st["skew"], verify=verify,
-                      ffn_only=True)
+                      part="ffn")
     ta, tf = _sum_ops(sa, ATTN_OPS), _sum_ops(sf, FFN_OPS)
     tokens = batch / micro * q_len
     per_gpu = tokens * st["copies"] * float(model.hidden) / np.minimum(ap.gpus, fp.gpus)

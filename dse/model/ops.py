@@ -456,8 +456,24 @@ def _decode_core(core, a: Attention, sh: _Shape, site: tuple, hw: Hw, par: Paral
     return res
 
 
+def _attention(acc: _Acc, model: Model, g: LayerGroup, sh: _Shape, sc, st: _Shape, hw: Hw, par: Parallel,
+               dt: Dtypes, site: tuple) -> None:
+    """A layer group's attention: projections (replicated low-rank + TP-split parts) and
+    the core (decode kernel over the decodes, prefill kernel over a mixed step's chunks)."""
+    a, n, h = g.attention, float(g.count), float(model.hidden)
+    acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, par.tp) / h, h, hw, dt,
+                                  site=(*site, "attn_proj"), par=par))
+    core = _linear_core if a.kind == "linear" else _softmax_core
+    if sc is None:
+        acc.add("attn_core", n, _decode_core(core, a, sh, site, hw, par, dt, keep=True))
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
+            acc.add("attn_core", n, _masked(_decode_core(core, a, sh, site, hw, par, dt), sh.b_rank > 0))
+            acc.add("attn_core", n, _masked(core(a, par.tp, sc, hw, dt), sc.b_rank > 0))
+
+
 def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ctx,
-            skew=0.0, lm_head: bool = True, verify: bool = False, chunk=None, ffn_only: bool = False) -> Step:
+            skew=0.0, lm_head: bool = True, verify: bool = False, chunk=None, part: str = "all") -> Step:
     """One forward step of `batch` sequences with `q_len` new tokens each, attending to
     `ctx` tokens (ctx includes the new tokens). Returns per-GPU time, FLOPs and bytes.
 
@@ -473,8 +489,8 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     attention runs the decode kernel over the decodes and the prefill kernel over the
     chunks. So a prompt costs what the kernels say it adds to the step, never less.
 
-    ffn_only=True prices only the FFN / MoE ops (an afd FFN pool runs nothing else; the
-    other ops are zero)."""
+    part="ffn" prices only the FFN / MoE ops, part="attention" all but those (the pools of
+    afd run one or the other); the ops left out are zero."""
     batch = np.asarray(batch, dtype=float)
     q_len = np.asarray(q_len, dtype=float)
     ctx = np.asarray(ctx, dtype=float)
@@ -485,26 +501,16 @@ def forward(model: Model, *, hw: Hw, par: Parallel, dt: Dtypes, batch, q_len, ct
     st = _joint(sh, sc)
     acc = _Acc(np.zeros(np.broadcast(batch, q_len, ctx, tp, *(() if chunk is None else chunk)).shape))
     for gi, g in enumerate(model.groups):
-        a, n = g.attention, float(g.count)
-        site = (model.id, gi)
-        if ffn_only:
+        n, site = float(g.count), (model.id, gi)
+        if part != "ffn":
+            _attention(acc, model, g, sh, sc, st, hw, par, dt, site)
+        if part != "attention":
             _ffn(acc, model, g, st, hw, par, dt, skew, site)
-            continue
-        # attention projections: replicated low-rank parts + TP-split parts
-        acc.add("attn_proj", n, _gemm(st.t_rank, attn_params_per_gpu(model.hidden, a, tp) / h, h, hw, dt,
-                                      site=(*site, "attn_proj"), par=par))
-        core = _linear_core if a.kind == "linear" else _softmax_core
-        if sc is None:
-            acc.add("attn_core", n, _decode_core(core, a, sh, (model.id, gi), hw, par, dt, keep=True))
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):     # rows without decodes / chunks
-                acc.add("attn_core", n, _masked(_decode_core(core, a, sh, (model.id, gi), hw, par, dt), sh.b_rank > 0))
-                acc.add("attn_core", n, _masked(core(a, tp, sc, hw, dt), sc.b_rank > 0))
-        _ffn(acc, model, g, st, hw, par, dt, skew, site)
-        # TP all-reduce after attention and after the FFN (bf16 activations)
-        ar_bytes = st.t_rank * h * 2.0
-        acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, par, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
-    if ffn_only:
+        if part != "ffn":
+            # TP all-reduce after attention and after the FFN (bf16 activations)
+            ar_bytes = st.t_rank * h * 2.0
+            acc.add("tp_comm", n, (2.0 * _tp_allreduce_ms(ar_bytes, par, hw), acc.zero, 2.0 * ar_bytes * (tp > 1)))
+    if part == "ffn":
         return acc.step()
     # pipeline hand-offs and the LM head
     pp_bytes = st.t_rank * h * 2.0

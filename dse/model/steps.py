@@ -366,7 +366,7 @@ def decode_phase(model: Model, pool: Pool, batch, st: dict, chunk=None, *, dedup
 
 
 def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: bool = False,
-                 ffn_only: bool = False) -> Step:
+                 part: str = "all") -> Step:
     """ops.forward on `pool`, once per distinct row of (pool, batch, q_len, ctx, skew): the
     attention and the FFN pool of afd are priced each on its own (an attention pool serves
     under many FFN pools in a sweep, and the other way round), then joined row by row."""
@@ -374,12 +374,12 @@ def pool_forward(model: Model, pool: Pool, *, batch, q_len, ctx, skew, verify: b
     groups = distinct_rows(cols)
     if groups is None:
         return ops.forward(model, hw=pool.hw, par=pool.par, dt=pool.dt, batch=batch, q_len=q_len, ctx=ctx, skew=skew,
-                           verify=verify, ffn_only=ffn_only)
+                           verify=verify, part=part)
     first, inverse, n = groups
     sub = _take(pool, first, n)
     b, q, c, sk = (_take(x, first, n) for x in (batch, q_len, ctx, skew))
     step = ops.forward(model, hw=sub.hw, par=sub.par, dt=sub.dt, batch=b, q_len=q, ctx=c, skew=sk, verify=verify,
-                       ffn_only=ffn_only)
+                       part=part)
     return _gather_step(step, inverse)
 
 

@@ -13,6 +13,7 @@ damaged disk) is discarded and recomputed.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pandas as pd
@@ -112,6 +113,29 @@ BACKENDS: dict[str, Callable[[Space, list[tuple[int, int]], int, str | None], Ch
     "joblib": _joblib, "dask": _dask}
 
 
+class _PartWriter:
+    """Writes each chunk's part on one thread while the next chunk evaluates (Parquet's
+    encoder releases the GIL), at most one part in flight: a failed write raises at the
+    next write or at wait(), as it would have inline; a part is on disk (whole, by
+    io.atomic_write) or not at all, as before."""
+
+    def __init__(self, store: RunStore):
+        self.store, self.pool, self.pending = store, ThreadPoolExecutor(max_workers=1), None
+
+    def write(self, name: str, df: pd.DataFrame) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.store.write_part, name, df)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Let a part in flight finish (an error is already raising) and stop the thread."""
+        self.pool.shutdown(wait=True)
+
+
 def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, jobs: int = 1,
              backend: str = "joblib", scheduler: str | None = None, progress: ProgressArg = False) -> dict[str, Any]:
     """Evaluate every configuration not yet in the store; returns counters for run.json."""
@@ -125,13 +149,16 @@ def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, 
     t0 = time.perf_counter()
     model_seconds = 0.0
     results = BACKENDS[backend](space, todo, jobs, scheduler)
+    writer = _PartWriter(store)
     try:
         for lo, hi, df, secs in results:
-            store.write_part(_part_name(lo, hi), df)
+            writer.write(_part_name(lo, hi), df)
             model_seconds += secs
             n_done += hi - lo
             bar.update(n_done)
+        writer.wait()
     finally:
+        writer.close()
         close = getattr(results, "close", None)
         if close is not None:
             close()

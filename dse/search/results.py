@@ -18,8 +18,10 @@ any other front can be measured against the same box (`hypervolume_against`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -139,34 +141,65 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
     run_dir = store.path
     front_F, front_ids, n_rows, n_feasible = _front(store, space)
     pareto_parts: list[pd.DataFrame] = []
-    written: list[pa.Table] | None = [] if store.in_memory() else None   # handed to the report
+    written: list[pa.Table] | None = None      # handed to the report when every part is in memory
+    configs = run_dir / "configs.parquet"
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if not store.in_memory():       # streamed part by part: memory stays one part
+            io.atomic_write(configs, lambda tmp: _write_tables(_marked_parts(store, front_ids, pareto_parts), tmp))
+        else:
+            written = list(_marked_parts(store, front_ids, pareto_parts))
+            write = functools.partial(_write_tables, written)
+            # when nothing reads the file back it is written on a thread beside the rest
+            # (pyarrow's encoder releases the GIL), and waited for before the commit
+            if written and (report is None or _takes_configs(report)):
+                pending = pool.submit(io.atomic_write, configs, write)
+            else:
+                io.atomic_write(configs, write)
+        run, pareto = _write_results(store, space, meta, t_start, report, pareto_parts, written, n_rows, n_feasible)
+        if pending is not None:
+            pending.result()
+    store.commit(run["files"])
+    return SweepResult(run_dir=run_dir, run=run, pareto=pareto)
 
-    def write_configs(tmp: Path) -> None:
-        writer = None
-        try:
-            for part in store.parts():
-                table = store.read_part(part)
-                mask = np.isin(table["config_id"].to_numpy(), front_ids)
-                table = table.append_column("is_pareto", pa.array(mask))
-                if writer is None:
-                    repeat = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-                    writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=repeat)   # see RunStore.write_part
-                else:
-                    table = table.cast(writer.schema)
-                writer.write_table(table)
-                if written is not None:
-                    written.append(table)
-                if mask.any():
-                    pareto_parts.append(table.filter(pa.array(mask)).to_pandas())
+
+def _marked_parts(store: RunStore, front_ids, pareto_parts: list):
+    """The parts in order, each with its is_pareto column and the first part's types; the
+    Pareto rows are appended to pareto_parts on the way."""
+    schema = None
+    for part in store.parts():
+        table = store.read_part(part)
+        mask = np.isin(table["config_id"].to_numpy(), front_ids)
+        table = table.append_column("is_pareto", pa.array(mask))
+        if schema is None:
+            schema = table.schema
+        else:
+            table = table.cast(schema)
+        if mask.any():
+            pareto_parts.append(table.filter(pa.array(mask)).to_pandas())
+        yield table
+
+
+def _write_tables(tables, tmp: Path) -> None:
+    """configs.parquet: the tables one after another (an empty run: its two id columns)."""
+    writer = None
+    try:
+        for table in tables:
             if writer is None:
-                pq.write_table(pa.table({"config_id": pa.array([], pa.int64()),
-                                         "is_pareto": pa.array([], pa.bool_())}), tmp)
-        finally:
-            if writer is not None:
-                writer.close()
+                repeat = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+                writer = pq.ParquetWriter(tmp, table.schema, use_dictionary=repeat)   # see RunStore.write_part
+            writer.write_table(table)
+        if writer is None:
+            pq.write_table(pa.table({"config_id": pa.array([], pa.int64()), "is_pareto": pa.array([], pa.bool_())}), tmp)
+    finally:
+        if writer is not None:
+            writer.close()
 
-    io.atomic_write(run_dir / "configs.parquet", write_configs)
 
+def _write_results(store: RunStore, space: Space, meta: dict[str, Any], t_start: float, report, pareto_parts: list,
+                   written: list | None, n_rows: int, n_feasible: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """pareto.csv, recommendation.json, run.json and the report: (run.json's dict, the Pareto rows)."""
+    run_dir = store.path
     names = space.objective_names()
     if pareto_parts:
         pareto = pd.concat(pareto_parts, ignore_index=True)
@@ -216,8 +249,7 @@ def finalize(store: RunStore, space: Space, *, meta: dict[str, Any], t_start: fl
             report(run_dir, configs=pa.concat_tables(written))
         else:
             report(run_dir)
-    store.commit(run["files"])
-    return SweepResult(run_dir=run_dir, run=run, pareto=pareto)
+    return run, pareto
 
 
 def _takes_configs(report: Callable[..., Any]) -> bool:

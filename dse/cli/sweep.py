@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default RUN_DIR/study.journal)")
     p.add_argument("--sampler", choices=["nsga2", "tpe"], default=None, help="Optuna sampler (default nsga2)")
     p.add_argument("--pop-size", type=int, default=None, help="population / batch size for nsga2 and optuna")
-    p.add_argument("--chunk-size", type=int, default=None, help="configurations per grid chunk (default 50000)")
+    p.add_argument("--chunk-size", type=int, default=None, help="configurations per grid chunk (default 65536)")
     p.add_argument("--tol", type=float, default=None,
                    help="nsga2: stop early once the front's hypervolume grew less than this fraction over the "
                         "last quarter of the run (default 1e-5; 0 = use the whole budget)")

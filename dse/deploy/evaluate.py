@@ -24,8 +24,8 @@ from dse.errors import DSEError
 from dse.model import cost, dedupe, serving
 from dse.schema import BOTTLENECKS, METRICS, NON_NUMERIC_METRICS, STRING_COLUMNS
 
-__all__ = ["evaluate", "evaluate_columns", "evaluate_model", "guard_output", "CHUNK_ROWS", "INF_METRICS",
-           "STRICT_OUTPUT_ENV"]
+__all__ = ["evaluate", "evaluate_columns", "evaluate_model", "guard_output", "space_memo", "CHUNK_ROWS",
+           "INF_METRICS", "STRICT_OUTPUT_ENV"]
 
 # Rows are evaluated in chunks of this many: the model's ~2,000 array passes then work on
 # arrays that stay in the CPU's L2 cache (1M rows at once: ~1.5 s; in chunks of 32k: ~1.0 s).
@@ -51,6 +51,13 @@ def evaluate(*, strict: bool = True, facility=None, serving_runtime: dict | None
     ctx = make_context(facility=facility, serving=serving_runtime)
     cols, n, vocab = broadcast(columns)
     return evaluate_columns(cols, n, vocab, ctx, strict=strict)
+
+
+def space_memo() -> contextlib.AbstractContextManager:
+    """Within: consecutive evaluate_columns calls share the phases priced once per distinct
+    row (dedupe.call_memo), as one call's chunks do. Only for calls of one search space (the
+    same vocabulary, context and models: a grid's chunks), whose codes mean the same things."""
+    return dedupe.call_memo()
 
 
 def evaluate_columns(cols: dict, n: int, vocab: dict, ctx: Context, *, strict: bool) -> pd.DataFrame:

@@ -132,8 +132,13 @@ _MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("dse_call_me
 
 @contextlib.contextmanager
 def call_memo() -> Iterator[None]:
-    """Within: memo_rows keeps the phases' distinct rows across chunks (one call's rows:
-    the columns' codes mean the same things throughout, and so do a key's values)."""
+    """Within: memo_rows keeps the phases' distinct rows across chunks (one call's rows, or
+    one search space's calls: the columns' codes mean the same things throughout, and so do
+    a key's values). Inside another call_memo it is that one (a sweep's memo spans its
+    chunks' evaluate calls)."""
+    if _MEMO.get() is not None:
+        yield
+        return
     token = _MEMO.set({})
     try:
         yield

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from dse.deploy.evaluate import space_memo
 from dse.errors import DSEError
 from dse.search.evaluation import evaluate_chunk
 from dse.search.progress import Progress, ProgressArg
@@ -26,7 +27,7 @@ from dse.search.store import RunStore
 
 __all__ = ["run_grid", "DEFAULT_CHUNK", "BACKENDS"]
 
-DEFAULT_CHUNK = 50_000   # the model's throughput peaks around 20k-50k rows per call
+DEFAULT_CHUNK = 65_536   # two engine chunks (CHUNK_ROWS): a grid chunk splits into whole ones
 
 
 def _part_name(lo: int, hi: int) -> str:
@@ -151,11 +152,14 @@ def run_grid(space: Space, store: RunStore, *, chunk_size: int = DEFAULT_CHUNK, 
     results = BACKENDS[backend](space, todo, jobs, scheduler)
     writer = _PartWriter(store)
     try:
-        for lo, hi, df, secs in results:
-            writer.write(_part_name(lo, hi), df)
-            model_seconds += secs
-            n_done += hi - lo
-            bar.update(n_done)
+        # chunks evaluated in this process share the steps priced once per distinct row (a
+        # disagg space's pools recur in every chunk); workers in other processes do not
+        with space_memo():
+            for lo, hi, df, secs in results:
+                writer.write(_part_name(lo, hi), df)
+                model_seconds += secs
+                n_done += hi - lo
+                bar.update(n_done)
         writer.wait()
     finally:
         writer.close()
